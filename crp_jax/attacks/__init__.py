@@ -1,0 +1,1 @@
+"""Compiled adversarial attacks (placeholder; filled in by the attacks work)."""
