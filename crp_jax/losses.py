@@ -69,9 +69,15 @@ def ball_loss(
     >>> def loss_fn(x, y):
     ...   return optax.softmax_cross_entropy_with_integer_labels(x @ w, y)
     >>> x, y = jnp.full((2, 4), 0.5), jnp.array([0, 2])
-    >>> ball_loss(loss_fn, x, y, key=jax.random.key(0), example_ids=jnp.array([0, 1]),
-    ...           num_perturbations=10, eps=0.0)
-    Array([1.0986123, 1.0986123], dtype=float32)
+    >>> ids = jnp.array([0, 1])
+    >>> loss = ball_loss(loss_fn, x, y, key=jax.random.key(0), example_ids=ids,
+    ...                  num_perturbations=10, eps=0.3)
+    >>> loss.shape
+    (2,)
+    >>> # With ε = 0 every perturbed copy is the clean input: log(3) for uniform logits.
+    >>> ball_loss(loss_fn, x, y, key=jax.random.key(0), example_ids=ids,
+    ...           num_perturbations=10, eps=0.0).round(4)
+    Array([1.0986, 1.0986], dtype=float32)
 
   References:
     Chernyak, Raj, Hazan, Keshet, *Constant Random Perturbations Provide
