@@ -1,0 +1,74 @@
+"""LeNet for MNIST (§4.1 of the paper)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pooling with stride 2 on an NHWC batch, as reshape + max.
+
+  Numerically identical to ``nn.max_pool(x, (2, 2), strides=(2, 2))`` for
+  even ``H`` and ``W``, and about 1.6x faster to train through on CPU, where
+  XLA lowers ``reduce_window`` (and its gradient, a scatter) poorly.
+
+  Args:
+    x: ``(batch, H, W, C)`` with even ``H`` and ``W``.
+
+  Returns:
+    ``(batch, H // 2, W // 2, C)``.
+  """
+  b, h, w, c = x.shape
+  if h % 2 or w % 2:
+    raise ValueError(f"max_pool_2x2 needs even height and width, got {x.shape}")
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class LeNet(nn.Module):
+  """LeNet of the paper's MNIST experiments (§4.1).
+
+  conv 32@5x5 'SAME' → ReLU → maxpool 2x2 → conv 64@5x5 'SAME' → ReLU →
+  maxpool 2x2 → dense 1024 → ReLU → dense ``num_classes``. No BatchNorm, no
+  dropout, no input normalisation: ``x`` stays in pixel space ``[0, 1]`` so
+  attacks and perturbations are measured there.
+
+  On ``(batch, 28, 28, 1)`` inputs with 10 classes it has 3,274,634
+  parameters (3.27M), 98% of them in the first dense layer (3136 → 1024).
+
+  ``train`` is accepted for a uniform signature across models and has no
+  effect. Train and eval alike::
+
+    variables = model.init(key, jnp.zeros((1, 28, 28, 1)))
+    logits = model.apply(variables, x, train=True)
+    logits_fn = lambda x: model.apply(variables, x, train=False)  # for attacks
+
+  Attributes:
+    num_classes: number of output logits.
+    dtype: compute dtype (e.g. ``jnp.bfloat16``). Parameters stay float32
+      and the logits are returned in float32.
+
+  >>> import jax, jax.numpy as jnp
+  >>> model = LeNet()
+  >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  >>> model.apply(variables, jnp.ones((2, 28, 28, 1))).shape
+  (2, 10)
+  """
+
+  num_classes: int = 10
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """``(batch, H, W, C)`` pixels in ``[0, 1]`` → ``(batch, num_classes)`` float32 logits."""
+    del train  # No BatchNorm or dropout: train and eval are the same function.
+    x = x.astype(self.dtype)
+    x = max_pool_2x2(nn.relu(nn.Conv(32, (5, 5), padding="SAME", dtype=self.dtype)(x)))
+    x = max_pool_2x2(nn.relu(nn.Conv(64, (5, 5), padding="SAME", dtype=self.dtype)(x)))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(1024, dtype=self.dtype)(x))
+    x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    return x.astype(jnp.float32)
