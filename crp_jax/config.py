@@ -1,0 +1,102 @@
+"""Validation of run configs: one clear message per bad value.
+
+Configs are ``ml_collections.ConfigDict`` objects (see ``experiments/configs``).
+:func:`validate` checks every field a run depends on *before* anything is
+written, so a typo costs seconds and never touches a workdir.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+
+from crp_jax.perturbations import DISTRIBUTIONS
+
+METHODS: tuple[str, ...] = ("standard", "crp", "variable")
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+  """A config value a run cannot use; the message names the field and value."""
+
+
+def _fail(field: str, value: Any, why: str) -> None:
+  raise ConfigError(f"config.{field}={value!r}: {why}")
+
+
+def _int_at_least(config: ml_collections.ConfigDict, field: str, low: int) -> None:
+  value = _get(config, field)
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    _fail(field, value, f"must be an integer >= {low}")
+
+
+def _number_in(config: ml_collections.ConfigDict, field: str, low: float, high: float,
+               *, open_low: bool = False) -> None:
+  value = _get(config, field)
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    _fail(field, value, "must be a number")
+  if value < low or value > high or (open_low and value == low):
+    _fail(field, value, f"must lie in {'(' if open_low else '['}{low}, {high}]")
+
+
+def _one_of(config: ml_collections.ConfigDict, field: str, choices: tuple[str, ...]) -> None:
+  value = _get(config, field)
+  if value not in choices:
+    _fail(field, value, f"unknown; choose one of {', '.join(choices)}")
+
+
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+  node = config
+  for part in field.split("."):
+    node = node[part]
+  return node
+
+
+def _steps_list(config: ml_collections.ConfigDict, field: str) -> None:
+  value = _get(config, field)
+  if not isinstance(value, (tuple, list)) or not value or any(
+      isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+    _fail(field, value, "must be a non-empty list of integers >= 1")
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
+  """Raises :class:`ConfigError` naming the first bad field of ``config``."""
+  from crp_jax.data import DATASET_NAMES  # pylint: disable=g-import-not-at-top
+  from crp_jax.models import MODEL_NAMES  # pylint: disable=g-import-not-at-top
+  _one_of(config, "dataset", DATASET_NAMES)
+  _one_of(config, "model", MODEL_NAMES)
+  _one_of(config, "method", METHODS)
+  if config.compare_with:
+    _one_of(config, "compare_with", METHODS)
+  _one_of(config, "distribution", DISTRIBUTIONS)
+  _one_of(config, "optimizer", OPTIMIZERS)
+  _one_of(config, "lr_schedule", SCHEDULES)
+  _one_of(config, "dtype", DTYPES)
+  _number_in(config, "perturbation_eps", 0.0, 1.0)
+  _int_at_least(config, "num_perturbations", 1)
+  _int_at_least(config, "seed", 0)
+  _int_at_least(config, "epochs", 1)
+  _int_at_least(config, "batch_size", 1)
+  _int_at_least(config, "train_subset", 0)
+  _int_at_least(config, "log_every_steps", 1)
+  _int_at_least(config, "checkpoint_every_steps", 1)
+  _number_in(config, "learning_rate", 0.0, 10.0, open_low=True)
+  _validate_eval(config)
+  devices = jax.device_count() if num_devices is None else num_devices
+  for field in ("batch_size", "eval.batch_size"):
+    if _get(config, field) % devices:
+      _fail(field, _get(config, field), f"must be divisible by the {devices} devices of the mesh")
+
+
+def _validate_eval(config: ml_collections.ConfigDict) -> None:
+  _number_in(config, "eval.eps", 0.0, 1.0)
+  _number_in(config, "eval.step_size", 0.0, 1.0, open_low=True)
+  _number_in(config, "eval.extra_step_size", 0.0, 1.0)
+  _steps_list(config, "eval.pgd_steps")
+  _int_at_least(config, "eval.batch_size", 1)
+  _int_at_least(config, "eval.attack_subset", 0)
+  _int_at_least(config, "eval.restarts", 1)

@@ -1,0 +1,51 @@
+r"""Train and evaluate CRP models: ``python -m experiments.run [flags]``.
+
+  python -m experiments.run                         # offline default: standard vs CRP LeNet on mnist5k
+  python -m experiments.run --dataset=svhn --preset=paper
+  python -m experiments.run --dataset=cifar10 --method=variable --config.include_clean=False
+  python -m experiments.run --config.epochs=2 --config.eval.pgd_steps='(10,20)'
+
+The workdir defaults to ``runs/<dataset>-<methods>-seed<seed>``; running the
+same command again resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import cli
+from experiments.configs import DATASETS, PRESETS, get_config
+
+flags.DEFINE_enum("dataset", "mnist5k", DATASETS, "Dataset; picks the config file.")
+flags.DEFINE_enum("preset", "small", PRESETS, "small: sized for a CPU; paper: the paper's settings.")
+flags.DEFINE_string("method", None, "Shorthand for --config.method (standard, crp, variable).")
+flags.DEFINE_string("workdir", None, "Output folder; default runs/<dataset>-<methods>-seed<seed>.")
+flags.DEFINE_string("tfds_data_dir", None, "Folder of prepared tfds datasets (shorthand for --config.tfds_data_dir).")
+flags.DEFINE_bool("allow_config_change", False, "Resume although eval-only fields of the config changed.")
+flags.DEFINE_bool("progress", True, "Show progress bars.")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = cli.apply_shorthands(flags.FLAGS.config, method=flags.FLAGS.method,
+                                tfds_data_dir=flags.FLAGS.tfds_data_dir)
+  workdir = flags.FLAGS.workdir or cli.default_workdir(config)
+  command = "python -m experiments.run " + shlex.join(sys.argv[1:])
+  from crp_jax import pipeline  # pylint: disable=g-import-not-at-top
+  with cli.user_errors():
+    print(pipeline.run(config, workdir, progress=flags.FLAGS.progress,
+                       allow_config_change=flags.FLAGS.allow_config_change, command=command))
+    print(f"\nwrote {os.path.join(workdir, 'report.md')}")
+
+
+if __name__ == "__main__":
+  cli.setup_devices()
+  dataset, preset = cli.pre_parse(sys.argv, DATASETS, PRESETS)
+  config_flags.DEFINE_config_dict("config", get_config(dataset, preset), lock_config=True)
+  cli.run(main)
