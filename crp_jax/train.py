@@ -215,17 +215,20 @@ class DivergenceError(RuntimeError):
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str, model: nn.Module, split: Split, mesh: Mesh,
-        *, progress: bool = True) -> TrainState:
+        *, progress: bool = True, stop_at: int | None = None) -> TrainState:
   """Trains ``model`` on ``split`` per ``config``, resuming from ``workdir`` when it holds a checkpoint.
 
   Metrics are fetched only every ``log_every_steps`` (and before each
-  checkpoint, so a diverged state is never saved). Returns the final state.
+  checkpoint, so a diverged state is never saved). ``stop_at`` ends the
+  run early at that step, with a checkpoint, as a preemption would.
+  Returns the final state.
   """
   from crp_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   keys = run_keys(config.seed)
   num_examples = min(config.train_subset or split.num_examples, split.num_examples)
   spe, total = num_train_steps(config, num_examples)
   tx = make_optimizer(config, total)
+  end = total if stop_at is None else min(stop_at, total)
   ckpt = Checkpointer(workdir, config.max_checkpoints)
   state = create_state(model, tx, keys["init"], split.image_shape)
   state = ckpt.restore_latest(state) or state
@@ -237,11 +240,11 @@ def fit(config: ml_collections.ConfigDict, workdir: str, model: nn.Module, split
   logger = _Logger(workdir, spe, ckpt)
   bar = tqdm(total=total, initial=start, disable=not progress, desc=f"train {config.method}",
              unit="step", dynamic_ncols=True)
-  for step, batch in to_device(host_batches(split, config, num_examples, start, total), mesh):
+  for step, batch in to_device(host_batches(split, config, num_examples, start, end), mesh):
     state, metrics = step_fn(state, batch)
     logger.pending.append(metrics)
     done = step + 1
-    saving = done % config.checkpoint_every_steps == 0 or done == total
+    saving = done % config.checkpoint_every_steps == 0 or done == end
     if saving or done % config.log_every_steps == 0:
       bar.set_postfix(logger.log(done))
     if saving:
