@@ -1,1 +1,36 @@
-"""Compiled adversarial attacks (placeholder; filled in by the attacks work)."""
+"""Compiled adversarial attacks: FGSM and PGD.
+
+Convention. An attack takes ``logits_fn(x) -> (B, C)``, any pure function of
+the inputs (NHWC or any other shape, pixels in ``[0, 1]``), the inputs ``x``
+``(B, *shape)`` and integer labels ``y`` ``(B,)``, and returns adversarial
+inputs of ``x``'s shape inside the ε ball of the given norm and inside
+``clip`` (default ``(0, 1)``). The number of classes ``C`` is read from the
+logits. With a Flax model, close over the variables::
+
+    logits_fn = lambda x: model.apply(variables, x, train=False)
+
+``train=False`` matters: BatchNorm then uses its running averages, so each
+example's logits depend on that example only. The attacks rely on this
+per-example independence (they differentiate the summed loss and never
+reduce across the batch), which is also what lets them shard over a data
+mesh unchanged.
+
+Every attack is pure and jittable end to end: close over ``logits_fn`` and
+the integer options (they are static), pass the random ``key`` explicitly::
+
+    attack = jax.jit(lambda x, y, key: pgd(logits_fn, x, y, key=key, eps=0.3,
+                                           step_size=0.01, num_steps=40))
+
+Steps run in ``lax.fori_loop``/``lax.scan``, so the compile time does not
+grow with the number of steps.
+"""
+
+from crp_jax.attacks._core import accuracy, correct
+from crp_jax.attacks._pgd import fgsm, pgd
+
+__all__ = [
+    "accuracy",
+    "correct",
+    "fgsm",
+    "pgd",
+]

@@ -1,0 +1,242 @@
+"""Shared pieces of the attacks: per-example losses, balls, steps, best-point tracking.
+
+Everything here works on a batch whose first axis indexes independent
+examples; nothing reduces across examples, so the attacks shard over a data
+mesh. Shapes: ``x`` is ``(B, *shape)``, ``y`` is ``(B,)`` integer labels,
+logits are ``(B, C)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+Norm = Literal["linf", "l2"]
+Clip = tuple[float, float] | None
+NORMS: tuple[str, ...] = ("linf", "l2")
+_TINY = 1e-12
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def ce_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
+  """Cross-entropy ``−log softmax(z)_y``, ``(B, C), (B,) -> (B,)``."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+
+def _true_logit(logits: jax.Array, y: jax.Array) -> jax.Array:
+  return jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+
+
+def _best_other_logit(logits: jax.Array, y: jax.Array) -> jax.Array:
+  is_true = jax.nn.one_hot(y, logits.shape[1], dtype=jnp.bool_)
+  return jnp.max(jnp.where(is_true, -jnp.inf, logits), axis=1)
+
+
+def margin_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
+  r"""CW logit margin :math:`\max_{j \ne y} z_j - z_y`; ``> 0`` means misclassified."""
+  return _best_other_logit(logits, y) - _true_logit(logits, y)
+
+
+def _sorted_top(logits: jax.Array, k: int, min_classes: int, name: str) -> jax.Array:
+  if logits.shape[1] < min_classes:
+    raise ValueError(f"{name} needs at least {min_classes} classes, got {logits.shape[1]}")
+  return jax.lax.top_k(logits, k)[0]
+
+
+def dlr_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
+  r"""Difference of logits ratio (Croce & Hein 2020), needs ``C >= 3``.
+
+  .. math::
+    \mathrm{DLR}(z, y) = -\frac{z_y - \max_{j \ne y} z_j}{z_{\pi_1} - z_{\pi_3} + 10^{-12}},
+
+  with :math:`\pi` sorting the logits in decreasing order. Invariant to
+  shifting and rescaling the logits.
+  """
+  top = _sorted_top(logits, 3, 3, "dlr_loss")
+  return margin_loss(logits, y) / (top[:, 0] - top[:, 2] + _TINY)
+
+
+def dlr_targeted_loss(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax.Array:
+  r"""Targeted DLR of APGD-T, needs ``C >= 4``; ``target`` is ``(B,)``.
+
+  .. math::
+    -\frac{z_y - z_t}{z_{\pi_1} - (z_{\pi_3} + z_{\pi_4})/2 + 10^{-12}}.
+  """
+  top = _sorted_top(logits, 4, 4, "dlr_targeted_loss")
+  scale = top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + _TINY
+  return (_true_logit(logits, target) - _true_logit(logits, y)) / scale
+
+
+LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}
+
+
+def get_loss(name: str) -> LossFn:
+  if name not in LOSSES:
+    raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {name!r}")
+  return LOSSES[name]
+
+
+def misclassified(logits: jax.Array, y: jax.Array) -> jax.Array:
+  """``(B,)`` bool, ``argmax z != y``: the attack's success criterion."""
+  return jnp.argmax(logits, axis=1) != y
+
+
+def loss_and_grad(
+    logits_fn: LogitsFn, loss_fn: LossFn, x: jax.Array, y: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-example loss ``(B,)``, logits ``(B, C)`` and input gradient ``(B, *shape)``.
+
+  Differentiates the *sum* of per-example losses: with a per-example model
+  (BatchNorm in inference mode) row ``b`` of the gradient is ``∇_{x_b} ℓ_b``.
+  """
+  def total(x):
+    logits = logits_fn(x)
+    loss = loss_fn(logits, y)
+    return jnp.sum(loss), (loss, logits)
+
+  (_, (loss, logits)), grad = jax.value_and_grad(total, has_aux=True)(x)
+  return loss, logits, grad
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def correct(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> jax.Array:
+  """``(B,)`` bool: is ``argmax logits_fn(x)`` the label ``y``.
+
+  >>> import jax.numpy as jnp
+  >>> correct(lambda x: x, jnp.array([[0., 1.], [1., 0.]]), jnp.array([1, 1]))
+  Array([ True, False], dtype=bool)
+  """
+  return ~misclassified(logits_fn(x), y)
+
+
+def accuracy(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> jax.Array:
+  """Scalar fraction of ``x`` classified as ``y``.
+
+  >>> import jax.numpy as jnp
+  >>> accuracy(lambda x: x, jnp.array([[0., 1.], [1., 0.]]), jnp.array([1, 1]))
+  Array(0.5, dtype=float32)
+  """
+  return jnp.mean(correct(logits_fn, x, y).astype(jnp.float32))
+
+
+# ----------------------------------------------------------------------------- balls
+
+
+def per_example(v: jax.Array, x: jax.Array) -> jax.Array:
+  """Reshape a ``(B,)`` vector to broadcast against ``x`` (rank promotion is an error)."""
+  return jnp.reshape(v, v.shape + (1,) * (x.ndim - 1))
+
+
+def l2_norm(v: jax.Array) -> jax.Array:
+  """``(B,)`` Euclidean norm of each example."""
+  return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim))))
+
+
+def check_norm(norm: str) -> None:
+  if norm not in NORMS:
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def clip_box(x: jax.Array, clip: Clip) -> jax.Array:
+  return x if clip is None else jnp.clip(x, clip[0], clip[1])
+
+
+def project(x_adv: jax.Array, x: jax.Array, eps: jax.Array, norm: Norm, clip: Clip) -> jax.Array:
+  """Project onto ``{x' : ‖x' − x‖ ≤ ε} ∩ [lo, hi]^d``.
+
+  Projecting onto the ball and then clipping is exact: the ball is a product
+  (L∞) or is shrunk towards ``x`` coordinate-wise by clipping (L2), so
+  clipping never leaves the ball as long as ``x`` itself is inside ``clip``.
+  """
+  delta = x_adv - x
+  if norm == "linf":
+    delta = jnp.clip(delta, -eps, eps)
+  else:
+    scale = jnp.minimum(1.0, eps / (l2_norm(delta) + _TINY))
+    delta = delta * per_example(scale, x)
+  return clip_box(x + delta, clip)
+
+
+def ascent_direction(grad: jax.Array, norm: Norm) -> jax.Array:
+  """Steepest-ascent unit step: ``sign(g)`` (L∞) or ``g / ‖g‖₂`` (L2)."""
+  if norm == "linf":
+    return jnp.sign(grad)
+  return grad / per_example(l2_norm(grad) + _TINY, grad)
+
+
+def random_start(key: jax.Array, x: jax.Array, eps: jax.Array, norm: Norm, clip: Clip) -> jax.Array:
+  """A point drawn uniformly from the ε ball around each example, then clipped.
+
+  L∞: ``δ ~ U(−ε, ε)^d``. L2: direction ``u = g/‖g‖`` with ``g ~ N(0, I)``
+  and radius ``ε·U^{1/d}``, i.e. uniform in volume.
+  """
+  if norm == "linf":
+    delta = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * eps
+  else:
+    dir_key, radius_key = jax.random.split(key)
+    g = jax.random.normal(dir_key, x.shape, x.dtype)
+    d = x[0].size
+    radius = eps * jax.random.uniform(radius_key, x.shape[:1], x.dtype) ** (1.0 / d)
+    delta = g * per_example(radius / (l2_norm(g) + _TINY), x)
+  return clip_box(x + delta, clip)
+
+
+# ----------------------------------------------------------------------------- best point
+
+
+class Best(NamedTuple):
+  """Best point found so far per example: the first misclassified one, else the highest loss.
+
+  Attributes:
+    x: ``(B, *shape)`` the point.
+    loss: ``(B,)`` the attack loss at ``x``.
+    adv: ``(B,)`` bool, ``x`` is misclassified.
+  """
+
+  x: jax.Array
+  loss: jax.Array
+  adv: jax.Array
+
+  @classmethod
+  def empty(cls, x: jax.Array) -> "Best":
+    batch = x.shape[:1]
+    return cls(x, jnp.full(batch, -jnp.inf, x.dtype), jnp.zeros(batch, jnp.bool_))
+
+
+def update_best(best: Best, new: Best) -> Best:
+  """Per example take ``new`` unless ``best`` is already adversarial.
+
+  A misclassified point beats any loss; among points that are not, the
+  higher loss wins; once a point is adversarial it is kept (first success).
+  """
+  take = ~best.adv & (new.adv | (new.loss > best.loss))
+  return Best(
+      jnp.where(per_example(take, best.x), new.x, best.x),
+      jnp.where(take, new.loss, best.loss),
+      best.adv | new.adv,
+  )
+
+
+def best_of_runs(run: Callable[[jax.Array], Best], num_runs: int, x: jax.Array) -> Best:
+  """Merge ``run(0), …, run(num_runs − 1)`` with :func:`update_best`, in order.
+
+  A ``lax.scan`` so the runs compile once and only one run's buffers are live.
+  """
+  def body(best, r):
+    return update_best(best, run(r)), None
+
+  best, _ = jax.lax.scan(body, Best.empty(x), jnp.arange(num_runs))
+  return best
+
+
+def as_scalar(eps: float | jax.Array, x: jax.Array) -> jax.Array:
+  return jnp.asarray(eps, x.dtype)
