@@ -132,9 +132,12 @@ def paper_protocol(model: nn.Module, variables: Any, test: Split, cfg: ml_collec
   """
   full = per_example_correct(make_correct_fn(model, None), variables, test.images, test.labels, key,
                              batch_size=cfg.batch_size, mesh=mesh, desc="clean", progress=progress)
-  subset = take(test, subset_indices(test.num_examples, cfg.attack_subset))
-  correct = evaluate_attacks(model, variables, subset, paper_attacks(cfg), key,
-                             batch_size=cfg.batch_size, mesh=mesh, progress=progress)
+  indices = subset_indices(test.num_examples, cfg.attack_subset)
+  subset = take(test, indices)
+  named = {k: v for k, v in paper_attacks(cfg).items() if v is not None}
+  correct = {"clean": full[indices], **evaluate_attacks(model, variables, subset, named, key,
+                                                        batch_size=cfg.batch_size, mesh=mesh,
+                                                        progress=progress)}
   return {"clean_accuracy": float(full.mean()), "num_test": int(test.num_examples),
           "num_attacked": int(subset.num_examples),
           "accuracy": {k: float(v.mean()) for k, v in correct.items()}, "correct": correct,
