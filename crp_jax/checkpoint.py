@@ -1,13 +1,21 @@
-"""Orbax checkpoints in the workdir, with config checks and safe fallback.
+"""Orbax checkpoints in the workdir, with config checks, integrity manifests and safe fallback.
 
 Orbax writes each step into a temporary folder and renames it when done,
-so a kill during a save leaves the previous step usable. ``config.json``
-beside the checkpoints says what run they belong to: resuming with a
-different config is refused and the differing fields are named.
+so a kill during a save leaves the previous step usable; leftover
+temporary folders are removed when a run restarts. Orbax does not checksum
+what it reads (a truncated or altered data file can load without error),
+so after each save a manifest of every file's size and sha256 is written
+into the step folder and checked before that step is restored. A step that
+fails the check is moved aside and the previous one is used, with a warning.
+
+``config.json`` beside the checkpoints says what run they belong to:
+resuming with a different config is refused and the differing fields are
+named.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from typing import Any, Iterable
@@ -21,11 +29,15 @@ from crp_jax import io
 #: Fields that may change between a run and its resumption with
 #: ``allow_config_change``: they do not affect the training trajectory.
 SAFE_TO_CHANGE: tuple[str, ...] = ("eval.", "log_every_steps", "checkpoint_every_steps",
-                                   "max_checkpoints", "tfds_data_dir", "progress")
+                                   "max_checkpoints", "tfds_data_dir")
+#: The integrity manifest inside each step folder.
+MANIFEST_NAME = "crp_manifest.json"
+#: Where unusable steps are moved, beside ``checkpoints/``.
+QUARANTINE_DIR = "corrupt_checkpoints"
 
 
 class CheckpointError(ValueError):
-  """A checkpoint that cannot be used for this run."""
+  """A checkpoint or workdir that cannot be used for this run."""
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -50,26 +62,103 @@ def _unsafe(diffs: Iterable[str]) -> list[str]:
   return [d for d in diffs if not d.split(":")[0].startswith(SAFE_TO_CHANGE)]
 
 
+def check_workdir(workdir: str) -> None:
+  """Raises :class:`CheckpointError` unless ``workdir`` is, or can become, a writable folder.
+
+  Writes nothing: it inspects ``workdir`` or, if absent, its nearest
+  existing ancestor.
+  """
+  path = os.path.abspath(workdir)
+  while not os.path.lexists(path):
+    path = os.path.dirname(path)
+  what = "the workdir" if path == os.path.abspath(workdir) else f"its ancestor {path}"
+  if not os.path.isdir(path):
+    raise CheckpointError(f"cannot use workdir {workdir}: {what} is not a directory")
+  if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+    raise CheckpointError(f"cannot use workdir {workdir}: {what} is not readable and writable")
+
+
 def check_config(workdir: str, config: ml_collections.ConfigDict, *,
                  allow_config_change: bool = False) -> None:
-  """Refuses to reuse a workdir whose saved ``config.json`` differs from ``config``.
+  """Refuses a workdir that cannot hold this run, or holds a run with another config.
 
   With ``allow_config_change`` only the fields in :data:`SAFE_TO_CHANGE`
-  may differ. Writes nothing.
+  may differ from the saved ``config.json``. Writes nothing.
   """
+  check_workdir(workdir)
   path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  if not os.path.lexists(path):
+    if os.path.lexists(os.path.join(workdir, "checkpoints")):
+      raise CheckpointError(f"workdir {workdir} holds checkpoints but no config.json, so they cannot "
+                            "be matched to this config; use another --workdir")
     return
   try:
     saved = io.read_json(path)
   except (OSError, ValueError) as e:
     raise CheckpointError(f"cannot read {path}: {e}") from None
-  diffs = config_diff(saved, config.to_dict())
-  bad = _unsafe(diffs) if allow_config_change else diffs
-  if bad:
-    hint = "" if allow_config_change else " (eval-only changes are allowed with --allow_config_change)"
-    raise CheckpointError(f"workdir {workdir} holds a run with another config; use another --workdir "
-                          f"or the same config. Differing fields: {'; '.join(bad)}{hint}")
+  if not isinstance(saved, dict):
+    raise CheckpointError(f"cannot read {path}: not a JSON object")
+  _refuse_changes(workdir, config_diff(saved, config.to_dict()), allow_config_change)
+
+
+def _refuse_changes(workdir: str, diffs: list[str], allow_config_change: bool) -> None:
+  unsafe = _unsafe(diffs)
+  bad = unsafe if allow_config_change else diffs
+  if not bad:
+    return
+  if allow_config_change:
+    hint = " (--allow_config_change permits only eval and logging fields)"
+  elif not unsafe:
+    hint = " (these fields do not affect training: add --allow_config_change to resume)"
+  else:
+    hint = ""
+  raise CheckpointError(f"workdir {workdir} holds a run with another config; use another --workdir "
+                        f"or the same config. Differing fields: {'; '.join(bad)}{hint}")
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def file_digests(folder: str) -> dict[str, list[Any]]:
+  """``{relative path: [size, sha256]}`` of every file under ``folder`` but the manifest."""
+  out = {}
+  for root, dirs, files in os.walk(folder):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, folder)
+      if rel != MANIFEST_NAME:
+        out[rel] = [os.path.getsize(path), _sha256(path)]
+  return out
+
+
+def write_manifest(folder: str) -> None:
+  """Records the size and sha256 of each file of a finished step folder."""
+  io.write_json(os.path.join(folder, MANIFEST_NAME), {"files": file_digests(folder)})
+
+
+def verify_manifest(folder: str) -> str | None:
+  """``None`` if every file of ``folder`` matches its manifest, else what is wrong."""
+  try:
+    files = io.read_json(os.path.join(folder, MANIFEST_NAME))["files"]
+  except FileNotFoundError:
+    return f"no {MANIFEST_NAME} (the save was interrupted, or the file was deleted)"
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return f"unreadable {MANIFEST_NAME}: {e}"
+  for rel, (size, digest) in sorted(files.items()):
+    path = os.path.join(folder, rel)
+    if not os.path.isfile(path):
+      return f"{rel} is missing"
+    if os.path.getsize(path) != size:
+      return f"{rel} has {os.path.getsize(path)} bytes, not {size} (truncated?)"
+    if _sha256(path) != digest:
+      return f"{rel} does not match its sha256"
+  return None
 
 
 class Checkpointer:
@@ -77,38 +166,78 @@ class Checkpointer:
 
   def __init__(self, workdir: str, max_to_keep: int = 2):
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False)
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+                                           enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def steps(self) -> list[int]:
+    """The finished steps on disk, oldest first."""
     self._manager.reload()
     return sorted(self._manager.all_steps())
 
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def save(self, step: int, state: Any) -> None:
-    if step not in self._manager.all_steps():
-      self._manager.save(step, args=ocp.args.StandardSave(state))
-      self._manager.wait_until_finished()
+    """Saves ``state`` as ``step`` (unless that step exists), then its manifest."""
+    if step in self.steps():
+      return
+    self._manager.save(step, args=ocp.args.StandardSave(state))
+    self._manager.wait_until_finished()
+    write_manifest(self.step_dir(step))
 
   def restore_latest(self, template: Any) -> Any | None:
-    """The newest restorable state shaped like ``template``, or ``None`` if none exists.
+    """The newest intact state shaped like ``template``, or ``None`` if there is no step.
 
-    A corrupt newest step (a truncated or missing file) is skipped with a
-    warning and the previous one is tried; if none loads, raises.
+    A newer step that fails its manifest or does not restore is moved to
+    ``<workdir>/corrupt_checkpoints/`` with a warning and an older one is
+    used. If no step is usable, raises :class:`CheckpointError` and moves
+    nothing.
     """
-    steps = self.steps()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    errors = []
-    for step in reversed(steps):
-      try:
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-      except Exception as e:  # orbax raises many types for bad files; report them all
-        errors.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        warnings.warn(f"checkpoint step {step} in {self.directory} is unreadable; trying an older one")
-    if errors:
-      raise CheckpointError(f"no usable checkpoint in {self.directory} ({'; '.join(errors)}); "
-                            "delete the folder to start afresh")
+    bad: list[tuple[int, str]] = []
+    for step in reversed(self.steps()):
+      problem = verify_manifest(self.step_dir(step))
+      if problem is None:
+        try:
+          state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # orbax raises many types for bad files; report them all
+          problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      if problem is None:
+        self._set_aside(bad, step)
+        return state
+      bad.append((step, problem))
+    if bad:
+      raise CheckpointError(f"no usable checkpoint in {self.directory} ({_describe(bad)}); "
+                            "move or delete that folder to start afresh")
     return None
+
+  def _set_aside(self, bad: list[tuple[int, str]], good: int) -> None:
+    """Moves the unusable steps newer than ``good`` out of orbax's folder, with a warning."""
+    if not bad:
+      return
+    target = os.path.join(self.workdir, QUARANTINE_DIR)
+    os.makedirs(target, exist_ok=True)
+    for step, _ in bad:
+      os.replace(self.step_dir(step), _free_name(os.path.join(target, str(step))))
+    self._manager.reload()
+    warnings.warn(f"unusable checkpoint ({_describe(bad)}) moved to {target}; "
+                  f"using step {good} instead", stacklevel=3)
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _describe(bad: list[tuple[int, str]]) -> str:
+  return "; ".join(f"step {step}: {problem}" for step, problem in bad)
+
+
+def _free_name(path: str) -> str:
+  """``path``, or ``path-1``, ``path-2``... whichever does not exist yet."""
+  candidate, n = path, 0
+  while os.path.lexists(candidate):
+    n += 1
+    candidate = f"{path}-{n}"
+  return candidate

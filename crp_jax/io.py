@@ -7,18 +7,24 @@ import os
 import tempfile
 from typing import Any
 
+#: Prefix of the temporary files :func:`atomic_write_text` renames into place.
+TEMP_PREFIX = ".tmp-"
 
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` via a temp file in the same folder and a rename.
+
+def atomic_write_text(path: str, text: str | bytes) -> None:
+  """Writes ``text`` (or bytes, e.g. a PNG) to ``path`` via a temp file in the same folder and a rename.
 
   A crash (or SIGKILL) mid-write leaves the previous file intact, because
-  ``os.replace`` is atomic on POSIX within one file system.
+  ``os.replace`` is atomic on POSIX within one file system; at worst a
+  stray temp file remains, which :func:`remove_stale_temps` deletes.
   """
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
   try:
-    with os.fdopen(fd, "w") as f:
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
+    binary = isinstance(text, bytes)
+    with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
@@ -27,14 +33,45 @@ def atomic_write_text(path: str, text: str) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+  _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+  """Makes a rename in ``folder`` durable across a power loss (best effort)."""
+  try:
+    fd = os.open(folder, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def remove_stale_temps(folder: str) -> list[str]:
+  """Deletes the temp files a killed :func:`atomic_write_text` left in ``folder``.
+
+  Only call it when no other process writes to ``folder``. Returns their names.
+  """
+  if not os.path.isdir(folder):
+    return []
+  stale = sorted(n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX)
+                 and os.path.isfile(os.path.join(folder, n)))
+  for name in stale:
+    os.remove(os.path.join(folder, name))
+  return stale
 
 
 def write_json(path: str, obj: Any) -> None:
+  """Writes ``obj`` as indented, key-sorted JSON, atomically."""
   atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
 
 
 def read_json(path: str) -> Any:
-  with open(path) as f:
+  """The JSON value in ``path``; raises ``OSError`` or ``ValueError`` on a bad file."""
+  with open(path, encoding="utf-8") as f:
     return json.load(f)
 
 
@@ -44,7 +81,10 @@ def append_jsonl(path: str, record: dict[str, Any]) -> None:
   ``metrics.jsonl`` stays small (one line per log interval), so a rewrite
   is cheap and keeps the file whole under a kill.
   """
-  old = open(path).read() if os.path.exists(path) else ""
+  old = ""
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      old = f.read()
   atomic_write_text(path, old + json.dumps(record, sort_keys=True, default=_jsonable) + "\n")
 
 
