@@ -84,17 +84,24 @@ def make_correct_fn(model: nn.Module, attack: Attack) -> Callable:
   return correct
 
 
-def per_example_correct(fn: Callable, variables: Any, images: np.ndarray, labels: np.ndarray,
-                        key: jax.Array, *, batch_size: int, mesh: Mesh, desc: str = "",
-                        progress: bool = True) -> np.ndarray:
-  """Runs ``fn`` over all examples in sharded batches; returns ``(N,)`` bool.
+def per_example(fn: Callable, variables: Any, images: np.ndarray, labels: np.ndarray,
+                key: jax.Array, *, batch_size: int, mesh: Mesh, desc: str = "",
+                progress: bool = True) -> np.ndarray:
+  """Runs ``fn(variables, images, labels, key) -> (batch, ...)`` over all examples.
 
-  The last batch is padded with copies of the first examples (and their
-  results dropped), so every batch has one shape and one compilation.
+  Batches are sharded along the mesh's ``data`` axis. The last batch is
+  padded with copies of the first examples (their results dropped), so
+  every batch has one shape and ``fn`` compiles once. Batch ``b`` gets the
+  key ``fold_in(key, b)``.
+
+  Returns:
+    ``(N, ...)`` numpy array, the concatenated per-example outputs.
   """
   n = len(labels)
+  if n == 0:
+    raise ValueError("no examples to evaluate")
   pad = (-n) % batch_size
-  idx = np.concatenate([np.arange(n), np.arange(pad) % max(n, 1)])
+  idx = np.concatenate([np.arange(n), np.arange(pad) % n])
   data = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
   jitted = jax.jit(fn, in_shardings=(replicated, data, data, replicated), out_shardings=data)
@@ -103,14 +110,14 @@ def per_example_correct(fn: Callable, variables: Any, images: np.ndarray, labels
   for b in tqdm(range(len(idx) // batch_size), desc=desc, disable=not progress, leave=False):
     sl = idx[b * batch_size:(b + 1) * batch_size]
     out.append(jitted(variables, images[sl], labels[sl], jax.random.fold_in(key, b)))
-  return np.concatenate(jax.device_get(out))[:n] if out else np.zeros(0, bool)
+  return np.concatenate(jax.device_get(out))[:n]
 
 
 def evaluate_attacks(model: nn.Module, variables: Any, split: Split, named: dict[str, Attack],
                      key: jax.Array, *, batch_size: int, mesh: Mesh,
                      progress: bool = True) -> dict[str, np.ndarray]:
   """Per-example correctness of ``model`` under each attack of ``named``."""
-  return {name: per_example_correct(make_correct_fn(model, attack), variables, split.images,
+  return {name: per_example(make_correct_fn(model, attack), variables, split.images,
                                     split.labels, jax.random.fold_in(key, i), batch_size=batch_size,
                                     mesh=mesh, desc=name, progress=progress)
           for i, (name, attack) in enumerate(named.items())}
@@ -130,7 +137,7 @@ def paper_protocol(model: nn.Module, variables: Any, test: Split, cfg: ml_collec
   ``num_attacked``, ``accuracy`` (name -> fraction on the subset) and
   ``correct`` (name -> per-example bool array, not for JSON).
   """
-  full = per_example_correct(make_correct_fn(model, None), variables, test.images, test.labels, key,
+  full = per_example(make_correct_fn(model, None), variables, test.images, test.labels, key,
                              batch_size=cfg.batch_size, mesh=mesh, desc="clean", progress=progress)
   indices = subset_indices(test.num_examples, cfg.attack_subset)
   subset = take(test, indices)
@@ -142,3 +149,41 @@ def paper_protocol(model: nn.Module, variables: Any, test: Split, cfg: ml_collec
           "num_attacked": int(subset.num_examples),
           "accuracy": {k: float(v.mean()) for k, v in correct.items()}, "correct": correct,
           "labels": {k: attack_label(k, cfg) for k in correct}}
+
+
+def transfer_matrix(models: dict[str, tuple[nn.Module, Any]], split: Split, attack: Attack,
+                    key: jax.Array, *, mesh: Mesh, batch_size: int,
+                    progress: bool = True) -> dict[str, dict[str, np.ndarray]]:
+  """Black-box transfer between every ordered pair of models, in one pass per source.
+
+  Adversarial examples are crafted with ``attack`` against each source and
+  evaluated on every other model (the paper's protocol of attacking each
+  model with examples from the others, and Table 8's standard and
+  adversarially trained sources).
+
+  Returns:
+    ``out[target][source]``: ``(N,)`` bool, target still correct.
+  """
+  out: dict[str, dict[str, np.ndarray]] = {t: {} for t in models}
+  for s_name, (s_model, s_vars) in models.items():
+    craft = _crafter(s_model, attack)
+    x_adv = per_example(craft, s_vars, split.images, split.labels, key, batch_size=batch_size,
+                        mesh=mesh, desc=f"craft on {s_name}", progress=progress)
+    for t_name, (t_model, t_vars) in models.items():
+      if t_name != s_name:
+        out[t_name][s_name] = per_example(_correct_on_float(t_model), t_vars, x_adv, split.labels, key,
+                                          batch_size=batch_size, mesh=mesh, progress=False)
+  return out
+
+
+def _crafter(model: nn.Module, attack: Attack) -> Callable:
+  def craft(variables, images, labels, key):
+    return attack(lambda z: model.apply(variables, z, train=False), to_float(images), labels, key)
+  return craft
+
+
+def _correct_on_float(model: nn.Module) -> Callable:
+  def correct(variables, x, labels, key):
+    del key
+    return jnp.argmax(model.apply(variables, x, train=False), axis=-1) == labels
+  return correct

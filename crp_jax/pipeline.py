@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from crp_jax import checkpoint, config as config_lib, data, evaluate, io, report, train
+from crp_jax import checkpoint, config as config_lib, data, diagnostics, evaluate, io, report, train
 from crp_jax.models import get_model
 
 
@@ -53,46 +53,113 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
           data.load_split(config.dataset, "test", data_dir=data_dir))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, splits: tuple[data.Split, data.Split],
-                       *, mesh: jax.sharding.Mesh | None = None, progress: bool = True,
-                       command: str = "") -> dict[str, Any]:
-  """Trains one model per ``config`` in ``workdir`` (resuming if possible) and evaluates it."""
-  mesh = train.make_mesh() if mesh is None else mesh
-  train_split, test_split = splits
+class Trained(NamedTuple):
+  """A trained model: its config, module and eval-mode variables."""
+  config: ml_collections.ConfigDict
+  model: Any
+  variables: Any
+
+
+def model_for(config: ml_collections.ConfigDict, num_classes: int):
+  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+  return get_model(config.model, num_classes, dtype=dtype)
+
+
+def train_one(config: ml_collections.ConfigDict, workdir: str, train_split: data.Split, *,
+              mesh: jax.sharding.Mesh, progress: bool = True) -> tuple[Trained, dict[str, Any]]:
+  """Trains one model per ``config`` in ``workdir``, resuming if it holds a checkpoint."""
   os.makedirs(workdir, exist_ok=True)
   io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-  model = get_model(config.model, train_split.num_classes, dtype=dtype)
+  model = model_for(config, train_split.num_classes)
   start = time.perf_counter()
   state = train.fit(config, workdir, model, train_split, mesh, progress=progress)
-  seconds = time.perf_counter() - start
-  key = train.run_keys(config.seed)["eval"]
-  evaluation = evaluate.paper_protocol(model, state.variables(), test_split, config.eval, key,
-                                       mesh=mesh, progress=progress)
-  result = {"config": config.to_dict(), "versions": versions(), "device_count": jax.device_count(),
-            "device_kind": jax.devices()[0].device_kind, "command": command,
-            "training": {"steps": int(state.step), "seconds": seconds},
-            "evaluation": {k: v for k, v in evaluation.items() if k != "correct"}}
-  io.write_json(os.path.join(workdir, "results.json"), result)
-  io.atomic_write_text(os.path.join(workdir, "report.md"),
-                       report.markdown_report({config.method: result}, command))
-  return result
+  info = {"steps": int(state.step), "seconds": time.perf_counter() - start}
+  return Trained(config, model, state.variables()), info
+
+
+def evaluate_one(trained: Trained, test: data.Split, *, mesh: jax.sharding.Mesh,
+                 progress: bool = True) -> dict[str, Any]:
+  """The paper's protocol, and (``eval.strong``) the strong protocol on the same subset.
+
+  Returns the JSON-able results plus ``_correct``: attack -> per-example bool.
+  """
+  cfg = trained.config.eval
+  key = train.run_keys(trained.config.seed)["eval"]
+  paper = evaluate.paper_protocol(trained.model, trained.variables, test, cfg, key, mesh=mesh,
+                                  progress=progress)
+  correct = paper.pop("correct")
+  if cfg.strong:
+    subset = evaluate.take(test, evaluate.subset_indices(test.num_examples, cfg.attack_subset))
+    correct.update(diagnostics.diagnose(trained.model, trained.variables, subset, cfg, key, mesh=mesh,
+                                        progress=progress))
+  return {"paper": paper, "_correct": correct}
+
+
+def transfer_correct(entries: dict[str, Trained], test: data.Split, *, mesh: jax.sharding.Mesh,
+                     progress: bool = True) -> dict[str, dict[str, np.ndarray]]:
+  """Black-box transfer: ``out[target][source]`` = per-example correctness of ``target``
+  on examples crafted against ``source`` (APGD-CE at the evaluation ε)."""
+  if len(entries) < 2:
+    return {}
+  first = next(iter(entries.values())).config.eval
+  subset = evaluate.take(test, evaluate.subset_indices(test.num_examples, first.attack_subset))
+  key = train.run_keys(next(iter(entries.values())).config.seed)["eval"]
+  return evaluate.transfer_matrix({n: (t.model, t.variables) for n, t in entries.items()}, subset,
+                                  diagnostics.strong_attacks(first)["apgd-ce"], key, mesh=mesh,
+                                  batch_size=first.batch_size, progress=progress)
+
+
+def finish(entries: dict[str, Trained], evaluations: dict[str, dict[str, Any]],
+           transfer: dict[str, dict[str, np.ndarray]], num_classes: int) -> dict[str, dict[str, Any]]:
+  """Adds the strong summary and masking checks (with transfer) to each evaluation."""
+  out = {}
+  for name, ev in evaluations.items():
+    ev = dict(ev)
+    correct = ev.pop("_correct")
+    cfg = entries[name].config.eval
+    if cfg.strong:
+      t = transfer.get(name, {})
+      ev["strong"] = diagnostics.summarize(correct, cfg, num_classes, t)
+      ev["strong"]["transfer"] = {src: float(v.mean()) for src, v in t.items()}
+    out[name] = ev
+  return out
+
+
+def result_record(trained: Trained, training: dict[str, Any], evaluation: dict[str, Any],
+                  command: str) -> dict[str, Any]:
+  return {"config": trained.config.to_dict(), "versions": versions(),
+          "device_count": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+          "command": command, "training": training, "evaluation": evaluation}
+
+
+def write_outputs(workdir: str, results: dict[str, dict[str, Any]], command: str) -> str:
+  """``results.json``, ``report.md`` and ``robustness.png`` of a set of models."""
+  io.write_json(os.path.join(workdir, "results.json"), results if len(results) > 1 else next(iter(results.values())))
+  text = report.markdown_report(results, command)
+  io.atomic_write_text(os.path.join(workdir, "report.md"), text)
+  report.plot_curves(results, os.path.join(workdir, "robustness.png"))
+  return text
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
         allow_config_change: bool = False, command: str = "") -> str:
-  """Trains and evaluates each method of ``config``; returns the comparison table.
+  """Trains and evaluates each method of ``config``; returns the report.
 
-  Each model lives in ``<workdir>/<method>/``; the comparison goes to
-  ``<workdir>/report.md`` and ``<workdir>/results.json``.
+  Each model lives in ``<workdir>/<method>/`` with its own ``config.json``,
+  ``metrics.jsonl``, ``results.json`` and ``report.md``; the side-by-side
+  comparison goes to ``<workdir>/report.md`` and ``<workdir>/results.json``.
   """
-  splits = prepare(config, workdir, allow_config_change=allow_config_change)
+  train_split, test = prepare(config, workdir, allow_config_change=allow_config_change)
   mesh = train.make_mesh()
-  results = {m: train_and_evaluate(method_config(config, m), os.path.join(workdir, m), splits,
-                                   mesh=mesh, progress=progress, command=command)
-             for m in methods_of(config)}
+  entries, training, evaluations = {}, {}, {}
+  for m in methods_of(config):
+    entries[m], training[m] = train_one(method_config(config, m), os.path.join(workdir, m), train_split,
+                                        mesh=mesh, progress=progress)
+    evaluations[m] = evaluate_one(entries[m], test, mesh=mesh, progress=progress)
+  transfer = transfer_correct(entries, test, mesh=mesh, progress=progress) if config.eval.strong else {}
+  final = finish(entries, evaluations, transfer, test.num_classes)
+  results = {m: result_record(entries[m], training[m], final[m], command) for m in entries}
+  for m in entries:
+    write_outputs(os.path.join(workdir, m), {m: results[m]}, command)
   io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  io.write_json(os.path.join(workdir, "results.json"), results)
-  text = report.markdown_report(results, command)
-  io.atomic_write_text(os.path.join(workdir, "report.md"), text)
-  return text
+  return write_outputs(workdir, results, command)

@@ -1,29 +1,97 @@
-"""Paper-style tables (markdown) of evaluation results, side by side per model."""
+"""Reports: the paper's protocol and the strong protocol side by side, the
+masking checks under them, a verdict, and a plot of accuracy vs ε and steps."""
 
 from __future__ import annotations
 
 from typing import Any
+
+Results = dict[str, dict[str, Any]]
 
 
 def _pct(x: float | None) -> str:
   return "—" if x is None else f"{100 * x:.2f}"
 
 
-def accuracy_table(results: dict[str, dict[str, Any]]) -> str:
-  """A markdown table: one row per attack, one column per model.
+def _row(label: str, values: list[float | None]) -> str:
+  return f"| {label} | " + " | ".join(_pct(v) for v in values) + " |\n"
 
-  Args:
-    results: model name -> its ``results.json`` dict (needs ``evaluation``).
-  """
+
+def _get(r: dict[str, Any], *path: str) -> Any:
+  for p in path:
+    if not isinstance(r, dict) or p not in r:
+      return None
+    r = r[p]
+  return r
+
+
+def accuracy_table(results: Results) -> str:
+  """Markdown: one row per attack, one column per model, paper protocol then strong protocol."""
   names = list(results)
-  first = results[names[0]]["evaluation"]
-  rows = [("No attack (full test split)", [r["evaluation"]["clean_accuracy"] for r in results.values()])]
-  for key, label in first["labels"].items():
-    suffix = f" (n={first['num_attacked']})"
-    rows.append((label + suffix, [r["evaluation"]["accuracy"].get(key) for r in results.values()]))
-  head = "| Setting | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names) + "\n"
-  return head + "".join(f"| {label} | " + " | ".join(_pct(v) for v in vals) + " |\n"
-                        for label, vals in rows)
+  first = results[names[0]]
+  paper = first["evaluation"]["paper"]
+  n = paper["num_attacked"]
+  out = "| Setting | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names) + "\n"
+  out += _row("No attack (whole test split)", [_get(r, "evaluation", "paper", "clean_accuracy") for r in results.values()])
+  out += f"| *Paper protocol (n={n})* |" + " |" * len(names) + "\n"
+  for key, label in paper["labels"].items():
+    out += _row(label, [_get(r, "evaluation", "paper", "accuracy", key) for r in results.values()])
+  if _get(first, "evaluation", "strong") is not None:
+    out += strong_rows(results)
+  return out
+
+
+def strong_rows(results: Results) -> str:
+  e = next(iter(results.values()))["config"]["eval"]
+  vals = lambda *p: [_get(r, "evaluation", "strong", *p) for r in results.values()]
+  out = f"| *Strong protocol (n={next(iter(results.values()))['evaluation']['paper']['num_attacked']})* |" + \
+      " |" * len(results) + "\n"
+  out += _row(f"APGD-CE ({e['apgd_steps']} steps)", vals("accuracy", "apgd-ce"))
+  out += _row(f"APGD-T ({e['apgd_steps']} steps, {e['num_targets']} targets)", vals("accuracy", "apgd-t"))
+  out += _row(f"Square ({e['square_queries']} queries)", vals("accuracy", "square"))
+  out += _row("**Worst case (APGD-CE ∧ APGD-T ∧ Square)**", vals("worst_case"))
+  out += _row("**Worst case over every attack at ε** (incl. paper's, sweeps, noise, transfer)",
+              vals("all_attacks"))
+  sources = sorted({s for r in results.values() for s in (_get(r, "evaluation", "strong", "transfer") or {})})
+  for s in sources:
+    out += _row(f"Transfer (black-box) from {s}, APGD-CE", vals("transfer", s))
+  return out
+
+
+def checks_section(results: Results) -> str:
+  out = ["## Gradient-masking checks", ""]
+  for name, r in results.items():
+    checks = _get(r, "evaluation", "strong", "checks")
+    if checks is None:
+      continue
+    out += [f"**{name}** ({sum(not c['passed'] for c in checks)} FLAG)", "", "```"]
+    out += [f"{'PASS' if c['passed'] else 'FLAG'}  {c['name']}: {c['detail']}" for c in checks]
+    out += ["```", ""]
+  return "\n".join(out)
+
+
+def verdict(results: Results) -> str:
+  """What the numbers say, in words, whatever they turn out to be."""
+  lines = ["## Verdict", ""]
+  for name, r in results.items():
+    strong = _get(r, "evaluation", "strong")
+    if strong is None:
+      lines.append(f"- **{name}**: strong protocol not run (eval.strong=False); the paper-protocol "
+                   "numbers above are not evidence of robustness.")
+      continue
+    paper_acc = _get(r, "evaluation", "paper", "accuracy")
+    best_paper = min(v for k, v in paper_acc.items() if k != "clean")
+    gap = best_paper - strong["all_attacks"]
+    lines.append(
+        f"- **{name}**: robust accuracy {_pct(strong['all_attacks'])}% under every attack at ε "
+        f"(strong worst case {_pct(strong['worst_case'])}%), against {_pct(best_paper)}% from the "
+        f"paper's protocol alone: the paper's protocol overstates it by {100 * gap:.1f} points. "
+        f"{strong['num_flags']} masking check(s) FLAG.")
+  if len(results) > 1:
+    ranked = sorted(results, key=lambda n: -(_get(results[n], "evaluation", "strong", "all_attacks") or 0))
+    accs = {n: _get(results[n], "evaluation", "strong", "all_attacks") for n in ranked}
+    if None not in accs.values():
+      lines.append("- Under the strong protocol: " + ", ".join(f"{n} {_pct(a)}%" for n, a in accs.items()) + ".")
+  return "\n".join(lines)
 
 
 def describe_run(result: dict[str, Any]) -> str:
@@ -33,17 +101,50 @@ def describe_run(result: dict[str, Any]) -> str:
   train = (f"{c['method']}" if c["method"] == "standard" else
            f"{c['method']}: K={c['num_perturbations']} {c['distribution']} ε={c['perturbation_eps']:.4g}"
            f"{' + clean' if c['include_clean'] else ''}")
-  return (f"{train}; {c['model']} on {c['dataset']}, {c['epochs']} epochs, {t['steps']} steps of "
-          f"batch {c['batch_size']}, seed {c['seed']}, {t['seconds']:.0f} s")
+  subset = f", {c['train_subset']} train examples" if c["train_subset"] else ""
+  return (f"{train}; {c['model']} on {c['dataset']}{subset}, {c['epochs']} epochs = {t['steps']} "
+          f"steps of batch {c['batch_size']}, seed {c['seed']}, {t['seconds']:.0f} s to train")
 
 
-def markdown_report(results: dict[str, dict[str, Any]], command: str) -> str:
-  """The full ``report.md``: how it was made, the settings, and the table."""
+def markdown_report(results: Results, command: str) -> str:
+  """The full ``report.md``: how it was made, the settings, the tables, checks and verdict."""
   first = next(iter(results.values()))
   e = first["config"]["eval"]
-  lines = [f"# Robustness report: {first['config']['dataset']}", "",
-           f"Command: `{command}`", "",
-           f"White-box attacks at L∞ ε = {e['eps']:.4g}; accuracy in %.", ""]
+  lines = [f"# Robustness report: {first['config']['dataset']}", "", f"Command: `{command}`", "",
+           f"White-box attacks at L∞ ε = {e['eps']:.4g}; accuracy in %. Device: "
+           f"{first['device_count']} × {first['device_kind']}.", ""]
   lines += [f"- **{name}**: {describe_run(r)}" for name, r in results.items()]
-  lines += ["", accuracy_table(results)]
+  lines += ["", accuracy_table(results), checks_section(results), verdict(results), ""]
   return "\n".join(lines)
+
+
+def plot_curves(results: Results, path: str) -> None:
+  """PNG: accuracy vs ε (PGD sweep) and vs steps (PGD, APGD-CE), one line per model."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from crp_jax.io import atomic_write_text  # pylint: disable=g-import-not-at-top
+  import io as _io  # pylint: disable=g-import-not-at-top
+  if all(_get(r, "evaluation", "strong") is None for r in results.values()):
+    return
+  fig, (ax_eps, ax_steps) = plt.subplots(1, 2, figsize=(10, 4))
+  for name, r in results.items():
+    e = r["config"]["eval"]
+    acc = _get(r, "evaluation", "strong", "accuracy") or {}
+    ax_eps.plot(e["eps_grid"], [100 * acc[f"pgd{e['eps_sweep_steps']}@{x:.4g}"] for x in e["eps_grid"]],
+                "o-", label=name)
+    ax_steps.plot(e["sweep_steps"], [100 * acc[f"pgd{n}@eps"] for n in e["sweep_steps"]], "o-",
+                  label=f"{name} PGD")
+    if e["sweep_apgd_steps"]:
+      ax_steps.plot(e["sweep_apgd_steps"], [100 * acc[f"apgd{n}@eps"] for n in e["sweep_apgd_steps"]],
+                    "s--", label=f"{name} APGD-CE")
+  ax_eps.set(xlabel="ε (L∞)", ylabel="accuracy [%]", title="Accuracy vs ε (PGD)")
+  ax_steps.set(xlabel="attack steps", ylabel="accuracy [%]", xscale="log", title="Accuracy vs steps at ε")
+  for ax in (ax_eps, ax_steps):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  buf = _io.BytesIO()
+  fig.tight_layout()
+  fig.savefig(buf, format="png", dpi=100)
+  plt.close(fig)
+  atomic_write_text(path, buf.getvalue())

@@ -24,6 +24,7 @@ def tiny(config, **overrides):
   config.epochs, config.batch_size, config.num_perturbations = 1, 16, 2
   config.log_every_steps, config.checkpoint_every_steps = 2, 12
   config.eval.attack_subset, config.eval.batch_size, config.eval.pgd_steps = 8, 8, (2,)
+  config.eval.strong = False
   for k, v in overrides.items():
     config[k] = v
   return config
@@ -73,7 +74,8 @@ def test_resume_gives_identical_parameters(tmp_path):
 def test_default_job_runs_tiny_and_writes_its_outputs(tmp_path):
   cmd = [sys.executable, "-m", "experiments.run", f"--workdir={tmp_path}", "--progress=false",
          "--config.epochs=1", "--config.train_subset=128", "--config.num_perturbations=2",
-         "--config.eval.attack_subset=16", "--config.eval.pgd_steps=(2,)", "--config.eval.batch_size=16"]
+         "--config.eval.attack_subset=16", "--config.eval.pgd_steps=(2,)", "--config.eval.batch_size=16",
+         "--config.eval.strong=False"]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                         env={**os.environ, "CRP_CPU_DEVICES": "2"})
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -45,4 +45,18 @@ def eval_config(*, eps: float, step_size: float) -> ml_collections.ConfigDict:
   e.extra_step_size = 0.0  # > 0: also run PGD with this η and a random start
   e.batch_size = 250
   e.attack_subset = 1000  # test examples attacked (clean accuracy uses the whole split)
+  # The strong protocol (AutoAttack-style worst case) and the masking checks.
+  e.strong = True
+  e.apgd_steps = 100
+  e.num_targets = 9  # APGD-T target classes (capped at classes - 1)
+  e.square_queries = 5000
+  e.sweep_steps = (10, 20, 50, 100, 200)  # PGD, step 2.5·ε/n, random start
+  e.sweep_apgd_steps = (25, 100)
+  e.sweep_restarts = 5
+  e.eps_grid = tuple(eps * f for f in (1 / 3, 2 / 3, 1.0, 4 / 3, 2.0))
+  e.eps_sweep_steps = 50
+  e.unbounded_steps = 100
+  e.noise_samples = 100
+  e.masking_tolerance = 0.005  # accuracy noise allowed before a check FLAGs
+  e.zero_grad_threshold = 1e-8
   return e

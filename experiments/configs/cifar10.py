@@ -20,6 +20,7 @@ def get_config(preset: str = "small"):
   c.lr_schedule = "cosine"
   c.weight_decay = 5e-4
   c.eval = base.eval_config(eps=8 / 255, step_size=2 / 255)
+  c.eval.eps_grid = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255)
   if preset == "paper":
     c.model = "wrn28_10"
     c.num_perturbations = 10

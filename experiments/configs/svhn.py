@@ -18,6 +18,7 @@ def get_config(preset: str = "small"):
   c.learning_rate = 0.002
   c.lr_schedule = "cosine"
   c.eval = base.eval_config(eps=8 / 255, step_size=2 / 255)
+  c.eval.eps_grid = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255)
   if preset == "paper":
     c.num_perturbations = 10
     c.epochs = 300
