@@ -163,3 +163,65 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
     write_outputs(os.path.join(workdir, m), {m: results[m]}, command)
   io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   return write_outputs(workdir, results, command)
+
+
+def model_dirs(workdir: str) -> dict[str, str]:
+  """Model folders under ``workdir``: itself if it holds ``config.json`` and
+  checkpoints, else its subfolders that do (the per-method folders of a run)."""
+  def is_model(d: str) -> bool:
+    return os.path.isfile(os.path.join(d, "config.json")) and os.path.isdir(os.path.join(d, "checkpoints"))
+  if is_model(workdir):
+    return {os.path.basename(os.path.normpath(workdir)): workdir}
+  subs = sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []
+  found = {s: os.path.join(workdir, s) for s in subs if is_model(os.path.join(workdir, s))}
+  if not found:
+    raise checkpoint.CheckpointError(f"no trained model in {workdir}: expected config.json and "
+                                     "checkpoints/ there or in its subfolders")
+  return found
+
+
+def load_trained(workdir: str, eval_overrides: dict[str, Any] | None = None) -> Trained:
+  """The latest checkpoint of the model in ``workdir``, with its saved config.
+
+  ``eval_overrides`` replaces fields of ``config.eval`` (they do not affect
+  the trained weights).
+  """
+  config = ml_collections.ConfigDict(io.read_json(os.path.join(workdir, "config.json")))
+  for k, v in (eval_overrides or {}).items():
+    config.eval[k] = v
+  config_lib.validate(config)
+  info = data.dataset_info(config.dataset)
+  model = model_for(config, info.num_classes)
+  tx = train.make_optimizer(config, 1)
+  template = train.create_state(model, tx, train.run_keys(config.seed)["init"], info.image_shape)
+  ckpt = checkpoint.Checkpointer(workdir, config.max_checkpoints)
+  state = ckpt.restore_latest(template)
+  ckpt.close()
+  if state is None:
+    raise checkpoint.CheckpointError(f"no checkpoint in {workdir}/checkpoints")
+  return Trained(config, model, state.variables())
+
+
+def evaluate_saved(workdirs: list[str], *, eval_overrides: dict[str, Any] | None = None,
+                   progress: bool = True, command: str = "") -> str:
+  """Re-evaluates saved models (paper + strong protocol, masking checks, transfer
+  between them) and writes ``evaluation.json``/``.md``/``.png`` beside the first."""
+  dirs = {name: d for w in workdirs for name, d in model_dirs(w).items()}
+  entries = {name: load_trained(d, eval_overrides) for name, d in dirs.items()}
+  datasets = {t.config.dataset for t in entries.values()}
+  if len(datasets) > 1:
+    raise config_lib.ConfigError(f"models of different datasets cannot be compared: {sorted(datasets)}")
+  first = next(iter(entries.values())).config
+  test = data.load_split(first.dataset, "test", data_dir=first.tfds_data_dir or None)
+  mesh = train.make_mesh()
+  evaluations = {n: evaluate_one(t, test, mesh=mesh, progress=progress) for n, t in entries.items()}
+  transfer = transfer_correct(entries, test, mesh=mesh, progress=progress) if first.eval.strong else {}
+  final = finish(entries, evaluations, transfer, test.num_classes)
+  results = {n: result_record(entries[n], {"steps": None, "seconds": 0.0, "workdir": dirs[n]}, final[n], command)
+             for n in entries}
+  out = workdirs[0]
+  io.write_json(os.path.join(out, "evaluation.json"), results)
+  text = report.markdown_report(results, command)
+  io.atomic_write_text(os.path.join(out, "evaluation.md"), text)
+  report.plot_curves(results, os.path.join(out, "evaluation.png"))
+  return text

@@ -1,0 +1,45 @@
+r"""Evaluate saved models: ``python -m experiments.evaluate --workdir=DIR[,DIR...]``.
+
+Runs the paper's protocol and the strong protocol (APGD-CE, APGD-T, Square,
+worst case), the gradient-masking checks, and the transfer (black-box)
+matrix between all the models given, then writes ``evaluation.json``,
+``evaluation.md`` and ``evaluation.png`` into the first workdir.
+
+  python -m experiments.evaluate --workdir=runs/mnist5k-crp-vs-standard-seed0
+  python -m experiments.evaluate --workdir=runs/a/crp,runs/b/crp,runs/c/crp --attack_subset=1000
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from absl import flags
+
+from experiments import cli
+
+flags.DEFINE_list("workdir", None, "Model folder(s) of experiments.run, comma-separated.", required=True)
+flags.DEFINE_integer("attack_subset", None, "Test examples to attack (0: all); default: as trained.")
+flags.DEFINE_integer("square_queries", None, "Square attack query budget.")
+flags.DEFINE_integer("apgd_steps", None, "APGD iterations.")
+flags.DEFINE_integer("num_targets", None, "APGD-T target classes.")
+flags.DEFINE_bool("strong", None, "Run the strong protocol and masking checks; default: as trained.")
+flags.DEFINE_bool("progress", True, "Show progress bars.")
+
+_EVAL_FLAGS = ("attack_subset", "square_queries", "apgd_steps", "num_targets", "strong")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  overrides = {f: flags.FLAGS[f].value for f in _EVAL_FLAGS if flags.FLAGS[f].value is not None}
+  command = "python -m experiments.evaluate " + shlex.join(sys.argv[1:])
+  from crp_jax import pipeline  # pylint: disable=g-import-not-at-top
+  with cli.user_errors():
+    print(pipeline.evaluate_saved(flags.FLAGS.workdir, eval_overrides=overrides,
+                                  progress=flags.FLAGS.progress, command=command))
+
+
+if __name__ == "__main__":
+  cli.setup_devices()
+  cli.run(main)
