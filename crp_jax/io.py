@@ -11,8 +11,8 @@ from typing import Any
 TEMP_PREFIX = ".tmp-"
 
 
-def atomic_write_text(path: str, text: str | bytes) -> None:
-  """Writes ``text`` (or bytes, e.g. a PNG) to ``path`` via a temp file in the same folder and a rename.
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  """Writes ``data`` to ``path`` via a temp file in the same folder and a rename.
 
   A crash (or SIGKILL) mid-write leaves the previous file intact, because
   ``os.replace`` is atomic on POSIX within one file system; at worst a
@@ -23,9 +23,8 @@ def atomic_write_text(path: str, text: str | bytes) -> None:
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
   try:
     os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
-    binary = isinstance(text, bytes)
-    with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
-      f.write(text)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -34,6 +33,11 @@ def atomic_write_text(path: str, text: str | bytes) -> None:
       os.remove(tmp)
     raise
   _fsync_dir(folder)
+
+
+def atomic_write_text(path: str, text: str | bytes) -> None:
+  """Writes ``text`` (UTF-8; bytes as they are) atomically, like :func:`atomic_write_bytes`."""
+  atomic_write_bytes(path, text if isinstance(text, bytes) else text.encode("utf-8"))
 
 
 def _fsync_dir(folder: str) -> None:
