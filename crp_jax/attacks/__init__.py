@@ -1,4 +1,4 @@
-"""Compiled adversarial attacks: FGSM and PGD.
+"""Compiled adversarial attacks: FGSM, PGD, APGD-CE/DLR, APGD-T, Square and an AutoAttack-style evaluation.
 
 Convention. An attack takes ``logits_fn(x) -> (B, C)``, any pure function of
 the inputs (NHWC or any other shape, pixels in ``[0, 1]``), the inputs ``x``
@@ -25,12 +25,20 @@ Steps run in ``lax.fori_loop``/``lax.scan``, so the compile time does not
 grow with the number of steps.
 """
 
+from crp_jax.attacks._apgd import apgd, apgd_targeted
 from crp_jax.attacks._core import accuracy, correct
 from crp_jax.attacks._pgd import fgsm, pgd
+from crp_jax.attacks._square import square, square_with_info
+from crp_jax.attacks._strong import strong_eval
 
 __all__ = [
     "accuracy",
+    "apgd",
+    "apgd_targeted",
     "correct",
     "fgsm",
     "pgd",
+    "square",
+    "square_with_info",
+    "strong_eval",
 ]

@@ -229,8 +229,13 @@ def update_best(best: Best, new: Best) -> Best:
 def best_of_runs(run: Callable[[jax.Array], Best], num_runs: int, x: jax.Array) -> Best:
   """Merge ``run(0), …, run(num_runs − 1)`` with :func:`update_best`, in order.
 
-  A ``lax.scan`` so the runs compile once and only one run's buffers are live.
+  A ``lax.scan`` so the runs compile once and only one run's buffers are live;
+  a single run is called directly, outside any loop, so ``unroll=True`` in
+  the run really removes every loop around its steps.
   """
+  if num_runs == 1:
+    return update_best(Best.empty(x), run(jnp.asarray(0)))
+
   def body(best, r):
     return update_best(best, run(r)), None
 

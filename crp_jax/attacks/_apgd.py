@@ -1,0 +1,275 @@
+"""Auto-PGD: APGD-CE/DLR and the targeted APGD-T (Croce & Hein 2020)."""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crp_jax.attacks import _core
+from crp_jax.attacks._core import Best, Clip, LogitsFn, LossFn, Norm
+
+
+def checkpoints(num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+  r"""Static step-size checkpoints of APGD as a mask over the ``num_steps`` iterations.
+
+  The paper puts checkpoints at :math:`w_j = \lceil p_j N \rceil` with
+  :math:`p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + \max(p_j - p_{j-1} - 0.03, 0.06)`;
+  the windows :math:`w_j - w_{j-1}` therefore start at ``0.22 N`` and shrink
+  by ``0.03 N`` down to ``0.06 N``. Integer window lengths follow the
+  reference implementation.
+
+  Returns:
+    ``(is_checkpoint, window)``, both ``(num_steps,)``: whether iteration
+    ``k`` (0-based) ends a window, and that window's length (0 elsewhere).
+
+  >>> mask, window = checkpoints(100)
+  >>> np.flatnonzero(mask)[:4] + 1, window[mask][:4]
+  (array([22, 41, 57, 70]), array([22, 19, 16, 13], dtype=int32))
+  """
+  length = max(int(0.22 * num_steps), 1)
+  shrink, shortest = max(int(0.03 * num_steps), 1), max(int(0.06 * num_steps), 1)
+  is_checkpoint = np.zeros(num_steps, bool)
+  window = np.zeros(num_steps, np.int32)
+  end = length - 1
+  while end < num_steps:  # a static schedule, not the attack loop
+    is_checkpoint[end], window[end] = True, length
+    length = max(length - shrink, shortest)
+    end += length
+  return is_checkpoint, window
+
+
+class _State(NamedTuple):
+  """Per-example APGD state; images are ``(B, *shape)``, the rest ``(B,)``."""
+
+  x: jax.Array  # current iterate x^(k)
+  x_prev: jax.Array  # x^(k-1), for the momentum term
+  grad: jax.Array  # ∇f(x^(k))
+  loss: jax.Array  # f of the latest iterate, to count increases
+  step: jax.Array  # step size η
+  x_max: jax.Array  # highest-loss point, where a halving restarts from
+  grad_max: jax.Array
+  loss_max: jax.Array
+  best: Best  # returned point: first misclassified, else highest loss
+  increases: jax.Array  # int, steps that increased f since the last checkpoint
+  loss_max_at_check: jax.Array  # f_max at the last checkpoint
+  halved_at_check: jax.Array  # bool, η was halved at the last checkpoint
+
+
+def _momentum_step(s: _State, x0, eps, norm, clip, alpha) -> jax.Array:
+  r""":math:`z = P(x + η\,d(∇f))`, then :math:`P(x + α(z − x) + (1 − α)(x − x_{prev}))`."""
+  step = _core.per_example(s.step, s.x)
+  z = _core.project(s.x + step * _core.ascent_direction(s.grad, norm), x0, eps, norm, clip)
+  return _core.project(s.x + alpha * (z - s.x) + (1 - alpha) * (s.x - s.x_prev), x0, eps, norm,
+                       clip)
+
+
+def _checkpoint(s: _State, is_checkpoint, window, rho) -> _State:
+  """At a checkpoint halve η where the loss stalled, and restart those examples from ``x_max``.
+
+  Condition 1: fewer than ``ρ·window`` of the window's steps increased f.
+  Condition 2: η was not halved at the previous checkpoint and f_max has not
+  grown since (off at the first checkpoint, as in the reference code).
+  """
+  stalled = s.increases < rho * window
+  stuck = ~s.halved_at_check & (s.loss_max_at_check >= s.loss_max)
+  halve = is_checkpoint & (stalled | stuck)
+  restart = _core.per_example(halve, s.x)
+  return s._replace(
+      x=jnp.where(restart, s.x_max, s.x),
+      grad=jnp.where(restart, s.grad_max, s.grad),
+      step=jnp.where(halve, s.step / 2, s.step),
+      increases=jnp.where(is_checkpoint, 0, s.increases),
+      loss_max_at_check=jnp.where(is_checkpoint, s.loss_max, s.loss_max_at_check),
+      halved_at_check=jnp.where(is_checkpoint, halve, s.halved_at_check),
+  )
+
+
+def _init_state(logits_fn, loss_fn, x, y, x_start, eps) -> _State:
+  loss, logits, grad = _core.loss_and_grad(logits_fn, loss_fn, x_start, y)
+  start = Best(x_start, loss, _core.misclassified(logits, y))
+  return _State(
+      x=x_start, x_prev=x_start, grad=grad, loss=loss,
+      step=jnp.full(loss.shape, 2.0, x.dtype) * eps,
+      x_max=x_start, grad_max=grad, loss_max=loss,
+      best=_core.update_best(Best.empty(x), start),
+      increases=jnp.zeros(loss.shape, jnp.int32), loss_max_at_check=loss,
+      halved_at_check=jnp.ones(loss.shape, jnp.bool_))
+
+
+def _apgd_run(logits_fn: LogitsFn, loss_fn: LossFn, x, y, x_start, eps, num_steps, norm, rho,
+              clip, unroll) -> Best:
+  """One APGD run of ``num_steps`` iterations from ``x_start``."""
+  def body(s: _State, schedule):
+    is_checkpoint, window, alpha = schedule
+    x_new = _momentum_step(s, x, eps, norm, clip, alpha)
+    loss, logits, grad = _core.loss_and_grad(logits_fn, loss_fn, x_new, y)
+    best = _core.update_best(s.best, Best(x_new, loss, _core.misclassified(logits, y)))
+    better = loss > s.loss_max
+    better_x = _core.per_example(better, x)
+    s = s._replace(
+        x=x_new, x_prev=s.x, grad=grad, loss=loss, best=best,
+        x_max=jnp.where(better_x, x_new, s.x_max),
+        grad_max=jnp.where(better_x, grad, s.grad_max),
+        loss_max=jnp.maximum(loss, s.loss_max),
+        increases=s.increases + (loss > s.loss).astype(jnp.int32))
+    return _checkpoint(s, is_checkpoint, window, rho), None
+
+  is_checkpoint, window = checkpoints(num_steps)
+  alpha = np.where(np.arange(num_steps) == 0, 1.0, 0.75).astype(np.float32)  # no momentum at k=0
+  schedule = (jnp.asarray(is_checkpoint), jnp.asarray(window, x.dtype), jnp.asarray(alpha, x.dtype))
+  state = _init_state(logits_fn, loss_fn, x, y, x_start, eps)
+  state, _ = jax.lax.scan(body, state, schedule, unroll=unroll)
+  return state.best
+
+
+def _start(key, r, x, eps, norm, clip, random_start) -> jax.Array:
+  if not random_start:
+    return x
+  return _core.random_start(jax.random.fold_in(key, r), x, eps, norm, clip)
+
+
+def apgd(
+    logits_fn: LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    eps: float | jax.Array,
+    norm: Norm = "linf",
+    num_steps: int = 100,
+    loss: str = "ce",
+    restarts: int = 1,
+    rho: float = 0.75,
+    random_start: bool = True,
+    clip: Clip = (0.0, 1.0),
+    unroll: int | bool = 1,
+) -> jax.Array:
+  r"""APGD (Croce & Hein 2020): PGD with momentum and a step size set by the loss's progress.
+
+  Starting from a random point of the ball with :math:`\eta = 2\epsilon`,
+
+  .. math::
+    z^{(k+1)} &= P(x^{(k)} + \eta\, d(\nabla f(x^{(k)}))), \\
+    x^{(k+1)} &= P(x^{(k)} + \alpha (z^{(k+1)} - x^{(k)}) + (1 - \alpha)(x^{(k)} - x^{(k-1)})),
+
+  with :math:`\alpha = 0.75` (1 at the first step), ``d = sign`` (L∞) or
+  ``g/‖g‖₂`` (L2) and ``P`` the projection onto the ball and ``clip``. At the
+  checkpoints of :func:`checkpoints` each example whose loss stalled gets
+  η halved and restarts from its highest-loss point. Returns, per example,
+  the first misclassified iterate, else the highest-loss one; restart ``r``
+  uses key ``fold_in(key, r)`` and the first restart that succeeds wins.
+
+  Args:
+    logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
+    x: ``(B, *shape)`` inputs inside ``clip``.
+    y: ``(B,)`` integer labels.
+    key: PRNG key of the random starts.
+    eps: radius ε.
+    norm: ``"linf"`` or ``"l2"``.
+    num_steps: iterations N (static); N + 1 gradient evaluations.
+    loss: ``"ce"`` (APGD-CE), ``"dlr"`` (APGD-DLR, needs C ≥ 3) or ``"margin"``.
+    restarts: number of runs (static).
+    rho: ρ of condition 1.
+    random_start: start at a uniform point of the ball; else at ``x``.
+    clip: pixel range ``(lo, hi)``, or ``None``.
+    unroll: ``lax.scan`` unroll of the step loop. On CPU, ``True`` avoids
+      XLA:CPU's slow path for convolution input-gradients inside loops, at a
+      compile time linear in ``num_steps``.
+
+  Returns:
+    ``(B, *shape)`` adversarial inputs inside the ball and ``clip``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> w = jnp.array([[1., -1.], [-1., 1.]])
+    >>> x, y = jnp.array([[0.55, 0.45]]), jnp.array([0])
+    >>> x_adv = apgd(lambda x: x @ w, x, y, key=jax.random.key(0), eps=0.1, num_steps=10)
+    >>> bool(jnp.argmax(x_adv @ w) != 0)
+    True
+
+  References:
+    Croce, Hein, *Reliable Evaluation of Adversarial Robustness with an
+    Ensemble of Diverse Parameter-free Attacks*, ICML 2020.
+  """
+  _core.check_norm(norm)
+  loss_fn = _core.get_loss(loss)
+  eps = _core.as_scalar(eps, x)
+  run = lambda r: _apgd_run(logits_fn, loss_fn, x, y, _start(key, r, x, eps, norm, clip, random_start),
+                            eps, num_steps, norm, rho, clip, unroll)
+  return _core.best_of_runs(run, restarts, x).x
+
+
+def top_other_classes(logits: jax.Array, y: jax.Array, k: int) -> jax.Array:
+  """``(B, k)`` the ``k`` highest-scoring classes other than ``y``, best first."""
+  is_true = jax.nn.one_hot(y, logits.shape[1], dtype=jnp.bool_)
+  return jax.lax.top_k(jnp.where(is_true, -jnp.inf, logits), k)[1]
+
+
+def apgd_targeted(
+    logits_fn: LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    eps: float | jax.Array,
+    norm: Norm = "linf",
+    num_steps: int = 100,
+    num_targets: int = 9,
+    restarts: int = 1,
+    rho: float = 0.75,
+    random_start: bool = True,
+    clip: Clip = (0.0, 1.0),
+    unroll: int | bool = 1,
+) -> jax.Array:
+  r"""APGD-T: APGD on the targeted DLR loss, once per target class (Croce & Hein 2020).
+
+  For target ``t`` the loss is
+
+  .. math::
+    -\frac{z_y - z_t}{z_{\pi_1} - (z_{\pi_3} + z_{\pi_4})/2 + 10^{-12}},
+
+  and the targets are, per example, the ``num_targets`` classes other than
+  ``y`` with the highest clean logits (capped at C − 1; needs C ≥ 4). The
+  runs go target by target (``restarts`` each, run ``r`` keyed by
+  ``fold_in(key, r)``); each example keeps its first misclassified point,
+  else its highest-loss one. Success is misclassification, not reaching ``t``.
+
+  Args:
+    logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
+    x: ``(B, *shape)`` inputs inside ``clip``.
+    y: ``(B,)`` integer labels.
+    key: PRNG key of the random starts.
+    eps: radius ε.
+    norm: ``"linf"`` or ``"l2"``.
+    num_steps: iterations per target (static).
+    num_targets: number of target classes (static).
+    restarts: runs per target (static).
+    rho: ρ of APGD's condition 1.
+    random_start: start at a uniform point of the ball; else at ``x``.
+    clip: pixel range ``(lo, hi)``, or ``None``.
+    unroll: ``lax.scan`` unroll of the step loop, see :func:`apgd`.
+
+  Returns:
+    ``(B, *shape)`` adversarial inputs inside the ball and ``clip``.
+
+  References:
+    Croce, Hein, *Reliable Evaluation of Adversarial Robustness with an
+    Ensemble of Diverse Parameter-free Attacks*, ICML 2020.
+  """
+  _core.check_norm(norm)
+  eps = _core.as_scalar(eps, x)
+  logits = logits_fn(x)
+  num_targets = min(num_targets, logits.shape[1] - 1)
+  targets = top_other_classes(logits, y, num_targets)
+
+  def run(r: jax.Array) -> Best:
+    target = jnp.take(targets, r // restarts, axis=1)
+    loss_fn = functools.partial(_core.dlr_targeted_loss, target=target)
+    start = _start(key, r, x, eps, norm, clip, random_start)
+    return _apgd_run(logits_fn, loss_fn, x, y, start, eps, num_steps, norm, rho, clip, unroll)
+
+  return _core.best_of_runs(run, num_targets * restarts, x).x

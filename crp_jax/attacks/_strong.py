@@ -1,0 +1,74 @@
+"""An AutoAttack-"standard"-style evaluation: clean, APGD-CE, APGD-T, Square and their worst case."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from crp_jax.attacks import _core
+from crp_jax.attacks._apgd import apgd, apgd_targeted
+from crp_jax.attacks._core import Clip, LogitsFn, Norm
+from crp_jax.attacks._square import square
+
+ATTACK_NAMES: tuple[str, ...] = ("clean", "apgd-ce", "apgd-t", "square", "worst_case")
+
+
+def strong_eval(
+    logits_fn: LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    eps: float | jax.Array,
+    norm: Norm = "linf",
+    apgd_steps: int = 100,
+    num_targets: int = 9,
+    square_queries: int = 5000,
+    clip: Clip = (0.0, 1.0),
+) -> dict[str, dict[str, jax.Array]]:
+  r"""Robust accuracy under APGD-CE, APGD-T and Square, and under their per-example worst case.
+
+  Like AutoAttack's "standard" version (without FAB-T): an example counts as
+  robust only if it is classified correctly clean and after every attack,
+
+  .. math::
+    \mathrm{worst\_case}_i = \mathrm{clean}_i \wedge \mathrm{apgd\text{-}ce}_i
+    \wedge \mathrm{apgd\text{-}t}_i \wedge \mathrm{square}_i.
+
+  Every attack runs on every example (static shapes, so jittable and
+  shardable); attack ``a`` uses key ``fold_in(key, a)``. Square is L∞ only,
+  so with ``norm="l2"`` it is skipped (its entry is all-correct).
+
+  Args:
+    logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
+    x: ``(B, *shape)`` inputs inside ``clip`` (NHWC for Square).
+    y: ``(B,)`` integer labels.
+    key: PRNG key of all attacks.
+    eps: radius ε.
+    norm: ``"linf"`` or ``"l2"``.
+    apgd_steps: iterations of APGD-CE and of APGD-T per target (static).
+    num_targets: target classes of APGD-T (static, capped at C − 1).
+    square_queries: query budget of Square (static).
+    clip: pixel range ``(lo, hi)``, or ``None``.
+
+  Returns:
+    ``{"correct": {name: (B,) bool}, "accuracy": {name: scalar}}`` for
+    ``name`` in ``("clean", "apgd-ce", "apgd-t", "square", "worst_case")``.
+  """
+  _core.check_norm(norm)
+  keys = [jax.random.fold_in(key, a) for a in range(3)]
+  common = dict(eps=eps, norm=norm, num_steps=apgd_steps, clip=clip)
+  adversarial = {
+      "apgd-ce": apgd(logits_fn, x, y, key=keys[0], loss="ce", **common),
+      "apgd-t": apgd_targeted(logits_fn, x, y, key=keys[1], num_targets=num_targets, **common),
+  }
+  correct = {"clean": _core.correct(logits_fn, x, y)}
+  correct.update({name: _core.correct(logits_fn, x_adv, y) for name, x_adv in adversarial.items()})
+  if norm == "linf":
+    x_square = square(logits_fn, x, y, key=keys[2], eps=eps, num_queries=square_queries, clip=clip)
+    correct["square"] = _core.correct(logits_fn, x_square, y)
+  else:
+    correct["square"] = jnp.ones_like(correct["clean"])
+  correct["worst_case"] = jnp.logical_and.reduce(jnp.stack(list(correct.values())), axis=0)
+  accuracy = {name: jnp.mean(c.astype(jnp.float32)) for name, c in correct.items()}
+  return {"correct": correct, "accuracy": accuracy}
