@@ -7,6 +7,7 @@ written, so a typo costs seconds and never touches a workdir.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -18,6 +19,9 @@ METHODS: tuple[str, ...] = ("standard", "crp", "variable")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+#: Above this a run diverges at once with any of our optimisers; the cap
+#: catches typos such as 1e3 for 1e-3.
+MAX_LEARNING_RATE: float = 10.0
 
 
 class ConfigError(ValueError):
@@ -37,8 +41,8 @@ def _int_at_least(config: ml_collections.ConfigDict, field: str, low: int) -> No
 def _number_in(config: ml_collections.ConfigDict, field: str, low: float, high: float,
                *, open_low: bool = False) -> None:
   value = _get(config, field)
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    _fail(field, value, "must be a number")
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    _fail(field, value, "must be a finite number")
   if value < low or value > high or (open_low and value == low):
     _fail(field, value, f"must lie in {'(' if open_low else '['}{low}, {high}]")
 
@@ -56,11 +60,19 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
   return node
 
 
-def _steps_list(config: ml_collections.ConfigDict, field: str) -> None:
+def _steps_list(config: ml_collections.ConfigDict, field: str, *, allow_empty: bool = False) -> None:
+  value = _get(config, field)
+  if not isinstance(value, (tuple, list)) or (not value and not allow_empty) or any(
+      isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+    _fail(field, value, f"must be a {'' if allow_empty else 'non-empty '}list of integers >= 1")
+
+
+def _numbers_list(config: ml_collections.ConfigDict, field: str, low: float, high: float) -> None:
   value = _get(config, field)
   if not isinstance(value, (tuple, list)) or not value or any(
-      isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
-    _fail(field, value, "must be a non-empty list of integers >= 1")
+      isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high
+      for v in value):
+    _fail(field, value, f"must be a non-empty list of numbers in [{low}, {high}]")
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
@@ -72,6 +84,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _one_of(config, "method", METHODS)
   if config.compare_with:
     _one_of(config, "compare_with", METHODS)
+    if config.compare_with == config.method:
+      _fail("compare_with", config.compare_with, "must differ from config.method (or be '' for no comparison)")
   _one_of(config, "distribution", DISTRIBUTIONS)
   _one_of(config, "optimizer", OPTIMIZERS)
   _one_of(config, "lr_schedule", SCHEDULES)
@@ -84,7 +98,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _int_at_least(config, "train_subset", 0)
   _int_at_least(config, "log_every_steps", 1)
   _int_at_least(config, "checkpoint_every_steps", 1)
-  _number_in(config, "learning_rate", 0.0, 10.0, open_low=True)
+  _int_at_least(config, "max_checkpoints", 1)
+  _number_in(config, "learning_rate", 0.0, MAX_LEARNING_RATE, open_low=True)
+  _number_in(config, "momentum", 0.0, 1.0)
+  _number_in(config, "weight_decay", 0.0, 1.0)
   _validate_eval(config)
   devices = jax.device_count() if num_devices is None else num_devices
   for field in ("batch_size", "eval.batch_size"):
@@ -100,3 +117,44 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
   _int_at_least(config, "eval.batch_size", 1)
   _int_at_least(config, "eval.attack_subset", 0)
   _int_at_least(config, "eval.restarts", 1)
+  if config.eval.get("strong"):
+    _validate_strong(config)
+
+
+#: The strong protocol's fields (``crp_jax.diagnostics``), checked when present.
+_STRONG_INTS: tuple[tuple[str, int], ...] = (
+    ("apgd_steps", 1), ("num_targets", 1), ("square_queries", 1), ("sweep_restarts", 1),
+    ("eps_sweep_steps", 1), ("unbounded_steps", 1), ("noise_samples", 1))
+
+
+def _validate_strong(config: ml_collections.ConfigDict) -> None:
+  present = lambda name: name in config.eval
+  for name, low in _STRONG_INTS:
+    if present(name):
+      _int_at_least(config, f"eval.{name}", low)
+  if present("sweep_steps"):
+    _steps_list(config, "eval.sweep_steps")
+  if present("sweep_apgd_steps"):
+    _steps_list(config, "eval.sweep_apgd_steps", allow_empty=True)
+  if present("eps_grid"):
+    _numbers_list(config, "eval.eps_grid", 0.0, 1.0)
+  if present("masking_tolerance"):
+    _number_in(config, "eval.masking_tolerance", 0.0, 1.0)
+  if present("zero_grad_threshold"):
+    _number_in(config, "eval.zero_grad_threshold", 0.0, 1.0)
+
+
+def check_sizes(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
+  """Raises :class:`ConfigError` if one batch exceeds an epoch of the extended set.
+
+  Needs the size of the training split, so it runs once the data is loaded
+  (and still before anything is written).
+  """
+  from crp_jax import extended_set  # pylint: disable=g-import-not-at-top
+  examples = min(config.train_subset or num_train_examples, num_train_examples)
+  for method in filter(None, (config.method, config.compare_with)):
+    draws, clean = extended_set.layout(method, config.num_perturbations, config.include_clean)
+    pairs = examples * (draws + int(clean))
+    if config.batch_size > pairs:
+      _fail("batch_size", config.batch_size, f"exceeds the {pairs} examples of an epoch of the {method} "
+            f"training set ({examples} examples x {draws + int(clean)}); lower it or raise train_subset")

@@ -24,7 +24,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from crp_jax import extended_set, io
+from crp_jax import config as config_lib, extended_set, io
 from crp_jax.data import Split, to_float
 from crp_jax.perturbations import make_delta, perturb
 
@@ -240,6 +240,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, model: nn.Module, split
   from crp_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   keys = run_keys(config.seed)
   num_examples = min(config.train_subset or split.num_examples, split.num_examples)
+  config_lib.check_sizes(config, split.num_examples)
   spe, total = num_train_steps(config, num_examples)
   tx = make_optimizer(config, total)
   end = total if stop_at is None else min(stop_at, total)

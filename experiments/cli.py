@@ -1,13 +1,17 @@
 """Shared plumbing of the entry points: device setup, flag pre-parsing, user errors.
 
 A user error (bad flag, bad config value, missing data, unusable
-checkpoint) prints one line to stderr and exits with status 2, before
-anything is written. A diverged run exits with status 3.
+checkpoint or workdir) prints one line to stderr and exits with status 2,
+before anything is written. A diverged run exits with status 3, a full or
+read-only disk with 4, Ctrl-C with 130 (in each case the last checkpoint is
+kept and the same command resumes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
+import errno
 import os
 import sys
 from typing import Callable, Iterator, NoReturn
@@ -16,10 +20,14 @@ from absl import flags
 
 USAGE_EXIT = 2
 DIVERGED_EXIT = 3
+IO_EXIT = 4
+INTERRUPTED_EXIT = 130
 
 
 def fail(message: str, code: int = USAGE_EXIT) -> NoReturn:
-  print(f"error: {message}", file=sys.stderr)
+  """Prints ``error: message`` as one line on stderr and exits with ``code``."""
+  line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+  print(f"error: {line}", file=sys.stderr, flush=True)
   sys.exit(code)
 
 
@@ -35,7 +43,10 @@ def setup_devices() -> None:
 
 
 def pre_parse(argv: list[str], datasets: tuple[str, ...], presets: tuple[str, ...]) -> tuple[str, str]:
-  """Reads ``--dataset`` and ``--preset`` before the config flag is defined from them."""
+  """Reads ``--dataset`` and ``--preset`` before the config flag is defined from them.
+
+  Also checks that every ``--config.`` override names a field of that config.
+  """
   values = {"dataset": "mnist5k", "preset": "small"}
   for i, arg in enumerate(argv[1:], 1):
     for name in values:
@@ -46,6 +57,8 @@ def pre_parse(argv: list[str], datasets: tuple[str, ...], presets: tuple[str, ..
   for name, choices in (("dataset", datasets), ("preset", presets)):
     if values[name] not in choices:
       fail(f"--{name}={values[name]!r}: unknown; choose one of {', '.join(choices)}")
+  from experiments.configs import get_config  # pylint: disable=g-import-not-at-top
+  check_config_overrides(argv, get_config(values["dataset"], values["preset"]))
   return values["dataset"], values["preset"]
 
 
@@ -75,8 +88,41 @@ def user_errors() -> Iterator[None]:
     fail(str(e))
   except DivergenceError as e:
     fail(str(e), DIVERGED_EXIT)
-  except PermissionError as e:
+  except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
     fail(f"cannot write {e.filename}: {e.strerror}")
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+      raise
+    fail(f"cannot write {e.filename or 'the outputs'}: {e.strerror}; rerun the same command to resume",
+         IO_EXIT)
+  except KeyboardInterrupt:
+    fail("interrupted; rerun the same command to resume from the last checkpoint", INTERRUPTED_EXIT)
+
+
+def check_config_overrides(argv: list[str], config, flag_name: str = "config") -> None:
+  """Fails in one line on a ``--config.a.b=...`` naming no field of ``config``.
+
+  Call it before ``config_flags.DEFINE_config_dict``, which would otherwise
+  raise a bare ``AttributeError`` while defining the override flags.
+  """
+  prefix = f"--{flag_name}."
+  for arg in argv[1:]:
+    if arg == "--":
+      break
+    if arg.startswith(prefix):
+      _check_path(config, arg[len(prefix):].split("=", 1)[0], flag_name)
+
+
+def _check_path(config, path: str, flag_name: str) -> None:
+  node, parts = config, path.split(".")
+  for i, part in enumerate(parts):
+    keys = list(node.keys()) if hasattr(node, "keys") else []
+    if part not in keys:
+      where = ".".join([flag_name, *parts[:i]])
+      close = difflib.get_close_matches(part, keys, n=3)
+      hint = f"; did you mean {', '.join(close)}?" if close else ""
+      fail(f"--{flag_name}.{path}: {where} has no field {part!r}{hint}")
+    node = node[part]
 
 
 def run(main: Callable[[list[str]], None]) -> None:
@@ -85,4 +131,18 @@ def run(main: Callable[[list[str]], None]) -> None:
     argv = flags.FLAGS(sys.argv)
   except flags.Error as e:
     fail(str(e).splitlines()[0])
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # raised by config_flags parsers
+    fail(f"bad flag value: {type(e).__name__}: {e}")
+  quiet_libraries()
   main(argv)
+
+
+def quiet_libraries() -> None:
+  """Hides the absl-logged warnings of tfds and orbax unless ``--verbosity`` is given.
+
+  They are internal chatter (e.g. "Variant folder ... has no dataset_info.json")
+  that would bury the one-line error; our own warnings use ``warnings``.
+  """
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if "verbosity" in flags.FLAGS and not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)
