@@ -67,8 +67,9 @@ def _pgd(eps: float, num_steps: int, restarts: int = 1, loss: str = "ce") -> Att
 def sweep_attacks(cfg: ml_collections.ConfigDict) -> dict[str, Attack]:
   """Attacks of checks 1, 2 and 5: step, restart and ε sweeps, unbounded PGD, noise."""
   out: dict[str, Attack] = {f"pgd{n}@eps": _pgd(cfg.eps, n) for n in cfg.sweep_steps}
+  # APGD-CE at cfg.apgd_steps is the strong protocol's own run: reused, not rerun.
   out.update({f"apgd{n}@eps": functools.partial(_apgd, eps=cfg.eps, num_steps=n)
-              for n in cfg.sweep_apgd_steps})
+              for n in cfg.sweep_apgd_steps if n != cfg.apgd_steps})
   n0 = cfg.sweep_steps[0]
   out[f"pgd{n0}x{cfg.sweep_restarts}@eps"] = _pgd(cfg.eps, n0, cfg.sweep_restarts)
   out.update({f"pgd{cfg.eps_sweep_steps}@{e:.4g}": _pgd(e, cfg.eps_sweep_steps) for e in cfg.eps_grid})
@@ -211,6 +212,8 @@ def diagnose(model: nn.Module, variables: Any, subset: Split, cfg: ml_collection
   named = {**strong_attacks(cfg), **sweep_attacks(cfg)}
   c = evaluate_attacks(model, variables, subset, named, jax.random.fold_in(key, 7),
                        batch_size=cfg.batch_size, mesh=mesh, progress=progress)
+  if cfg.apgd_steps in cfg.sweep_apgd_steps:
+    c[f"apgd{cfg.apgd_steps}@eps"] = c["apgd-ce"]
   c["gradients"] = per_example(gradient_stats(model), variables, subset.images, subset.labels, key,
                                batch_size=cfg.batch_size, mesh=mesh, desc="gradients",
                                progress=progress)
