@@ -34,6 +34,10 @@ SAFE_TO_CHANGE: tuple[str, ...] = ("eval.", "log_every_steps", "checkpoint_every
 MANIFEST_NAME = "crp_manifest.json"
 #: Where unusable steps are moved, beside ``checkpoints/``.
 QUARANTINE_DIR = "corrupt_checkpoints"
+#: The problem of a step without a manifest: a kill between orbax's rename
+#: and the manifest, or a deleted manifest. Such a step is skipped like a
+#: save that never finished; it alone never stops a run.
+INCOMPLETE = f"no {MANIFEST_NAME} (the save was interrupted, or the file was deleted)"
 
 
 class CheckpointError(ValueError):
@@ -147,7 +151,7 @@ def verify_manifest(folder: str) -> str | None:
   try:
     files = io.read_json(os.path.join(folder, MANIFEST_NAME))["files"]
   except FileNotFoundError:
-    return f"no {MANIFEST_NAME} (the save was interrupted, or the file was deleted)"
+    return INCOMPLETE
   except (OSError, ValueError, KeyError, TypeError) as e:
     return f"unreadable {MANIFEST_NAME}: {e}"
   for rel, (size, digest) in sorted(files.items()):
@@ -189,12 +193,13 @@ class Checkpointer:
     write_manifest(self.step_dir(step))
 
   def restore_latest(self, template: Any) -> Any | None:
-    """The newest intact state shaped like ``template``, or ``None`` if there is no step.
+    """The newest intact state shaped like ``template``, or ``None`` to start afresh.
 
-    A newer step that fails its manifest or does not restore is moved to
-    ``<workdir>/corrupt_checkpoints/`` with a warning and an older one is
-    used. If no step is usable, raises :class:`CheckpointError` and moves
-    nothing.
+    A step that fails its manifest or does not restore is moved to
+    ``<workdir>/corrupt_checkpoints/`` with a warning, and the previous one
+    is tried. If steps are corrupt and none is usable, raises
+    :class:`CheckpointError` and moves nothing; if the only steps are
+    incomplete saves (no manifest), they are moved and ``None`` returned.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     bad: list[tuple[int, str]] = []
@@ -206,16 +211,17 @@ class Checkpointer:
         except Exception as e:  # orbax raises many types for bad files; report them all
           problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
       if problem is None:
-        self._set_aside(bad, step)
+        self._set_aside(bad, f"using step {step} instead")
         return state
       bad.append((step, problem))
-    if bad:
+    if any(problem != INCOMPLETE for _, problem in bad):
       raise CheckpointError(f"no usable checkpoint in {self.directory} ({_describe(bad)}); "
                             "move or delete that folder to start afresh")
+    self._set_aside(bad, "starting from step 0")
     return None
 
-  def _set_aside(self, bad: list[tuple[int, str]], good: int) -> None:
-    """Moves the unusable steps newer than ``good`` out of orbax's folder, with a warning."""
+  def _set_aside(self, bad: list[tuple[int, str]], outcome: str) -> None:
+    """Moves the unusable steps out of orbax's folder, with a warning."""
     if not bad:
       return
     target = os.path.join(self.workdir, QUARANTINE_DIR)
@@ -223,8 +229,8 @@ class Checkpointer:
     for step, _ in bad:
       os.replace(self.step_dir(step), _free_name(os.path.join(target, str(step))))
     self._manager.reload()
-    warnings.warn(f"unusable checkpoint ({_describe(bad)}) moved to {target}; "
-                  f"using step {good} instead", stacklevel=3)
+    warnings.warn(f"unusable checkpoint ({_describe(bad)}) moved to {target}; {outcome}",
+                  stacklevel=3)
 
   def close(self) -> None:
     self._manager.close()

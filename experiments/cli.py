@@ -32,20 +32,35 @@ def fail(message: str, code: int = USAGE_EXIT) -> NoReturn:
 
 
 def setup_devices() -> None:
-  """One XLA CPU device per core, so the batch is sharded over the cores.
+  """One XLA CPU device per core (rounded down to a power of two), so the batch is sharded.
 
-  It only affects the CPU backend (an accelerator stays the default device)
-  and must run before JAX initialises; ``CRP_CPU_DEVICES`` overrides it.
+  The power of two keeps the usual batch sizes divisible on, say, a 6-core
+  machine. It only affects the CPU backend (an accelerator stays the default
+  device) and must run before JAX initialises; ``CRP_CPU_DEVICES`` overrides
+  it exactly.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  count = int(os.environ.get("CRP_CPU_DEVICES", os.cpu_count() or 1))
-  jax.config.update("jax_num_cpu_devices", max(count, 1))
+  jax.config.update("jax_num_cpu_devices", cpu_device_count(os.environ.get("CRP_CPU_DEVICES")))
+
+
+def cpu_device_count(override: str | None) -> int:
+  """``override`` as a positive integer, else the largest power of two <= the cores."""
+  if override is None:
+    return 1 << ((os.cpu_count() or 1).bit_length() - 1)
+  try:
+    count = int(override)
+  except ValueError:
+    count = 0
+  if count < 1:
+    fail(f"CRP_CPU_DEVICES={override!r}: must be an integer >= 1")
+  return count
 
 
 def pre_parse(argv: list[str], datasets: tuple[str, ...], presets: tuple[str, ...]) -> tuple[str, str]:
   """Reads ``--dataset`` and ``--preset`` before the config flag is defined from them.
 
-  Also checks that every ``--config.`` override names a field of that config.
+  Also refuses an empty ``--workdir=`` and checks that every ``--config.``
+  override names a field of that config.
   """
   values = {"dataset": "mnist5k", "preset": "small"}
   for i, arg in enumerate(argv[1:], 1):
@@ -57,6 +72,9 @@ def pre_parse(argv: list[str], datasets: tuple[str, ...], presets: tuple[str, ..
   for name, choices in (("dataset", datasets), ("preset", presets)):
     if values[name] not in choices:
       fail(f"--{name}={values[name]!r}: unknown; choose one of {', '.join(choices)}")
+  if any(arg == "--workdir=" or (arg == "--workdir" and argv[i + 1:i + 2] == [""])
+         for i, arg in enumerate(argv)):
+    fail("--workdir='': empty (an unset shell variable?); give a folder, or omit the flag for the default")
   from experiments.configs import get_config  # pylint: disable=g-import-not-at-top
   check_config_overrides(argv, get_config(values["dataset"], values["preset"]))
   return values["dataset"], values["preset"]

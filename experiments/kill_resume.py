@@ -2,20 +2,22 @@ r"""Kills a small training run anywhere, resumes it, and checks it ends bit-iden
 
   python -m experiments.kill_resume --kills=10 --seed=0
 
-First an uninterrupted reference run (``python -m experiments.run`` with a
-tiny config, one checkpoint every 2 steps). Then, for each of ``--kills``
-kill points drawn from ``--seed``, the same command in a fresh workdir is
-SIGKILLed, restarted (sometimes killed again) and left to finish. A kill
-lands either after a random delay or while a checkpoint is being written
-(the script watches for orbax's temporary folder and kills then). The
-finished run must match the reference bit for bit: every array of the
-final checkpoint (parameters, optimiser and BatchNorm state, step), every
-line of ``metrics.jsonl`` but its speed, and ``results.json`` but its
-timing and command. One line per kill point, then ``N/N bit-identical``;
-exit status 1 if any differs.
+First a reference run (``python -m experiments.run`` with a tiny config: 16
+steps, a checkpoint every 2) and an uninterrupted rerun, which must already
+match it. Then, for each of ``--kills`` kill points drawn from ``--seed``,
+the same command in a fresh workdir is SIGKILLed, restarted (sometimes
+killed again) and left to finish. A kill lands at a random time (anywhere:
+imports, compilation, training, evaluation, writing the outputs), right
+after a step is logged but before it is saved, or while orbax writes a
+checkpoint (the script watches for its temporary folder). The finished run
+must match the reference bit for bit: every array of the final checkpoint
+(parameters, optimiser and BatchNorm state, step), every line of
+``metrics.jsonl`` but its speed, and ``results.json`` but its timing and
+command; no temporary file may be left. One line per kill point, then
+``N/N bit-identical``; exit status 1 if anything differs.
 
 The runs share a persistent XLA compilation cache, filled by the reference
-run, so a restart does not pay for compilation again.
+run, so restarts do not pay for compilation again.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import time
 from typing import Any
 
 from absl import app, flags, logging
+
+from crp_jax.checkpoint import QUARANTINE_DIR
 
 flags.DEFINE_integer("kills", 10, "Number of kill points.")
 flags.DEFINE_integer("seed", 0, "Seed of the kill points.")
@@ -86,7 +90,10 @@ def command(workdir: str, model: str) -> list[str]:
 
 
 def environment(root: str, devices: int, cache: bool) -> dict[str, str]:
-  env = dict(os.environ, CRP_CPU_DEVICES=str(devices), PYTHONWARNINGS="ignore")
+  """The runs' environment: ``devices`` CPU devices, and the shared compilation cache."""
+  env = dict(os.environ, CRP_CPU_DEVICES=str(devices))
+  xla = [f for f in env.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+  env["XLA_FLAGS"] = " ".join(xla)
   if cache:
     env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(root, "xla_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -95,14 +102,20 @@ def environment(root: str, devices: int, cache: bool) -> dict[str, str]:
 
 
 def start(workdir: str, env: dict[str, str]) -> subprocess.Popen:
-  log = open(workdir + ".log", "a")  # non-atomic: the run's console log, appended while it runs
-  return subprocess.Popen(command(workdir, flags.FLAGS.model), env=env, stdout=log,
-                          stderr=subprocess.STDOUT, cwd=os.path.dirname(os.path.dirname(__file__)) or ".")
+  """Starts the run in ``workdir``; its output goes to ``<workdir>.log``."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(workdir + ".log", "a") as log:  # non-atomic: the run's console log
+    return subprocess.Popen(command(workdir, flags.FLAGS.model), env=env, stdout=log,
+                            stderr=subprocess.STDOUT, cwd=repo)
+
+
+class RunFailed(RuntimeError):
+  """A run that should have finished exited with an error."""
 
 
 def finish(proc: subprocess.Popen, workdir: str) -> None:
   if proc.wait() != 0:
-    raise RuntimeError(f"run in {workdir} exited with {proc.returncode}; see {workdir}.log")
+    raise RunFailed(f"the run in {workdir} exited with {proc.returncode}; see {workdir}.log")
 
 
 def tmp_dirs(ckpt_dir: str) -> list[str]:
@@ -279,8 +292,13 @@ def kill_point(index: int, kills: list[Kill], root: str, ref_dir: str, env: dict
   """Runs one kill point to the end; prints its line; returns whether it matched."""
   workdir = os.path.join(root, f"kill{index}")
   events = [kill(start(workdir, env), k, workdir, duration) for k in kills]
-  finish(start(workdir, env), workdir)
-  problems = compare(ref_dir, workdir)
+  try:
+    finish(start(workdir, env), workdir)
+    problems = compare(ref_dir, workdir)
+  except RunFailed as e:
+    problems = [str(e)]
+  if os.path.isdir(os.path.join(workdir, "crp", QUARANTINE_DIR)):
+    events.append(f"a step was set aside: see {workdir}.log")
   verdict = "bit-identical" if not problems else "DIFFERS: " + "; ".join(problems)
   print(f"kill point {index}: {' | '.join(events)} -> resumed to the end: {verdict}", flush=True)
   return not problems

@@ -82,6 +82,9 @@ CASES: tuple[Case, ...] = (
     Case("max_checkpoints_zero", ("--config.max_checkpoints=0",), ("max_checkpoints", "0")),
     Case("compare_with_itself", ("--config.method=crp", "--config.compare_with=crp"), ("compare_with", "crp")),
     Case("stray_argument", ("stray",), ("stray",)),
+    Case("cpu_devices_not_integer", (), ("CRP_CPU_DEVICES", "abc"), env=(("CRP_CPU_DEVICES", "abc"),)),
+    # Were the empty workdir taken for the default, the bad method would stop the run.
+    Case("workdir_empty", ("--workdir=", "--config.method=adversarial"), ("--workdir=''", "empty")),
     Case("workdir_is_a_file", (), ("not a directory",), workdir="file"),
     Case("workdir_under_a_file", (), ("not a directory",), workdir="under_file"),
     Case("workdir_unwritable", (), ("not readable and writable",), workdir="locked", drop_dac=True),
@@ -130,7 +133,8 @@ def _file_state(path: str) -> tuple[int, int, str]:
 
 def _env(case: Case) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(CRP_CPU_DEVICES=str(DEVICES), PYTHONWARNINGS="ignore", **dict(case.env))
+  env["CRP_CPU_DEVICES"] = str(DEVICES)
+  env.update(case.env)
   return env
 
 

@@ -46,7 +46,7 @@ def tiny_config() -> ml_collections.ConfigDict:
 
 def cli(workdir, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(CRP_CPU_DEVICES="2", PYTHONWARNINGS="ignore")
+  env.update(CRP_CPU_DEVICES="2")
   return subprocess.run([sys.executable, "-m", "experiments.run", f"--workdir={workdir}", *args],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -234,6 +234,16 @@ def test_no_usable_step_raises_and_moves_nothing(tmp_path):
   with pytest.raises(CheckpointError, match=r"no usable checkpoint .*step 4: .*step 2: .*truncated"):
     Checkpointer(str(tmp_path)).restore_latest(state)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+
+
+def test_an_only_step_without_manifest_is_an_unfinished_save_and_training_starts_afresh(tmp_path):
+  state = {"w": np.arange(1000, dtype=np.float32)}
+  ckpt = Checkpointer(str(tmp_path))
+  ckpt.save(2, state)
+  _damage(ckpt.step_dir(2), "no_manifest")
+  with pytest.warns(UserWarning, match=r"step 2: no crp_manifest.json .*; starting from step 0"):
+    assert Checkpointer(str(tmp_path)).restore_latest(state) is None
+  assert os.listdir(tmp_path / "corrupt_checkpoints") == ["2"]
 
 
 def test_run_with_a_truncated_latest_step_resumes_from_the_previous_and_ends_identical(finished, run_copy):
