@@ -92,12 +92,14 @@ def test_restarts_never_worse(tiny):
   assert np.all(fooled_three | (loss_three >= loss_one - 1e-5))
 
 
-def test_best_of_runs_keeps_first_adversarial_else_highest_loss():
-  x = jnp.zeros((3, 1))
-  runs = [_core.Best(x + 1, jnp.array([1.0, 5.0, 1.0]), jnp.array([False, True, False])),
-          _core.Best(x + 2, jnp.array([9.0, 9.0, 0.5]), jnp.array([True, True, False]))]
-  best = _core.best_of_runs(lambda r: jax.tree.map(lambda *v: jnp.stack(v)[r], *runs), 2, x)
+def test_merge_runs_keeps_first_adversarial_else_highest_loss():
+  # 3 examples x 2 runs, example-major rows.
+  runs = _core.Best(x=jnp.array([[1.0], [2.0], [1.0], [2.0], [1.0], [2.0]]),
+                    loss=jnp.array([1.0, 9.0, 5.0, 9.0, 1.0, 0.5]),
+                    adv=jnp.array([False, True, True, True, False, False]))
+  best = _core.merge_runs(runs, 2)
   np.testing.assert_array_equal(best.x[:, 0], [2.0, 1.0, 1.0])
+  np.testing.assert_array_equal(best.loss, [9.0, 5.0, 1.0])
   np.testing.assert_array_equal(best.adv, [True, True, False])
 
 

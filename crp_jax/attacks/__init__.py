@@ -22,7 +22,14 @@ the integer options (they are static), pass the random ``key`` explicitly::
                                            step_size=0.01, num_steps=40))
 
 Steps run in ``lax.fori_loop``/``lax.scan``, so the compile time does not
-grow with the number of steps.
+grow with the number of steps. Restarts (and APGD-T's target classes) run as
+one batch of ``runs·B`` rows, example-major, so memory grows with them.
+
+On CPU, XLA canonicalises convolutions only outside loops, so a conv net's
+input gradient inside the step loop takes a slow path (about 2-3x per step
+on LeNet). ``unroll=True`` (pgd, apgd, apgd_targeted, strong_eval) removes
+the loop, but its compile time grows fast with the number of steps, so it
+pays off only for short attacks; GPUs and TPUs do not need it.
 """
 
 from crp_jax.attacks._apgd import apgd, apgd_targeted

@@ -59,7 +59,8 @@ class _State(NamedTuple):
   halved_at_check: jax.Array  # bool, η was halved at the last checkpoint
 
 
-def _momentum_step(s: _State, x0, eps, norm, clip, alpha) -> jax.Array:
+def _momentum_step(s: _State, x0: jax.Array, eps: jax.Array, norm: Norm, clip: Clip,
+                   alpha: jax.Array) -> jax.Array:
   r""":math:`z = P(x + η\,d(∇f))`, then :math:`P(x + α(z − x) + (1 − α)(x − x_{prev}))`."""
   step = _core.per_example(s.step, s.x)
   z = _core.project(s.x + step * _core.ascent_direction(s.grad, norm), x0, eps, norm, clip)
@@ -67,7 +68,7 @@ def _momentum_step(s: _State, x0, eps, norm, clip, alpha) -> jax.Array:
                        clip)
 
 
-def _checkpoint(s: _State, is_checkpoint, window, rho) -> _State:
+def _checkpoint(s: _State, is_checkpoint: jax.Array, window: jax.Array, rho: float) -> _State:
   """At a checkpoint halve η where the loss stalled, and restart those examples from ``x_max``.
 
   Condition 1: fewer than ``ρ·window`` of the window's steps increased f.
@@ -88,7 +89,8 @@ def _checkpoint(s: _State, is_checkpoint, window, rho) -> _State:
   )
 
 
-def _init_state(logits_fn, loss_fn, x, y, x_start, eps) -> _State:
+def _init_state(logits_fn: LogitsFn, loss_fn: LossFn, x: jax.Array, y: jax.Array,
+                x_start: jax.Array, eps: jax.Array) -> _State:
   loss, logits, grad = _core.loss_and_grad(logits_fn, loss_fn, x_start, y)
   start = Best(x_start, loss, _core.misclassified(logits, y))
   return _State(
@@ -100,9 +102,10 @@ def _init_state(logits_fn, loss_fn, x, y, x_start, eps) -> _State:
       halved_at_check=jnp.ones(loss.shape, jnp.bool_))
 
 
-def _apgd_run(logits_fn: LogitsFn, loss_fn: LossFn, x, y, x_start, eps, num_steps, norm, rho,
-              clip, unroll) -> Best:
-  """One APGD run of ``num_steps`` iterations from ``x_start``."""
+def _apgd_run(logits_fn: LogitsFn, loss_fn: LossFn, x: jax.Array, y: jax.Array,
+              x_start: jax.Array, eps: jax.Array, num_steps: int, norm: Norm, rho: float,
+              clip: Clip, unroll: int | bool) -> Best:
+  """APGD from ``x_start`` around ``x`` for ``num_steps`` iterations; per row the best point."""
   def body(s: _State, schedule):
     is_checkpoint, window, alpha = schedule
     x_new = _momentum_step(s, x, eps, norm, clip, alpha)
@@ -124,12 +127,6 @@ def _apgd_run(logits_fn: LogitsFn, loss_fn: LossFn, x, y, x_start, eps, num_step
   state = _init_state(logits_fn, loss_fn, x, y, x_start, eps)
   state, _ = jax.lax.scan(body, state, schedule, unroll=unroll)
   return state.best
-
-
-def _start(key, r, x, eps, norm, clip, random_start) -> jax.Array:
-  if not random_start:
-    return x
-  return _core.random_start(jax.random.fold_in(key, r), x, eps, norm, clip)
 
 
 def apgd(
@@ -162,6 +159,7 @@ def apgd(
   η halved and restarts from its highest-loss point. Returns, per example,
   the first misclassified iterate, else the highest-loss one; restart ``r``
   uses key ``fold_in(key, r)`` and the first restart that succeeds wins.
+  The restarts run as one batch of ``restarts·B`` rows.
 
   Args:
     logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
@@ -176,9 +174,8 @@ def apgd(
     rho: ρ of condition 1.
     random_start: start at a uniform point of the ball; else at ``x``.
     clip: pixel range ``(lo, hi)``, or ``None``.
-    unroll: ``lax.scan`` unroll of the step loop. On CPU, ``True`` avoids
-      XLA:CPU's slow path for convolution input-gradients inside loops, at a
-      compile time linear in ``num_steps``.
+    unroll: ``lax.scan`` unroll of the step loop, see :func:`pgd` (LeNet,
+      100 steps: ~6 min to compile for a ~3x faster run on 2 CPU cores).
 
   Returns:
     ``(B, *shape)`` adversarial inputs inside the ball and ``clip``.
@@ -198,9 +195,11 @@ def apgd(
   _core.check_norm(norm)
   loss_fn = _core.get_loss(loss)
   eps = _core.as_scalar(eps, x)
-  run = lambda r: _apgd_run(logits_fn, loss_fn, x, y, _start(key, r, x, eps, norm, clip, random_start),
-                            eps, num_steps, norm, rho, clip, unroll)
-  return _core.best_of_runs(run, restarts, x).x
+  x_runs, y_runs = _core.repeat_runs(x, restarts), _core.repeat_runs(y, restarts)
+  start = _core.starts(key, x, eps, norm, clip, restarts, random_start)
+  best = _apgd_run(logits_fn, loss_fn, x_runs, y_runs, start, eps, num_steps, norm, rho, clip,
+                   unroll)
+  return _core.merge_runs(best, restarts).x
 
 
 def top_other_classes(logits: jax.Array, y: jax.Array, k: int) -> jax.Array:
@@ -233,10 +232,13 @@ def apgd_targeted(
     -\frac{z_y - z_t}{z_{\pi_1} - (z_{\pi_3} + z_{\pi_4})/2 + 10^{-12}},
 
   and the targets are, per example, the ``num_targets`` classes other than
-  ``y`` with the highest clean logits (capped at C − 1; needs C ≥ 4). The
-  runs go target by target (``restarts`` each, run ``r`` keyed by
-  ``fold_in(key, r)``); each example keeps its first misclassified point,
-  else its highest-loss one. Success is misclassification, not reaching ``t``.
+  ``y`` with the highest clean logits (capped at C − 1; needs C ≥ 4). Run
+  ``r = t·restarts + k`` (target ``t``, restart ``k``) starts from a draw
+  keyed by ``fold_in(key, r)``; each example keeps the first run, in that
+  order, that misclassifies it, else its highest-loss point. Success is
+  misclassification, not reaching ``t``. All ``num_targets·restarts`` runs go
+  as one batch of that many times B rows: memory grows accordingly, lower
+  the batch size for large models.
 
   Args:
     logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
@@ -266,10 +268,12 @@ def apgd_targeted(
   num_targets = min(num_targets, logits.shape[1] - 1)
   targets = top_other_classes(logits, y, num_targets)
 
-  def run(r: jax.Array) -> Best:
-    target = jnp.take(targets, r // restarts, axis=1)
-    loss_fn = functools.partial(_core.dlr_targeted_loss, target=target)
-    start = _start(key, r, x, eps, norm, clip, random_start)
-    return _apgd_run(logits_fn, loss_fn, x, y, start, eps, num_steps, norm, rho, clip, unroll)
-
-  return _core.best_of_runs(run, num_targets * restarts, x).x
+  runs = num_targets * restarts
+  # Row b·runs + t·restarts + k: target t, restart k of example b.
+  target = jnp.repeat(targets, restarts, axis=1).reshape(-1)
+  loss_fn = functools.partial(_core.dlr_targeted_loss, target=target)
+  x_runs, y_runs = _core.repeat_runs(x, runs), _core.repeat_runs(y, runs)
+  start = _core.starts(key, x, eps, norm, clip, runs, random_start)
+  best = _apgd_run(logits_fn, loss_fn, x_runs, y_runs, start, eps, num_steps, norm, rho, clip,
+                   unroll)
+  return _core.merge_runs(best, runs).x

@@ -226,21 +226,47 @@ def update_best(best: Best, new: Best) -> Best:
   )
 
 
-def best_of_runs(run: Callable[[jax.Array], Best], num_runs: int, x: jax.Array) -> Best:
-  """Merge ``run(0), …, run(num_runs − 1)`` with :func:`update_best`, in order.
+# ----------------------------------------------------------------------------- runs
+# Restarts (and APGD-T's targets) run as one batch of B·R rows, example-major:
+# row b·R + r is run r of example b. One big batch is the fastest on CPU (with
+# an unrolled step loop nothing is left inside a loop), and example-major rows
+# keep every example's runs on its own shard of a data mesh.
 
-  A ``lax.scan`` so the runs compile once and only one run's buffers are live;
-  a single run is called directly, outside any loop, so ``unroll=True`` in
-  the run really removes every loop around its steps.
+
+def repeat_runs(a: jax.Array, num_runs: int) -> jax.Array:
+  """``(B, ...) -> (B·R, ...)``, each example repeated once per run."""
+  return jnp.repeat(a, num_runs, axis=0)
+
+
+def starts(key: jax.Array, x: jax.Array, eps: jax.Array, norm: Norm, clip: Clip, num_runs: int,
+           random: bool = True) -> jax.Array:
+  """``(B·R, *shape)`` starting points: run ``r`` draws :func:`random_start` with ``fold_in(key, r)``.
+
+  So run 0 starts at the same point whatever the number of runs.
   """
-  if num_runs == 1:
-    return update_best(Best.empty(x), run(jnp.asarray(0)))
+  if not random:
+    return repeat_runs(x, num_runs)
+  draw = lambda r: random_start(jax.random.fold_in(key, r), x, eps, norm, clip)
+  stacked = jax.vmap(draw, out_axes=1)(jnp.arange(num_runs))  # (B, R, *shape)
+  return stacked.reshape((-1,) + x.shape[1:])
 
-  def body(best, r):
-    return update_best(best, run(r)), None
 
-  best, _ = jax.lax.scan(body, Best.empty(x), jnp.arange(num_runs))
-  return best
+def merge_runs(best: Best, num_runs: int) -> Best:
+  """``(B·R)`` rows to ``(B)``: per example the first adversarial run, else the highest loss.
+
+  The same rule as applying :func:`update_best` run after run, so more runs
+  never give a worse point.
+  """
+  adv = best.adv.reshape(-1, num_runs)
+  loss = best.loss.reshape(-1, num_runs)
+  pick = jnp.where(jnp.any(adv, axis=1), jnp.argmax(adv, axis=1), jnp.argmax(loss, axis=1))
+
+  def take(a: jax.Array) -> jax.Array:
+    a = a.reshape((-1, num_runs) + a.shape[1:])
+    index = pick.reshape((-1, 1) + (1,) * (a.ndim - 2))
+    return jnp.take_along_axis(a, index, axis=1)[:, 0]
+
+  return Best(take(best.x), take(best.loss), jnp.any(adv, axis=1))
 
 
 def as_scalar(eps: float | jax.Array, x: jax.Array) -> jax.Array:

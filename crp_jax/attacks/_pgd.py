@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from crp_jax.attacks import _core
-from crp_jax.attacks._core import Best, Clip, LogitsFn, Norm
+from crp_jax.attacks._core import Best, Clip, LogitsFn, LossFn, Norm
 
 
 def fgsm(
@@ -48,24 +48,21 @@ def fgsm(
   return _core.project(x + eps * jnp.sign(grad), x, eps, "linf", clip)
 
 
-def _pgd_run(logits_fn, loss_fn, x, y, x_start, eps, step_size, num_steps, norm, clip,
-             unroll) -> Best:
-  """One PGD run from ``x_start``; returns the best of the ``num_steps + 1`` iterates."""
-  def evaluate(x_k):
-    loss, logits, grad = _core.loss_and_grad(logits_fn, loss_fn, x_k, y)
-    return Best(x_k, loss, _core.misclassified(logits, y)), grad
-
+def _pgd_run(logits_fn: LogitsFn, loss_fn: LossFn, x: jax.Array, y: jax.Array,
+             x_start: jax.Array, eps: jax.Array, step_size: jax.Array, num_steps: int,
+             norm: Norm, clip: Clip, unroll: int | bool) -> Best:
+  """PGD from ``x_start`` around ``x``; per row the best of the ``num_steps + 1`` iterates."""
   def body(_, carry):
     x_k, best = carry
-    current, grad = evaluate(x_k)
+    loss, logits, grad = _core.loss_and_grad(logits_fn, loss_fn, x_k, y)
+    best = _core.update_best(best, Best(x_k, loss, _core.misclassified(logits, y)))
     x_next = x_k + step_size * _core.ascent_direction(grad, norm)
-    return _core.project(x_next, x, eps, norm, clip), _core.update_best(best, current)
+    return _core.project(x_next, x, eps, norm, clip), best
 
   x_last, best = jax.lax.fori_loop(0, num_steps, body, (x_start, Best.empty(x)), unroll=unroll)
   # The last iterate needs only a forward pass.
   logits = logits_fn(x_last)
-  last = Best(x_last, loss_fn(logits, y), _core.misclassified(logits, y))
-  return _core.update_best(best, last)
+  return _core.update_best(best, Best(x_last, loss_fn(logits, y), _core.misclassified(logits, y)))
 
 
 def pgd(
@@ -96,7 +93,7 @@ def pgd(
   (not just the last). Restart ``r`` starts from a draw with key
   ``fold_in(key, r)``; across restarts each example keeps the first
   adversarial point, else the highest-loss one, so more restarts never give
-  a worse point.
+  a worse point. The restarts run as one batch of ``restarts·B`` rows.
 
   Jit it with the model closed over, e.g.
   ``jax.jit(lambda x, y, k: pgd(f, x, y, key=k, eps=0.3, step_size=0.01, num_steps=40))``.
@@ -116,8 +113,8 @@ def pgd(
     clip: pixel range ``(lo, hi)``, or ``None``.
     unroll: ``lax.fori_loop`` unroll of the step loop. On CPU, ``True``
       avoids XLA:CPU's slow path for convolution input-gradients inside
-      loops (about 2-3x per step on LeNet), at a compile time linear in
-      ``num_steps``.
+      loops (about 2-3x per step on LeNet), but compiling grows fast with
+      ``num_steps`` (LeNet: ~30 s at 40 steps): for short attacks only.
 
   Returns:
     ``(B, *shape)`` adversarial inputs inside the ball and ``clip``.
@@ -139,11 +136,8 @@ def pgd(
   loss_fn = _core.get_loss(loss)
   eps, step_size = _core.as_scalar(eps, x), _core.as_scalar(step_size, x)
 
-  def run(r: jax.Array) -> Best:
-    start = x
-    if random_start:
-      start = _core.random_start(jax.random.fold_in(key, r), x, eps, norm, clip)
-    return _pgd_run(logits_fn, loss_fn, x, y, start, eps, step_size, num_steps, norm, clip,
-                    unroll)
-
-  return _core.best_of_runs(run, restarts, x).x
+  x_runs, y_runs = _core.repeat_runs(x, restarts), _core.repeat_runs(y, restarts)
+  start = _core.starts(key, x, eps, norm, clip, restarts, random_start)
+  best = _pgd_run(logits_fn, loss_fn, x_runs, y_runs, start, eps, step_size, num_steps, norm, clip,
+                  unroll)
+  return _core.merge_runs(best, restarts).x

@@ -39,7 +39,7 @@ class _State(NamedTuple):
   queries: jax.Array  # (B,) int32
 
 
-def _window(key, x, side) -> jax.Array:
+def _window(key: jax.Array, x: jax.Array, side: jax.Array) -> jax.Array:
   """``(B, h, w, 1)`` bool mask of one ``side × side`` square per example, at a uniform position."""
   batch, height, width = x.shape[:3]
   key_h, key_w = jax.random.split(key)
@@ -51,7 +51,8 @@ def _window(key, x, side) -> jax.Array:
   return in_rows[:, :, None, None] & in_cols[:, None, :, None]
 
 
-def _candidate(key, x, x_best, eps, side, clip) -> jax.Array:
+def _candidate(key: jax.Array, x: jax.Array, x_best: jax.Array, eps: jax.Array, side: jax.Array,
+               clip: Clip) -> jax.Array:
   """``x_best`` with one square set to ``x ± ε`` (one sign per channel).
 
   If that changes nothing (the square already holds those values) the signs
@@ -66,7 +67,7 @@ def _candidate(key, x, x_best, eps, side, clip) -> jax.Array:
   return jnp.where(_core.per_example(unchanged, x), flipped, proposal)
 
 
-def _query(logits_fn, s: _State, x_new, y) -> _State:
+def _query(logits_fn: LogitsFn, s: _State, x_new: jax.Array, y: jax.Array) -> _State:
   """Evaluate ``x_new`` for the examples not yet fooled; keep it if the margin grew or it fools."""
   logits = logits_fn(x_new)
   loss, fooled = _core.margin_loss(logits, y), _core.misclassified(logits, y)
@@ -80,7 +81,8 @@ def _query(logits_fn, s: _State, x_new, y) -> _State:
   )
 
 
-def _init(logits_fn, key, x, y, eps, clip) -> _State:
+def _init(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, y: jax.Array, eps: jax.Array,
+          clip: Clip) -> _State:
   """Query the clean input (1 query), then vertical stripes ``x ± ε`` (1 more if still robust)."""
   logits = logits_fn(x)
   clean = _State(x, _core.margin_loss(logits, y), _core.misclassified(logits, y),

@@ -10,8 +10,6 @@ from crp_jax.attacks._apgd import apgd, apgd_targeted
 from crp_jax.attacks._core import Clip, LogitsFn, Norm
 from crp_jax.attacks._square import square
 
-ATTACK_NAMES: tuple[str, ...] = ("clean", "apgd-ce", "apgd-t", "square", "worst_case")
-
 
 def strong_eval(
     logits_fn: LogitsFn,
@@ -25,6 +23,7 @@ def strong_eval(
     num_targets: int = 9,
     square_queries: int = 5000,
     clip: Clip = (0.0, 1.0),
+    unroll: int | bool = 1,
 ) -> dict[str, dict[str, jax.Array]]:
   r"""Robust accuracy under APGD-CE, APGD-T and Square, and under their per-example worst case.
 
@@ -37,7 +36,7 @@ def strong_eval(
 
   Every attack runs on every example (static shapes, so jittable and
   shardable); attack ``a`` uses key ``fold_in(key, a)``. Square is L∞ only,
-  so with ``norm="l2"`` it is skipped (its entry is all-correct).
+  so with ``norm="l2"`` it is skipped and has no entry.
 
   Args:
     logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
@@ -50,14 +49,16 @@ def strong_eval(
     num_targets: target classes of APGD-T (static, capped at C − 1).
     square_queries: query budget of Square (static).
     clip: pixel range ``(lo, hi)``, or ``None``.
+    unroll: unroll of the APGD step loops, see :func:`~crp_jax.attacks.apgd`.
 
   Returns:
     ``{"correct": {name: (B,) bool}, "accuracy": {name: scalar}}`` for
-    ``name`` in ``("clean", "apgd-ce", "apgd-t", "square", "worst_case")``.
+    ``name`` in ``("clean", "apgd-ce", "apgd-t", "square", "worst_case")``
+    (no ``"square"`` for L2).
   """
   _core.check_norm(norm)
   keys = [jax.random.fold_in(key, a) for a in range(3)]
-  common = dict(eps=eps, norm=norm, num_steps=apgd_steps, clip=clip)
+  common = dict(eps=eps, norm=norm, num_steps=apgd_steps, clip=clip, unroll=unroll)
   adversarial = {
       "apgd-ce": apgd(logits_fn, x, y, key=keys[0], loss="ce", **common),
       "apgd-t": apgd_targeted(logits_fn, x, y, key=keys[1], num_targets=num_targets, **common),
@@ -67,8 +68,6 @@ def strong_eval(
   if norm == "linf":
     x_square = square(logits_fn, x, y, key=keys[2], eps=eps, num_queries=square_queries, clip=clip)
     correct["square"] = _core.correct(logits_fn, x_square, y)
-  else:
-    correct["square"] = jnp.ones_like(correct["clean"])
-  correct["worst_case"] = jnp.logical_and.reduce(jnp.stack(list(correct.values())), axis=0)
+  correct["worst_case"] = jnp.all(jnp.stack(list(correct.values())), axis=0)
   accuracy = {name: jnp.mean(c.astype(jnp.float32)) for name, c in correct.items()}
   return {"correct": correct, "accuracy": accuracy}
