@@ -12,14 +12,13 @@ import time), so the whole matrix takes about a minute.
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import dataclasses
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,21 +137,31 @@ def _env(case: Case) -> dict[str, str]:
   return env
 
 
-def _drop_dac_override() -> None:
-  """In the child: loses root's power to ignore file permissions (CAP_DAC_*)."""
-  libc = ctypes.CDLL(None, use_errno=True)
-  for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-    if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone after exec
-      raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+# Loses root's power to ignore file permissions (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) by
+# dropping them from the bounding set (PR_CAPBSET_DROP), then execs the command: a wrapper
+# process, since a preexec_fn would fork this multithreaded (JAX) test process.
+_DROP_DAC_AND_EXEC = (
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "for cap in (1, 2):\n"
+    "  if libc.prctl(24, cap, 0, 0, 0):\n"
+    "    raise OSError(ctypes.get_errno(), 'prctl(PR_CAPBSET_DROP)')\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n")
 
 
-def _run(args: tuple[str, ...], workdir: str | None, env: dict[str, str],
-         preexec: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
+def _command(args: tuple[str, ...], workdir: str | None, drop_dac: bool) -> list[str]:
   cmd = [sys.executable, "-m", "experiments.run", *args]
   if workdir is not None:
     cmd.insert(3, f"--workdir={workdir}")
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                        preexec_fn=preexec)
+  if drop_dac and os.geteuid() == 0:
+    cmd = [sys.executable, "-c", _DROP_DAC_AND_EXEC, *cmd]
+  return cmd
+
+
+def _run(args: tuple[str, ...], workdir: str | None, env: dict[str, str],
+         drop_dac: bool = False) -> subprocess.CompletedProcess:
+  return subprocess.run(_command(args, workdir, drop_dac), cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
 
 
 def _make_workdir(case: Case, home: str, finished_run: str) -> str:
@@ -182,18 +191,14 @@ def _make_workdir(case: Case, home: str, finished_run: str) -> str:
 
 
 def _can_drop_dac() -> bool:
-  if os.geteuid() != 0:
-    return True  # permissions already apply
-  probe = subprocess.run([sys.executable, "-c", "pass"], preexec_fn=_drop_dac_override,
-                         capture_output=True, check=False)
-  return probe.returncode == 0
+  probe = [sys.executable, "-c", _DROP_DAC_AND_EXEC, sys.executable, "-c", "pass"]
+  return os.geteuid() != 0 or subprocess.run(probe, capture_output=True, check=False).returncode == 0
 
 
 def _outcome(case: Case, home: str, workdir: str) -> dict[str, Any]:
-  preexec = _drop_dac_override if case.drop_dac and os.geteuid() == 0 else None
   args = tuple(a.format(home=home) for a in case.args)
   before = _tree(home)
-  proc = _run(args, workdir, _env(case), preexec)
+  proc = _run(args, workdir, _env(case), case.drop_dac)
   return {"proc": proc, "before": before, "after": _tree(home)}
 
 
