@@ -39,13 +39,18 @@ from absl import app, flags, logging
 
 from crp_jax.checkpoint import QUARANTINE_DIR
 
-flags.DEFINE_integer("kills", 10, "Number of kill points.")
-flags.DEFINE_integer("seed", 0, "Seed of the kill points.")
-flags.DEFINE_string("root", None, "Folder for the runs; default a temp folder, deleted afterwards.")
-flags.DEFINE_string("model", "lenet", "Model of the small run (resnet18 exercises BatchNorm state).")
-flags.DEFINE_integer("devices", 2, "CPU devices of each run (CRP_CPU_DEVICES).")
-flags.DEFINE_bool("compilation_cache", True, "Share a persistent XLA compilation cache between runs.")
-flags.DEFINE_integer("jobs", 1, "Kill points run at the same time.")
+
+
+def define_flags() -> None:
+  """The command-line flags; defined only when run as a script, so tests can import this module."""
+  flags.DEFINE_integer("kills", 10, "Number of kill points.")
+  flags.DEFINE_integer("seed", 0, "Seed of the kill points.")
+  flags.DEFINE_string("root", None, "Folder for the runs; default a temp folder, deleted afterwards.")
+  flags.DEFINE_string("model", "lenet", "Model of the small run (resnet18 exercises BatchNorm state).")
+  flags.DEFINE_integer("devices", 2, "CPU devices of each run (CRP_CPU_DEVICES).")
+  flags.DEFINE_bool("compilation_cache", True, "Share a persistent XLA compilation cache between runs.")
+  flags.DEFINE_integer("jobs", 1, "Kill points run at the same time.")
+
 
 #: The run under test: 16 steps of CRP training with a checkpoint every 2 steps, then a small evaluation.
 RUN_FLAGS: tuple[str, ...] = (
@@ -84,29 +89,34 @@ def plan(rng: random.Random) -> list[Kill]:
   return [Kill(rng.choice(("time", "log", "save")), rng.random()) for _ in range(count)]
 
 
-def command(workdir: str, model: str) -> list[str]:
-  return [sys.executable, "-m", "experiments.run", f"--workdir={workdir}", f"--config.model={model}",
-          *RUN_FLAGS]
+@dataclasses.dataclass(frozen=True)
+class Runner:
+  """Starts ``experiments.run`` on ``model`` with the runs' environment."""
+  env: dict[str, str]
+  model: str
 
+  @classmethod
+  def create(cls, root: str, model: str, devices: int, cache: bool) -> "Runner":
+    """``devices`` CPU devices, and the compilation cache under ``root`` if ``cache``."""
+    env = dict(os.environ, CRP_CPU_DEVICES=str(devices))
+    xla = [f for f in env.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+    env["XLA_FLAGS"] = " ".join(xla)
+    if cache:
+      env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(root, "xla_cache"),
+                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return cls(env, model)
 
-def environment(root: str, devices: int, cache: bool) -> dict[str, str]:
-  """The runs' environment: ``devices`` CPU devices, and the shared compilation cache."""
-  env = dict(os.environ, CRP_CPU_DEVICES=str(devices))
-  xla = [f for f in env.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
-  env["XLA_FLAGS"] = " ".join(xla)
-  if cache:
-    env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(root, "xla_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  return env
+  def command(self, workdir: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.run", f"--workdir={workdir}",
+            f"--config.model={self.model}", *RUN_FLAGS]
 
-
-def start(workdir: str, env: dict[str, str]) -> subprocess.Popen:
-  """Starts the run in ``workdir``; its output goes to ``<workdir>.log``."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  with open(workdir + ".log", "a") as log:  # non-atomic: the run's console log
-    return subprocess.Popen(command(workdir, flags.FLAGS.model), env=env, stdout=log,
-                            stderr=subprocess.STDOUT, cwd=repo)
+  def start(self, workdir: str) -> subprocess.Popen:
+    """Starts the run in ``workdir``; its output goes to ``<workdir>.log``."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(workdir + ".log", "a") as log:  # non-atomic: the run's console log
+      return subprocess.Popen(self.command(workdir), env=self.env, stdout=log,
+                              stderr=subprocess.STDOUT, cwd=repo)
 
 
 class RunFailed(RuntimeError):
@@ -287,13 +297,13 @@ def compare(ref_dir: str, workdir: str) -> list[str]:
   return problems
 
 
-def kill_point(index: int, kills: list[Kill], root: str, ref_dir: str, env: dict[str, str],
+def kill_point(index: int, kills: list[Kill], root: str, ref_dir: str, runner: Runner,
                duration: float) -> bool:
   """Runs one kill point to the end; prints its line; returns whether it matched."""
   workdir = os.path.join(root, f"kill{index}")
-  events = [kill(start(workdir, env), k, workdir, duration) for k in kills]
+  events = [kill(runner.start(workdir), k, workdir, duration) for k in kills]
   try:
-    finish(start(workdir, env), workdir)
+    finish(runner.start(workdir), workdir)
     problems = compare(ref_dir, workdir)
   except RunFailed as e:
     problems = [str(e)]
@@ -304,7 +314,7 @@ def kill_point(index: int, kills: list[Kill], root: str, ref_dir: str, env: dict
   return not problems
 
 
-def baseline(root: str, env: dict[str, str]) -> tuple[str, float, list[str]]:
+def baseline(root: str, runner: Runner) -> tuple[str, float, list[str]]:
   """The reference run, then an uninterrupted rerun compared with it.
 
   The rerun is the baseline for bit-identity and, with the compilation cache
@@ -312,11 +322,11 @@ def baseline(root: str, env: dict[str, str]) -> tuple[str, float, list[str]]:
   reference folder, that duration and what differs in the rerun.
   """
   ref_dir = os.path.join(root, "reference")
-  finish(start(ref_dir, env), ref_dir)
-  print(f"reference: {' '.join(['python', *command(ref_dir, flags.FLAGS.model)[1:]])}", flush=True)
+  finish(runner.start(ref_dir), ref_dir)
+  print(f"reference: {' '.join(['python', *runner.command(ref_dir)[1:]])}", flush=True)
   rerun = os.path.join(root, "rerun")
   t0 = time.monotonic()
-  finish(start(rerun, env), rerun)
+  finish(runner.start(rerun), rerun)
   duration = time.monotonic() - t0
   problems = compare(ref_dir, rerun)
   print(f"uninterrupted rerun ({duration:.0f} s): {'; '.join(problems) or 'bit-identical'}", flush=True)
@@ -328,12 +338,12 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   root = f.root or tempfile.mkdtemp(prefix="kill_resume-")
   os.makedirs(root, exist_ok=True)
-  env = environment(root, f.devices, f.compilation_cache)
-  ref_dir, duration, problems = baseline(root, env)
+  runner = Runner.create(root, f.model, f.devices, f.compilation_cache)
+  ref_dir, duration, problems = baseline(root, runner)
   rng = random.Random(f.seed)
   plans = [plan(rng) for _ in range(f.kills)]
   with concurrent.futures.ThreadPoolExecutor(max(f.jobs, 1)) as pool:
-    same = sum(pool.map(lambda ik: kill_point(ik[0] + 1, ik[1], root, ref_dir, env, duration),
+    same = sum(pool.map(lambda ik: kill_point(ik[0] + 1, ik[1], root, ref_dir, runner, duration),
                         enumerate(plans)))
   print(f"{same}/{f.kills} bit-identical")
   if not f.root:
@@ -342,5 +352,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   logging.set_verbosity(logging.ERROR)
   app.run(main)
