@@ -49,8 +49,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoint.check_config(os.path.join(workdir, method), method_config(config, method),
                             allow_config_change=allow_config_change)
   data_dir = config.tfds_data_dir or None
-  return (data.load_split(config.dataset, "train", data_dir=data_dir),
-          data.load_split(config.dataset, "test", data_dir=data_dir))
+  train_split = data.load_split(config.dataset, "train", data_dir=data_dir)
+  config_lib.check_sizes(config, train_split.num_examples)
+  return train_split, data.load_split(config.dataset, "test", data_dir=data_dir)
 
 
 class Trained(NamedTuple):

@@ -98,11 +98,8 @@ CASES: tuple[Case, ...] = (
          ("seed", "0 -> 1", "only eval"), workdir="run"),
     Case("corrupt_config_json", TINY_RUN, ("config.json",), workdir="run_bad_config"),
     Case("checkpoints_without_config_json", TINY_RUN, ("no config.json",), workdir="run_no_config"),
-    pytest.param(Case("batch_larger_than_epoch", ("--config.batch_size=8192", "--config.compare_with=",
-                                                   "--config.num_perturbations=1"), ("batch_size", "8192")),
-                 id="batch_larger_than_epoch", marks=pytest.mark.xfail(strict=True, reason=(
-                     "config.check_sizes runs in train.fit, after config.json is written; it needs "
-                     "pipeline.prepare to call config_lib.check_sizes(config, train.num_examples)"))),
+    Case("batch_larger_than_epoch", ("--config.batch_size=8192", "--config.compare_with=",
+                                     "--config.num_perturbations=1"), ("batch_size", "8192")),
 )
 
 
