@@ -13,8 +13,12 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max pooling with stride 2 on an NHWC batch, as reshape + max.
 
   Numerically identical to ``nn.max_pool(x, (2, 2), strides=(2, 2))`` for
-  even ``H`` and ``W``, and about 1.6x faster to train through on CPU, where
-  XLA lowers ``reduce_window`` (and its gradient, a scatter) poorly.
+  even ``H`` and ``W``. The gradient is the one ``jnp.max`` has (a tie in a
+  window splits it evenly), written out as a custom VJP: XLA's CPU backend
+  lowers ``reduce_window`` and the generic gradient of ``max`` (a 6-D
+  ``reduce_sum``) poorly, and this LeNet trains about 1.2x faster for it.
+  Being a custom VJP, it supports reverse mode only (``jax.grad``, not
+  ``jax.jvp``).
 
   Args:
     x: ``(batch, H, W, C)`` with even ``H`` and ``W``.
@@ -22,10 +26,41 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   Returns:
     ``(batch, H // 2, W // 2, C)``.
   """
-  b, h, w, c = x.shape
+  _, h, w, _ = x.shape
   if h % 2 or w % 2:
     raise ValueError(f"max_pool_2x2 needs even height and width, got {x.shape}")
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  return _max_pool_2x2(x)
+
+
+def _windows(x: jax.Array) -> jax.Array:
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+def _window_sum(a: jax.Array) -> jax.Array:
+  """Sum over the 2x2 window axes of ``_windows`` output, as three adds."""
+  return a[:, :, 0, :, 0] + a[:, :, 0, :, 1] + a[:, :, 1, :, 0] + a[:, :, 1, :, 1]
+
+
+@jax.custom_vjp
+def _max_pool_2x2(x: jax.Array) -> jax.Array:
+  return _windows(x).max(axis=(2, 4))
+
+
+def _max_pool_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  y = _max_pool_2x2(x)
+  return y, (x, y)
+
+
+def _max_pool_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
+  # The gradient of jnp.max: mask of the window's maxima / their count.
+  x, y = res
+  mask = (_windows(x) == y[:, :, None, :, None, :]).astype(g.dtype)
+  share = g / _window_sum(mask)
+  return ((mask * share[:, :, None, :, None, :]).reshape(x.shape),)
+
+
+_max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class LeNet(nn.Module):

@@ -1,0 +1,482 @@
+r"""crp_jax against a PyTorch reference on this machine: ``python -m benchmarks.run``.
+
+  python -m benchmarks.run                              # every row; writes benchmarks/results.md
+  python -m benchmarks.run --rows=lenet,attacks --repeats=9
+  python -m benchmarks.run --plain --devices=1          # no process tuning, one device
+  python -m benchmarks.run --tiny --no-torch --out=/tmp/r.md   # smoke size (the test)
+
+Rows (each contender on the same architecture, batch and dtype, timed
+alternately A B A B … in this one process, medians of ``--repeats`` after a
+warm-up round):
+
+1. ``lenet``: LeNet train step on 28x28x1, batch 128: crp_jax's ``crp`` step
+   (δ drawn inside the step, Adam) vs a PyTorch eager step (same LeNet, Adam)
+   on the same images with δ precomputed on the host.
+2. ``resnet18``: the same for ResNet-18 on 32x32x3, batch 128.
+3. ``attacks``: FGSM, PGD-40 and APGD-CE-100 on LeNet, batch 256, vs
+   torchattacks on the same weights (Flax weights copied into torch). The
+   labels are the model's own predictions, so every example is attacked by
+   both (torchattacks' APGD skips those already misclassified).
+4. ``perturbation``: the LeNet step with ``crp`` vs with ``standard``.
+5. ``memory``: peak RSS of ``python -m experiments.run`` with K=1 and K=100
+   (subprocesses), against the size of a stored K·M float32 set.
+6. ``compile``: compile time of each jitted function above.
+
+crp_jax runs as ``python -m experiments.run`` does: one XLA CPU device per
+core (:func:`experiments.cli.setup_devices`), the batch sharded over a
+``data`` mesh, the train step from :func:`crp_jax.train.jit_train_step`.
+Unless ``--plain``, the process re-executes itself once with the settings of
+:mod:`benchmarks._env` (huge pages for glibc's large blocks, Eigen
+convolutions); both contenders run under them. PyTorch and torchattacks come
+from the optional ``.[bench]`` extra; without them the reference columns say
+so and the crp_jax columns are still measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from benchmarks import _env, _timing
+from crp_jax import attacks, train
+from crp_jax.models import LeNet, ResNet18, init_variables
+from crp_jax.perturbations import make_delta
+
+ROWS = ("lenet", "resnet18", "attacks", "perturbation", "memory", "compile")
+BEGIN = "<!-- benchmarks.run: begin (generated; edit outside these markers) -->"
+END = "<!-- benchmarks.run: end -->"
+NO_TORCH = "not measured: torch not installed"
+NO_GPU = "not measured (no GPU in this session)"
+
+
+@dataclasses.dataclass
+class Sizes:
+  """Workload sizes; :func:`sizes` gives the real ones and the smoke-test ones."""
+  train_batch: int = 128
+  lenet_steps: int = 10          # steps per timed repeat
+  resnet_steps: int = 1
+  resnet_widths: tuple[int, ...] = (64, 128, 256, 512)
+  attack_batch: int = 256
+  pgd_steps: int = 40
+  apgd_steps: int = 100
+  memory_ks: tuple[int, int] = (1, 100)
+  memory_subset: int = 64
+  tiny: bool = False
+
+
+def sizes(tiny: bool) -> Sizes:
+  if not tiny:
+    return Sizes()
+  return Sizes(train_batch=8, lenet_steps=1, resnet_steps=1, resnet_widths=(4, 8, 8, 8),
+               attack_batch=8, pgd_steps=2, apgd_steps=2, memory_ks=(1, 3), memory_subset=16, tiny=True)
+
+
+@dataclasses.dataclass
+class Row:
+  """One line of the table. ``ours``/``ref`` are display strings; ``ratio`` ours/ref."""
+  name: str
+  workload: str
+  ours: str
+  ref: str
+  ratio: str = ""
+  target: str = ""
+  status: str = ""
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+def load_torch(enabled: bool) -> Any | None:
+  """The reference module, or ``None`` when torch is missing or ``--no-torch``."""
+  if not enabled:
+    return None
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  torch.set_num_threads(os.cpu_count() or 1)
+  from benchmarks import _torch_ref  # pylint: disable=g-import-not-at-top
+  return _torch_ref
+
+
+def has_torchattacks() -> bool:
+  try:
+    import torchattacks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def rate(seconds: list[float], items: int) -> float:
+  """Items per second at the median time."""
+  return items / _timing.median(seconds)
+
+
+def fmt_rate(seconds: list[float], items: int, unit: str = "img/s") -> str:
+  return f"{rate(seconds, items):,.1f} {unit} (±{100 * _timing.spread(seconds) / 2:.0f}%)"
+
+
+def ratio_row(name: str, workload: str, times: dict[str, list[float]], items: int, *,
+              floor: float = 1.0, goal: float = 1.5, ref_missing: str = NO_TORCH) -> Row:
+  ours = fmt_rate(times["ours"], items)
+  if "ref" not in times:
+    return Row(name, workload, ours, ref_missing, "–", f"≥{floor:.1f}× (goal {goal:.1f}×)", "not measured")
+  r = rate(times["ours"], items) / rate(times["ref"], items)
+  status = "goal met" if r >= goal else "floor met" if r >= floor else "NOT MET"
+  return Row(name, workload, ours, fmt_rate(times["ref"], items), f"{r:.2f}×",
+             f"≥{floor:.1f}× (goal {goal:.1f}×)", status)
+
+
+# ----------------------------------------------------------------------------- crp_jax train step
+
+
+def train_config(method: str, eps: float) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      method=method, clip_perturbed=True, perturbation_eps=eps, distribution="uniform",
+      optimizer="adam", learning_rate=1e-3, weight_decay=0.0, lr_schedule="constant", momentum=0.9))
+
+
+@dataclasses.dataclass
+class Data:
+  """A few host batches of the extended set (uint8 images, ids, draw ids) and their δ."""
+  image: np.ndarray     # (n, B, *shape) uint8
+  label: np.ndarray     # (n, B) int32
+  example_id: np.ndarray
+  draw_id: np.ndarray
+
+  def batch(self, i: int) -> dict[str, np.ndarray]:
+    return {"image": self.image[i], "label": self.label[i], "example_id": self.example_id[i],
+            "draw_id": self.draw_id[i]}
+
+
+def make_data(shape: tuple[int, ...], batch: int, *, num_batches: int = 4, k: int = 10, seed: int = 0) -> Data:
+  rng = np.random.default_rng(seed)
+  n = num_batches
+  return Data(image=rng.integers(0, 256, (n, batch, *shape), dtype=np.uint8),
+              label=rng.integers(0, 10, (n, batch)).astype(np.int32),
+              example_id=np.arange(n * batch, dtype=np.int32).reshape(n, batch),
+              draw_id=rng.integers(-1, k, (n, batch)).astype(np.int32))
+
+
+class JaxTrainer:
+  """crp_jax's jitted train step on a mesh, run ``steps`` times per call."""
+
+  def __init__(self, model, shape: tuple[int, ...], data: Data, mesh, *, method: str, eps: float):
+    config = train_config(method, eps)
+    tx = train.make_optimizer(config, 1000)
+    keys = train.run_keys(0)
+    self.perturbation_key = keys["perturbations"]
+    state = train.create_state(model, tx, keys["init"], shape)
+    self.state = jax.device_put(state, NamedSharding(mesh, P()))
+    perturb_fn = train.make_perturb_fn(config, keys["perturbations"], shape, 100)
+    step = train.jit_train_step(train.make_train_step(model, tx, perturb_fn, keys["dropout"]), mesh)
+    sharding = NamedSharding(mesh, P("data"))
+    self.batches = [jax.device_put(data.batch(i), sharding) for i in range(len(data.image))]
+    start = time.perf_counter()
+    self.compiled = step.lower(self.state, self.batches[0]).compile()
+    self.compile_s = time.perf_counter() - start
+    self.metrics = None
+
+  def run(self, steps: int) -> None:
+    for i in range(steps):
+      self.state, self.metrics = self.compiled(self.state, self.batches[i % len(self.batches)])
+    jax.block_until_ready((self.state, self.metrics))
+
+
+def torch_trainer(tr, net, data: Data, shape: tuple[int, ...], key: jax.Array, eps: float
+                  ) -> Callable[[int], None]:
+  """The reference step on inputs perturbed on the host beforehand (the stored extended set)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  xs, ys = [], []
+  for i in range(len(data.image)):
+    delta = np.asarray(make_delta(key, data.example_id[i], data.draw_id[i], shape, eps=eps))
+    xs.append(tr.to_nchw(np.clip(data.image[i] / np.float32(255) + delta, 0.0, 1.0)))
+    ys.append(torch.from_numpy(data.label[i].astype(np.int64)))
+  step = tr.make_train_step(net)
+
+  def run(steps: int) -> None:
+    for i in range(steps):
+      step(xs[i % len(xs)], ys[i % len(ys)])
+
+  return run
+
+
+def train_row(name: str, model_name: str, s: Sizes, mesh, tr, repeats: int,
+              compile_times: dict[str, float]) -> Row:
+  if model_name == "lenet":
+    model, shape, eps, steps = LeNet(), (28, 28, 1), 0.3, s.lenet_steps
+    workload = f"LeNet train step, 28x28x1, batch {s.train_batch}, f32, Adam"
+  else:
+    model, shape, eps, steps = ResNet18(widths=s.resnet_widths), (32, 32, 3), 16 / 255, s.resnet_steps
+    workload = f"ResNet-18 train step, 32x32x3, batch {s.train_batch}, f32, Adam"
+    if s.tiny:
+      workload += f" (tiny widths {s.resnet_widths})"
+  data = make_data(shape, s.train_batch)
+  ours = JaxTrainer(model, shape, data, mesh, method="crp", eps=eps)
+  compile_times[f"{'LeNet' if model_name == 'lenet' else 'ResNet-18'} train step (crp)"] = ours.compile_s
+  work = {"ours": lambda: ours.run(steps)}
+  if tr is not None:
+    variables = jax.device_get(ours.state.variables())
+    net = tr.lenet_from_flax(variables) if model_name == "lenet" else tr.resnet18_from_flax(variables)
+    work["ref"] = functools.partial(torch_trainer(tr, net, data, shape, ours.perturbation_key, eps), steps)
+  times = _timing.interleave(work, repeats=repeats)
+  return ratio_row(name, workload + f"; {steps} step(s) per repeat", times, s.train_batch * steps)
+
+
+# ----------------------------------------------------------------------------- attacks
+
+
+def attack_rows(s: Sizes, mesh, tr, repeats: int, compile_times: dict[str, float]) -> list[Row]:
+  model = LeNet()
+  variables = jax.jit(lambda k: init_variables(model, k, (28, 28, 1)))(jax.random.key(0))
+  x = jax.random.uniform(jax.random.key(1), (s.attack_batch, 28, 28, 1))
+  y = jnp.argmax(model.apply(variables, x), -1).astype(jnp.int32)   # every example starts correct
+  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  variables = jax.device_put(variables, replicated)
+  x, y = jax.device_put(x, data), jax.device_put(y, data)
+  key = jax.device_put(jax.random.key(2), replicated)
+  eps, step_size = 0.3, 0.01
+  specs: dict[str, tuple[str, Callable | None, dict[str, Any]]] = {
+      "fgsm": ("FGSM", lambda f, x, y, k: attacks.fgsm(f, x, y, eps=eps), {}),
+      "pgd": (f"PGD-{s.pgd_steps}",
+              lambda f, x, y, k: attacks.pgd(f, x, y, key=k, eps=eps, step_size=step_size,
+                                             num_steps=s.pgd_steps), {"num_steps": s.pgd_steps}),
+      "apgd": (f"APGD-CE-{s.apgd_steps}",
+               (lambda f, x, y, k: attacks.apgd(f, x, y, key=k, eps=eps, num_steps=s.apgd_steps))
+               if hasattr(attacks, "apgd") else None, {"num_steps": s.apgd_steps}),
+  }
+  net = tr.lenet_from_flax(jax.device_get(variables)) if tr is not None else None
+  torch_ok = tr is not None and has_torchattacks()
+  if tr is not None:
+    import torch  # pylint: disable=g-import-not-at-top
+    xt = tr.to_nchw(jax.device_get(x))
+    yt = torch.from_numpy(np.asarray(jax.device_get(y)).astype(np.int64))
+  rows = []
+  for name, (label, attack, extra) in specs.items():
+    workload = f"{label} on LeNet, batch {s.attack_batch}, ε=0.3, f32"
+    if attack is None:
+      rows.append(Row(name, workload, "not measured: crp_jax.attacks has no apgd", "", "–", "≥1.0×", "not measured"))
+      continue
+    fn = jax.jit(lambda v, x, y, k, attack=attack: attack(lambda z: model.apply(v, z, train=False), x, y, k),
+                 in_shardings=(replicated, data, data, replicated), out_shardings=data)
+    start = time.perf_counter()
+    compiled = fn.lower(variables, x, y, key).compile()
+    compile_times[label] = time.perf_counter() - start
+    work = {"ours": lambda compiled=compiled: compiled(variables, x, y, key).block_until_ready()}
+    if torch_ok:
+      atk = tr.make_attack(name, net, eps=eps, step_size=step_size, num_steps=extra.get("num_steps", 1))
+      work["ref"] = lambda atk=atk: atk(xt, yt)
+    times = _timing.interleave(work, repeats=repeats)
+    missing = NO_TORCH if tr is None else "not measured: torchattacks not installed"
+    floor, goal = (1.0, 1.5) if name != "fgsm" else (0.0, 1.5)
+    row = ratio_row(name, workload, times, s.attack_batch, floor=floor, goal=goal, ref_missing=missing)
+    if name == "fgsm":
+      row.target = "– (goal 1.5×)"
+      if "ref" in times:
+        row.status = "goal met" if rate(times["ours"], 1) >= 1.5 * rate(times["ref"], 1) else "below goal"
+    rows.append(row)
+  return rows
+
+
+# ----------------------------------------------------------------------------- perturbation cost
+
+
+def perturbation_row(s: Sizes, mesh, repeats: int, compile_times: dict[str, float]) -> Row:
+  data = make_data((28, 28, 1), s.train_batch)
+  crp = JaxTrainer(LeNet(), (28, 28, 1), data, mesh, method="crp", eps=0.3)
+  std = JaxTrainer(LeNet(), (28, 28, 1), data, mesh, method="standard", eps=0.3)
+  compile_times["LeNet train step (standard)"] = std.compile_s
+  times = _timing.interleave({"crp": lambda: crp.run(s.lenet_steps), "standard": lambda: std.run(s.lenet_steps)},
+                             repeats=2 * repeats)
+  overhead = 100 * (_timing.median(times["crp"]) / _timing.median(times["standard"]) - 1)
+  items = s.train_batch * s.lenet_steps
+  return Row("perturbation", f"LeNet step, batch {s.train_batch}: `crp` (δ drawn in the step) vs `standard`",
+             fmt_rate(times["crp"], items), "standard: " + fmt_rate(times["standard"], items),
+             f"overhead {overhead:+.1f}%", "≤3%", "met" if overhead <= 3.0 else "NOT MET")
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def peak_rss_mib(cmd: list[str], *, cwd: str | None = None, env: dict[str, str] | None = None) -> float:
+  """Peak resident set size (MiB) of a child process, from its own ``ru_maxrss``."""
+  proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  out = proc.stdout.read()
+  _, status, usage = os.wait4(proc.pid, 0)
+  proc.returncode = os.waitstatus_to_exitcode(status)
+  if proc.returncode:
+    raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{out.decode()[-2000:]}")
+  return usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def memory_command(workdir: str, k: int, subset: int) -> list[str]:
+  """A short real run (``python -m experiments.run``) with K perturbations per example."""
+  return [sys.executable, "-m", "experiments.run", f"--workdir={workdir}", "--dataset=mnist5k",
+          "--method=crp", "--config.compare_with=", f"--config.num_perturbations={k}",
+          f"--config.train_subset={subset}", "--config.epochs=1", "--config.eval.strong=False",
+          "--config.eval.attack_subset=16", "--config.eval.pgd_steps=(1,)",
+          "--config.eval.extra_step_size=0.0", "--progress=False"]
+
+
+def stored_set_gib(k: int, m: int, pixels: int = 28 * 28) -> float:
+  """Size of a stored set of K·M perturbed float32 images."""
+  return k * m * pixels * 4 / 2**30
+
+
+def memory_row(s: Sizes) -> Row:
+  root = tempfile.mkdtemp(prefix="crp_bench_mem_")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    rss = {k: peak_rss_mib(memory_command(os.path.join(root, f"k{k}"), k, s.memory_subset), cwd=repo)
+           for k in s.memory_ks}
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  k1, k2 = s.memory_ks
+  change = 100 * (rss[k2] / rss[k1] - 1)
+  steps = {k: -(-s.memory_subset * (k + 1) // s.train_batch) for k in s.memory_ks}
+  stored = stored_set_gib(k2, s.memory_subset) * 1024
+  return Row("memory", f"peak RSS of `python -m experiments.run` on mnist5k, M={s.memory_subset} examples "
+             f"({steps[k1]} vs {steps[k2]} steps)",
+             f"K={k1}: {rss[k1]:,.0f} MiB; K={k2}: {rss[k2]:,.0f} MiB ({change:+.1f}%)",
+             f"stored K·M set: {stored:,.1f} MiB at M={s.memory_subset}; "
+             f"{stored_set_gib(k2, 60000):,.1f} GiB for MNIST (M=60,000)",
+             f"{change:+.1f}%", "flat within 5%", "met" if abs(change) <= 5.0 else "NOT MET")
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def markdown_table(rows: list[Row]) -> str:
+  head = "| row | workload | crp_jax | reference | ours/ref | target | status |\n|---|---|---|---|---|---|---|\n"
+  return head + "".join(f"| {r.name} | {r.workload} | {r.ours} | {r.ref} | {r.ratio} | {r.target} | {r.status} |\n"
+                        for r in rows)
+
+
+def report(rows: list[Row], args: argparse.Namespace, started: str, seconds: float) -> str:
+  v = _env.versions()
+  mem = _env.memory_gib()
+  lines = [
+      f"Generated by `{' '.join(['python -m benchmarks.run', *args.argv])}`.",
+      "",
+      f"- machine: {_env.cpu_model()}, {os.cpu_count()} cores"
+      + (f", {mem:.0f} GiB RAM" if mem else "") + f"; load average {started} at start, "
+      f"{_env.load_average()} at the end (other jobs share this CPU)",
+      f"- crp_jax: {jax.device_count()} XLA {jax.default_backend().upper()} device(s) "
+      "(`jax_num_cpu_devices`, as `experiments/cli.py` sets it), batch sharded over a `data` mesh",
+      f"- process settings: XLA_FLAGS=`{os.environ.get('XLA_FLAGS', '')}`, "
+      f"GLIBC_TUNABLES=`{os.environ.get('GLIBC_TUNABLES', '')}`"
+      + (" (`--plain`: none added)" if args.plain else " (see `benchmarks/_env.py`)"),
+      "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+      f"- torch threads: {os.cpu_count()} (`torch.set_num_threads(os.cpu_count())`); "
+      f"{args.repeats} timed repeats after one warm-up round, contenders interleaved; "
+      "medians, ± half the relative range; wall time of the run "
+      f"{seconds / 60:.1f} min",
+      "",
+      markdown_table(rows),
+  ]
+  return "\n".join(lines)
+
+
+def write_results(path: str, text: str) -> None:
+  """Replaces the generated block of ``path`` (or writes a new file), keeping the notes around it."""
+  block = f"{BEGIN}\n{text}\n{END}"
+  old = open(path).read() if os.path.exists(path) else ""
+  if BEGIN in old and END in old:
+    new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+  else:
+    new = f"# Benchmarks\n\n{block}\n"
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    f.write(new)
+  os.replace(path + ".tmp", path)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+  parser.add_argument("--repeats", type=int, default=5, help="timed repeats per contender (≥ 5 for the record)")
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md"))
+  parser.add_argument("--tiny", action="store_true", help="smoke-test sizes")
+  parser.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch reference")
+  parser.add_argument("--plain", action="store_true", help="no process tuning (see benchmarks/_env.py)")
+  parser.add_argument("--devices", type=int, default=None,
+                      help="XLA CPU devices (default: one per core, as experiments.run)")
+  args = parser.parse_args(argv)
+  args.argv = list(sys.argv[1:] if argv is None else argv)
+  unknown = set(args.rows.split(",")) - set(ROWS)
+  if unknown:
+    parser.error(f"unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}")
+  return args
+
+
+def main(argv: list[str] | None = None) -> str:
+  """Runs the rows, prints the table and writes ``--out``; returns the generated text."""
+  args = parse_args(argv)
+  started, t0 = _env.load_average(), time.perf_counter()
+  s = sizes(args.tiny)
+  wanted = args.rows.split(",")
+  tr = load_torch(args.torch)
+  mesh = train.make_mesh()
+  compile_times: dict[str, float] = {}
+  rows: list[Row] = []
+
+  def emit(new: list[Row]) -> str:
+    """Prints ``new`` and rewrites ``--out`` with every row so far (a cut run keeps its rows)."""
+    for r in new:
+      print(f"{r.name:13s} {r.ours:34s} {r.ref:40s} {r.ratio:>16s}  {r.status}", flush=True)
+    rows.extend(new)
+    table = rows + [Row("compile", f"compile: {name}", f"{sec:.1f} s", "n/a (eager)", "", "", "")
+                    for name, sec in compile_times.items()] if "compile" in wanted else rows
+    text = report(table + [gpu], args, started, time.perf_counter() - t0)
+    write_results(args.out, text)
+    return text
+
+  gpu = Row("gpu", "WRN-28-10 bf16 train step MFU; LeNet/ResNet-18/attacks on GPU", NO_GPU, NO_GPU,
+            "–", "", "not measured")
+  text = ""
+  # Cheap rows first, so a run cut short still records them.
+  if "lenet" in wanted:
+    text = emit([train_row("lenet", "lenet", s, mesh, tr, args.repeats, compile_times)])
+  if "perturbation" in wanted:
+    text = emit([perturbation_row(s, mesh, args.repeats, compile_times)])
+  if "memory" in wanted:
+    try:
+      text = emit([memory_row(s)])
+    except RuntimeError as e:  # the CLI's flags changed under us: say so, keep the other rows
+      text = emit([Row("memory", "peak RSS of `python -m experiments.run`", f"failed: {str(e).splitlines()[0]}",
+                       "", "", "flat within 5%", "not measured")])
+  if "resnet18" in wanted:
+    text = emit([train_row("resnet18", "resnet18", s, mesh, tr, args.repeats, compile_times)])
+  if "attacks" in wanted:
+    text = emit(attack_rows(s, mesh, tr, args.repeats, compile_times))
+  text = emit([])
+  print(f"\nwrote {args.out}")
+  return text
+
+
+if __name__ == "__main__":
+  _args = parse_args(None)
+  if not _args.plain:
+    _env.reexec_tuned("benchmarks.run", sys.argv[1:])
+  if _args.devices:
+    os.environ["CRP_CPU_DEVICES"] = str(_args.devices)
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  cli.setup_devices()
+  main()

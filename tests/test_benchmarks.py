@@ -1,0 +1,126 @@
+"""Tests of the benchmark harness (``python -m benchmarks.run``) and of what the speed work touched.
+
+The smoke test runs the harness in-process at a tiny size without torch;
+the ``parity`` tests (``pytest -m parity``, need the ``.[bench]`` extra)
+check that the PyTorch reference is the same network as crp_jax's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import _env, run
+from crp_jax.models import LeNet, ResNet18, init_variables, max_pool_2x2
+
+
+def test_smoke_without_torch(tmp_path):
+  out = tmp_path / "results.md"
+  text = run.main(["--tiny", "--no-torch", "--rows=lenet,attacks,compile", "--repeats=1", f"--out={out}"])
+  written = out.read_text()
+  assert text in written and written.startswith("# Benchmarks")
+  assert "| row | workload | crp_jax | reference | ours/ref |" in written
+  for row in ("| lenet |", "| fgsm |", "| pgd |", "| compile |", "| gpu |"):
+    assert row in written
+  assert run.NO_TORCH in written and run.NO_GPU in written
+  assert "img/s" in written
+
+
+def test_write_results_keeps_the_notes(tmp_path):
+  path = str(tmp_path / "results.md")
+  run.write_results(path, "first")
+  with open(path, "a") as f:
+    f.write("\n## Notes\nhand-written\n")
+  run.write_results(path, "second")
+  text = open(path).read()
+  assert "second" in text and "first" not in text and "hand-written" in text
+
+
+def test_peak_rss_of_a_child():
+  mib = run.peak_rss_mib([sys.executable, "-c", "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
+  assert 200 < mib < 2000
+  with pytest.raises(RuntimeError, match="exited with 3"):
+    run.peak_rss_mib([sys.executable, "-c", "import sys; sys.exit(3)"])
+
+
+def test_memory_command_is_a_valid_cli_invocation():
+  cmd = run.memory_command("/tmp/x", 100, 64)
+  assert cmd[1:3] == ["-m", "experiments.run"] and "--config.num_perturbations=100" in cmd
+  # K·M·28·28 float32: K=100 on all of MNIST would be 17.5 GiB.
+  assert run.stored_set_gib(100, 60000) == pytest.approx(17.52, abs=0.01)
+
+
+def test_tuned_env_adds_each_setting_once():
+  env = _env.tuned_env({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1", "XLA_FLAGS": "--foo"})
+  assert env["GLIBC_TUNABLES"] == "glibc.malloc.trim_threshold=1:" + _env.HUGETLB
+  assert env["XLA_FLAGS"].split() == ["--foo", *_env.XLA_CPU_FLAGS]
+  assert _env.tuned_env(env) == env
+
+
+def test_tuned_settings_keep_the_numbers(tmp_path):
+  """A process with the tuned settings computes this process's LeNet gradients (float tolerance)."""
+  code = ("import sys, jax, numpy as np; from crp_jax.models import LeNet, init_variables; "
+          "m = LeNet(); v = init_variables(m, jax.random.key(0), (28, 28, 1)); "
+          "x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1)); "
+          "g = jax.jit(jax.grad(lambda p: m.apply({'params': p}, x).sum()))(v['params']); "
+          "np.save(sys.argv[1], np.concatenate([l.ravel() for l in jax.tree.leaves(g)]))")
+  path = tmp_path / "grads.npy"
+  plain = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "GLIBC_TUNABLES")}
+  subprocess.run([sys.executable, "-c", code, str(path)], env=_env.tuned_env(plain), check=True)
+  m = LeNet()
+  v = init_variables(m, jax.random.key(0), (28, 28, 1))
+  x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+  g = jax.jit(jax.grad(lambda p: m.apply({"params": p}, x).sum()))(v["params"])
+  here = np.concatenate([l.ravel() for l in jax.tree.leaves(g)])
+  np.testing.assert_allclose(np.load(path), here, rtol=1e-4, atol=1e-5 * np.abs(here).max())
+
+
+def test_max_pool_gradient_matches_autodiff_with_ties():
+  """The custom VJP of max_pool_2x2 is jnp.max's gradient, ties included (ReLU zeros, duplicates)."""
+  x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 8, 6, 3)))
+  x = x.at[0, 0:2, 0:2, 0].set(0.5)            # a 4-way tie at a positive value
+  x = x.at[1, 2, 2:4, 1].set(x[1, 2, 2, 1])     # a 2-way tie
+  g = jax.random.normal(jax.random.key(1), (2, 4, 3, 3))
+  autodiff = lambda x: x.reshape(2, 4, 2, 3, 2, 3).max(axis=(2, 4))
+  for f in (max_pool_2x2, jax.jit(max_pool_2x2)):
+    np.testing.assert_array_equal(f(x), autodiff(x))
+    grad = lambda h: jax.grad(lambda x: jnp.sum(h(x) * g))(x)
+    np.testing.assert_allclose(grad(f), grad(autodiff), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- parity (torch)
+
+
+@pytest.mark.parity
+def test_torch_lenet_is_the_same_network():
+  torch = pytest.importorskip("torch")
+  from benchmarks import _torch_ref  # pylint: disable=g-import-not-at-top
+  variables = init_variables(LeNet(), jax.random.key(0), (28, 28, 1))
+  x = np.asarray(jax.random.uniform(jax.random.key(1), (4, 28, 28, 1)))
+  net = _torch_ref.lenet_from_flax(variables).eval()
+  with torch.no_grad():
+    ours = np.asarray(LeNet().apply(variables, x))
+    ref = net(_torch_ref.to_nchw(x)).numpy()
+  np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parity
+def test_torch_resnet18_is_the_same_network():
+  torch = pytest.importorskip("torch")
+  from benchmarks import _torch_ref  # pylint: disable=g-import-not-at-top
+  model = ResNet18()
+  variables = jax.jit(lambda k: init_variables(model, k, (32, 32, 3)))(jax.random.key(0))
+  x = np.asarray(jax.random.uniform(jax.random.key(1), (2, 32, 32, 3)))
+  net = _torch_ref.resnet18_from_flax(variables).eval()
+  with torch.no_grad():
+    ours = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
+    ref = net(_torch_ref.to_nchw(x)).numpy()
+  np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+  params = sum(p.numel() for p in net.parameters())
+  assert params == 11_173_962

@@ -1,0 +1,106 @@
+"""The jitted train step and every attack compile once across calls of one shape.
+
+A recompile per call would cost seconds each time on a CPU (the LeNet train
+step compiles in several). Compiles are counted two ways: XLA backend
+compile events (``jax.monitoring``) and the jitted function's cache size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from crp_jax import attacks, train
+from crp_jax.models import LeNet
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+CALLS = 3
+
+
+@contextlib.contextmanager
+def backend_compiles() -> Iterator[list[str]]:
+  """Collects the XLA backend compiles made inside the block."""
+  events: list[str] = []
+
+  def listener(name: str, secs: float, **kwargs) -> None:
+    del secs, kwargs
+    if name == BACKEND_COMPILE:
+      events.append(name)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield events
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_counter_sees_a_recompile():
+  f = jax.jit(lambda x: x * 2)
+  a, b = np.ones(3, np.float32), np.ones(4, np.float32)
+  with backend_compiles() as events:
+    f(a)
+    f(a + 1)
+    f(b)  # a new shape compiles again
+  assert len(events) == 2 and f._cache_size() == 2  # pylint: disable=protected-access
+
+
+def test_train_step_compiles_once():
+  mesh = train.make_mesh()
+  config = ml_collections.ConfigDict(dict(
+      method="crp", clip_perturbed=True, perturbation_eps=0.3, distribution="uniform",
+      optimizer="adam", learning_rate=1e-3, weight_decay=0.0, lr_schedule="constant", momentum=0.9))
+  model, shape = LeNet(), (28, 28, 1)
+  tx = train.make_optimizer(config, 100)
+  keys = train.run_keys(0)
+  state = jax.device_put(train.create_state(model, tx, keys["init"], shape), NamedSharding(mesh, P()))
+  step = train.jit_train_step(
+      train.make_train_step(model, tx, train.make_perturb_fn(config, keys["perturbations"], shape, 10),
+                            keys["dropout"]), mesh)
+  batch_size = 2 * len(mesh.devices.flat)
+  rng = np.random.default_rng(0)
+  batches = [jax.device_put({
+      "image": rng.integers(0, 256, (batch_size, *shape), dtype=np.uint8),
+      "label": rng.integers(0, 10, batch_size).astype(np.int32),
+      "example_id": np.arange(i * batch_size, (i + 1) * batch_size, dtype=np.int32),
+      "draw_id": rng.integers(-1, 4, batch_size).astype(np.int32),
+  }, NamedSharding(mesh, P("data"))) for i in range(CALLS)]
+  with backend_compiles() as events:
+    for batch in batches:  # new data, new step counter, a donated state each time
+      state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+  assert int(state.step) == CALLS
+  assert len(events) == 1
+  assert step._cache_size() == 1  # pylint: disable=protected-access
+
+
+ATTACKS: dict[str, Callable] = {
+    "fgsm": lambda f, x, y, k, eps: attacks.fgsm(f, x, y, eps=eps),
+    "pgd": lambda f, x, y, k, eps: attacks.pgd(f, x, y, key=k, eps=eps, step_size=eps / 4, num_steps=3),
+    "apgd": lambda f, x, y, k, eps: attacks.apgd(f, x, y, key=k, eps=eps, num_steps=3),
+    "square": lambda f, x, y, k, eps: attacks.square(f, x, y, key=k, eps=eps, num_queries=6),
+}
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_compiles_once(name):
+  if not hasattr(attacks, name):
+    pytest.skip(f"crp_jax.attacks has no {name}")
+  attack = ATTACKS[name]
+  fn = jax.jit(lambda w, x, y, k, eps: attack(lambda z: z.reshape(z.shape[0], -1) @ w, x, y, k, eps))
+  w = jax.random.normal(jax.random.key(0), (16, 10))
+  inputs = [(jax.random.uniform(jax.random.key(i), (8, 4, 4, 1)), jnp.arange(8, dtype=jnp.int32) % 10,
+             jax.random.key(100 + i), jnp.float32(0.1 * (i + 1))) for i in range(CALLS)]
+  jax.block_until_ready([(x, y, jax.random.key_data(k), eps) for x, y, k, eps in inputs])
+  with backend_compiles() as events:
+    # New inputs, keys and ε values (ε is traced, not static): one compile.
+    outs = [fn(w, x, y, k, eps) for x, y, k, eps in inputs]
+    jax.block_until_ready(outs)
+  assert len(events) == 1
+  assert fn._cache_size() == 1  # pylint: disable=protected-access
