@@ -333,7 +333,7 @@ NON_ATOMIC = re.compile(r"open\([^)]*['\"][wax]b?\+?['\"]|\.write_text\(|\.write
 # Loading that can run code from a file.
 UNSAFE_LOAD = re.compile(r"\bpickle\b|cloudpickle|\bdill\b|\bmarshal\b|\bshelve\b|allow_pickle\s*=\s*True|"
                          r"yaml\.load\(|yaml\.unsafe_load|torch\.load\((?![^)]*weights_only\s*=\s*True)|"
-                         r"np\.load\((?![^)]*allow_pickle\s*=\s*False)|jnp\.load\(|\beval\(|\bexec\(")
+                         r"np\.load\((?![^)]*allow_pickle\s*=\s*False)|jnp\.load\(|(?<![.\w])(eval|exec)\(")
 
 
 def _offending(pattern: re.Pattern, files: list[str], exempt: tuple[str, ...] = ()) -> list[str]:
@@ -359,6 +359,7 @@ def test_nothing_loads_files_unsafely():
 def test_the_scanners_catch_what_they_look_for(tmp_path):
   bad = tmp_path / "bad.py"
   bad.write_text("import pickle\nx = np.load(f)\ny = np.load(f, allow_pickle=True)\n"
-                 "open(p, 'w').write(s)\nfig.savefig(path)\nok = np.load(f, allow_pickle=False)\n")
-  assert len(_offending(UNSAFE_LOAD, [str(bad)])) == 3
+                 "open(p, 'w').write(s)\nfig.savefig(path)\nok = np.load(f, allow_pickle=False)\n"
+                 "z = eval(text)\nnet = net.eval()\n")
+  assert len(_offending(UNSAFE_LOAD, [str(bad)])) == 4
   assert len(_offending(NON_ATOMIC, [str(bad)])) == 2
