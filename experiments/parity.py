@@ -1,0 +1,413 @@
+r"""Parity of crp_jax's attacks with torchattacks on the same LeNet (issue 4).
+
+Trains a standard LeNet on the offline ``mnist5k`` train split (Adam 1e-3,
+batch 128, deterministic), copies its weights into the torch LeNet of
+:mod:`benchmarks._torch_ref` and checks that both compute the same logits,
+then attacks the first ``--examples`` test digits at the same L∞ radius with
+
+* ours: :func:`~crp_jax.attacks.apgd` (CE), :func:`~crp_jax.attacks.apgd_targeted`,
+  :func:`~crp_jax.attacks.square` and their per-example worst case; on batch
+  ``i`` this is exactly what :func:`~crp_jax.attacks.strong_eval` computes
+  with key ``fold_in(key, i)`` (``tests/test_parity.py`` checks it);
+* theirs: ``torchattacks.APGD`` (CE), ``APGDT``, ``Square`` at the same
+  budgets and their worst case, and ``AutoAttack(version="standard",
+  norm="Linf")``: as shipped at the default budgets, else its four attacks
+  (APGD-CE, APGD-T, FAB-T, Square) at the given budget.
+
+It prints robust accuracy (%, correct clean and after the attack) and wall
+time of each, and PASS when the Flax and torch logits agree and our worst
+case is at most ``--tolerance`` points above (a) AutoAttack's and (b) the
+worst case of torchattacks' own APGD-CE, APGD-T and Square at the same
+budgets (like for like: the same three attacks, other random draws).
+Exit status 1 on FAIL::
+
+    python -m experiments.parity --examples=1000 --eps=0.3
+    python -m experiments.parity --examples=200 --eps=0.1 --apgd_steps=20 --num_targets=3 \
+        --square_queries=300 --batch_size=200   # what tests/test_parity.py runs
+
+Budgets: torchattacks' ``AutoAttack(version="standard")`` builds APGD-CE,
+APGD-T and FAB-T with torchattacks' default of 10 steps (the original
+AutoAttack uses 100) and Square with 5000 queries, so at the default
+budgets it is weaker than our 100-step APGDs; (b) is the like-for-like
+bound. torchattacks attacks only the examples not yet fooled (AutoAttack
+across attacks, APGD-T across targets, Square across queries); ours run
+every attack on every example (static shapes), so our Square costs
+``queries × examples`` forward passes however early the examples fall and
+our side dominates the run time. Needs the ``.[bench]`` extra (torch,
+torchattacks); nothing here patches them.
+
+Expected difference: torchattacks' Square (AutoAttack's batched code) draws
+one window and sign per iteration for the whole batch, never places the
+window on the last row or column, and spends a query on a proposal that
+changes nothing (likely on one-channel MNIST once squares are small); ours
+follows the original Square Attack and flips such a proposal, so at small
+query budgets ours tends to be a few points stronger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from crp_jax import attacks, data
+from crp_jax.models import LeNet
+
+Variables = dict[str, Any]
+LogitsFn = Callable[[jax.Array], jax.Array]
+# (logits_fn, x, y, key) -> x_adv
+OurAttack = Callable[[LogitsFn, jax.Array, jax.Array, jax.Array], jax.Array]
+LOGIT_TOLERANCE = 1e-3  # max |flax − torch| logit difference accepted
+_ROUNDING = 1e-9  # so that exactly `tolerance` above passes despite float rounding
+
+
+class Budget(NamedTuple):
+  """Attack budgets, the same on both sides (defaults: AutoAttack's paper budgets)."""
+
+  apgd_steps: int = 100
+  num_targets: int = 9
+  square_queries: int = 5000
+
+
+class Outcome(NamedTuple):
+  """One attack's result: ``(N,)`` bool robust per example and seconds spent.
+
+  ``compile_s`` is the jit compile time (0 for torch), not included in ``seconds``.
+  """
+
+  correct: np.ndarray
+  seconds: float
+  compile_s: float = 0.0
+
+
+class Report(NamedTuple):
+  """What a parity run measured; robust accuracies in ``[0, 1]``, ``tolerance`` in the same units.
+
+  ``ours`` and ``theirs`` map ``"apgd-ce"``, ``"apgd-t"``, ``"square"`` to
+  outcomes on the same examples; ``clean`` is ``(N,)`` bool.
+  """
+
+  clean_test_accuracy: float
+  logit_max_abs_diff: float
+  clean: np.ndarray
+  ours: dict[str, Outcome]
+  theirs: dict[str, Outcome]
+  autoattack: Outcome
+  tolerance: float
+
+  @property
+  def ours_worst(self) -> float:
+    """Robust accuracy under our worst case (what :func:`~crp_jax.attacks.strong_eval` reports)."""
+    return float(worst_case(self.ours, self.clean).mean())
+
+  @property
+  def theirs_worst(self) -> float:
+    """Robust accuracy under the worst case of torchattacks' same three attacks at the same budgets."""
+    return float(worst_case(self.theirs, self.clean).mean())
+
+  @property
+  def autoattack_accuracy(self) -> float:
+    """Robust accuracy under torchattacks' AutoAttack."""
+    return float((self.autoattack.correct & self.clean).mean())
+
+  @property
+  def passed(self) -> bool:
+    """Logits agree and our worst case is within ``tolerance`` of AutoAttack's and of (b), or below."""
+    return (self.logit_max_abs_diff <= LOGIT_TOLERANCE
+            and self.ours_worst <= self.autoattack_accuracy + self.tolerance + _ROUNDING
+            and self.ours_worst <= self.theirs_worst + self.tolerance + _ROUNDING)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def batch_order(num_examples: int, num_steps: int, batch_size: int, seed: int) -> np.ndarray:
+  """``(num_steps, batch_size)`` example indices: successive seeded permutations, no repeats per epoch."""
+  rng = np.random.default_rng(seed)
+  epochs = -(-num_steps * batch_size // num_examples)
+  order = np.concatenate([rng.permutation(num_examples) for _ in range(epochs)])
+  return order[:num_steps * batch_size].reshape(num_steps, batch_size).astype(np.int32)
+
+
+def train_lenet(num_steps: int, *, batch_size: int = 128, learning_rate: float = 1e-3,
+                seed: int = 0) -> Variables:
+  """A standard (unperturbed) LeNet trained on ``mnist5k`` train: Adam, cross-entropy, deterministic."""
+  split = data.load_split("mnist5k", "train")
+  images, labels = data.to_float(jnp.asarray(split.images)), jnp.asarray(split.labels)
+  model, tx = LeNet(), optax.adam(learning_rate)
+  params = model.init(jax.random.key(seed), images[:1])["params"]
+
+  @jax.jit
+  def step(params: Variables, opt_state: optax.OptState, index: jax.Array):
+    def loss_fn(p: Variables) -> jax.Array:
+      logits = model.apply({"params": p}, images[index])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels[index]).mean()
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  opt_state = tx.init(params)
+  for index in batch_order(split.num_examples, num_steps, batch_size, seed):
+    params, opt_state = step(params, opt_state, index)
+  return {"params": params}
+
+
+def attack_examples(num_examples: int) -> tuple[jax.Array, jax.Array]:
+  """The first ``num_examples`` ``mnist5k`` test digits, ``(N, 28, 28, 1)`` in ``[0, 1]``, and labels."""
+  split = data.load_split("mnist5k", "test")
+  if not 0 < num_examples <= split.num_examples:
+    raise ValueError(f"examples must be in [1, {split.num_examples}], got {num_examples}")
+  return (data.to_float(jnp.asarray(split.images[:num_examples])),
+          jnp.asarray(split.labels[:num_examples]))
+
+
+def logits_fn_of(variables: Variables) -> LogitsFn:
+  """``x -> logits`` of the Flax LeNet, for the attacks."""
+  return lambda x: LeNet().apply(variables, x, train=False)
+
+
+# ----------------------------------------------------------------------------- ours
+
+
+def our_attacks(eps: float, budget: Budget) -> dict[str, OurAttack]:
+  """Our attacks, keyed as :func:`~crp_jax.attacks.strong_eval` keys them (``fold_in(key, a)``)."""
+  fold = jax.random.fold_in
+  return {
+      "apgd-ce": lambda f, x, y, k: attacks.apgd(f, x, y, key=fold(k, 0), eps=eps, loss="ce",
+                                                 num_steps=budget.apgd_steps),
+      "apgd-t": lambda f, x, y, k: attacks.apgd_targeted(
+          f, x, y, key=fold(k, 1), eps=eps, num_steps=budget.apgd_steps,
+          num_targets=budget.num_targets),
+      "square": lambda f, x, y, k: attacks.square(f, x, y, key=fold(k, 2), eps=eps,
+                                                  num_queries=budget.square_queries),
+  }
+
+
+def _chunks(n: int, batch_size: int) -> list[slice]:
+  return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def run_ours(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, attack: OurAttack, *, key: jax.Array,
+             batch_size: int) -> Outcome:
+  """One attack of ours over ``x`` in batches; batch ``i`` uses ``fold_in(key, i)``.
+
+  Each batch shape is compiled (timed apart) before it runs.
+  """
+  fn = jax.jit(lambda x, y, k: attacks.correct(logits_fn, attack(logits_fn, x, y, k), y))
+  compiled, compile_s, seconds, correct = {}, 0.0, 0.0, []
+  for i, s in enumerate(_chunks(x.shape[0], batch_size)):
+    args = (x[s], y[s], jax.random.fold_in(key, i))
+    if x[s].shape not in compiled:
+      start = time.perf_counter()
+      compiled[x[s].shape] = fn.lower(*args).compile()
+      compile_s += time.perf_counter() - start
+    start = time.perf_counter()
+    correct.append(np.asarray(jax.block_until_ready(compiled[x[s].shape](*args))))
+    seconds += time.perf_counter() - start
+  return Outcome(np.concatenate(correct), seconds, compile_s)
+
+
+def worst_case(outcomes: dict[str, Outcome], clean: np.ndarray) -> np.ndarray:
+  """``(N,)`` bool, robust to every attack and correct clean."""
+  return np.logical_and.reduce([clean] + [o.correct for o in outcomes.values()])
+
+
+# ----------------------------------------------------------------------------- theirs
+
+
+def their_attacks(net: Any, eps: float, budget: Budget, seed: int) -> dict[str, Any]:
+  """torchattacks' APGD-CE, APGD-T and Square at ``budget``."""
+  import torchattacks  # pylint: disable=g-import-not-at-top
+  return {
+      "apgd-ce": torchattacks.APGD(net, norm="Linf", eps=eps, steps=budget.apgd_steps,
+                                   n_restarts=1, loss="ce", seed=seed),
+      # APGDT attacks n_classes − 1 targets, the top other classes; n_classes is used for nothing else.
+      "apgd-t": torchattacks.APGDT(net, norm="Linf", eps=eps, steps=budget.apgd_steps,
+                                   n_restarts=1, n_classes=budget.num_targets + 1, seed=seed),
+      "square": torchattacks.Square(net, norm="Linf", eps=eps, n_queries=budget.square_queries,
+                                    n_restarts=1, seed=seed),
+  }
+
+
+def their_autoattack(net: Any, eps: float, budget: Budget, seed: int) -> tuple[str, Any]:
+  """``(label, attack)``: ``AutoAttack(version="standard")`` as shipped at the default budgets.
+
+  At any other budget, its four attacks (APGD-CE, APGD-T, FAB-T, Square, run
+  on the examples still standing, as AutoAttack does) at that budget, FAB-T
+  with ``apgd_steps`` steps and ``num_targets`` targets.
+  """
+  import torchattacks  # pylint: disable=g-import-not-at-top
+  if budget == Budget():
+    return ("AutoAttack standard", torchattacks.AutoAttack(
+        net, norm="Linf", eps=eps, version="standard", n_classes=10, seed=seed))
+  common = dict(norm="Linf", eps=eps, seed=seed, n_restarts=1)
+  n_classes = budget.num_targets + 1  # the number of targets, as in their_attacks
+  return ("AutoAttack standard at this budget", torchattacks.MultiAttack([
+      torchattacks.APGD(net, steps=budget.apgd_steps, loss="ce", **common),
+      torchattacks.APGDT(net, steps=budget.apgd_steps, n_classes=n_classes, **common),
+      torchattacks.FAB(net, steps=budget.apgd_steps, multi_targeted=True, n_classes=n_classes,
+                       **common),
+      torchattacks.Square(net, n_queries=budget.square_queries, **common),
+  ]))
+
+
+def run_theirs(net: Any, x: Any, y: Any, attack: Any, *, batch_size: int) -> Outcome:
+  """One torchattacks attack over NCHW ``x`` in batches; robust = ``net(x_adv)`` predicts ``y``."""
+  import torch  # pylint: disable=g-import-not-at-top
+  start, correct = time.perf_counter(), []
+  for s in _chunks(x.shape[0], batch_size):
+    x_adv = attack(x[s], y[s])
+    with torch.no_grad():
+      correct.append((net(x_adv).argmax(1) == y[s]).numpy())
+  return Outcome(np.concatenate(correct), time.perf_counter() - start)
+
+
+def torch_setup(variables: Variables, x: jax.Array, y: jax.Array, seed: int) -> tuple[Any, Any, Any]:
+  """The torch LeNet holding ``variables`` (eval mode), and ``x`` (NCHW), ``y`` as tensors.
+
+  Also uses every core and seeds torch's global RNG (torchattacks draws from it).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import _torch_ref  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count() or 1)
+  torch.manual_seed(seed)
+  net = _torch_ref.lenet_from_flax(variables).eval()
+  return net, _torch_ref.to_nchw(x), torch.from_numpy(np.asarray(y, np.int64))
+
+
+def logit_gap(logits_fn: LogitsFn, net: Any, x: jax.Array, x_torch: Any) -> float:
+  """Max absolute difference between the Flax and torch logits on ``x``."""
+  import torch  # pylint: disable=g-import-not-at-top
+  with torch.no_grad():
+    theirs = net(x_torch).numpy()
+  return float(np.max(np.abs(np.asarray(logits_fn(x)) - theirs)))
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run_parity(*, examples: int, eps: float, train_steps: int, budget: Budget = Budget(),
+               batch_size: int = 250, seed: int = 0, tolerance: float = 0.01,
+               log: Callable[[str], None] = print) -> tuple[Report, str]:
+  """Trains, checks the logits, runs both sides' attacks; the report and AutoAttack's label."""
+  if not 0 < examples <= 1000:
+    raise ValueError(f"examples must be in [1, 1000] (the mnist5k test split), got {examples}")
+  start = time.perf_counter()
+  variables = train_lenet(train_steps, seed=seed)
+  logits_fn = logits_fn_of(variables)
+  x_all, y_all = attack_examples(1000)
+  clean_acc = float(attacks.accuracy(logits_fn, x_all, y_all))
+  log(f"trained {train_steps} steps in {time.perf_counter() - start:.0f} s; "
+      f"clean test accuracy {100 * clean_acc:.1f}% on 1000 mnist5k test digits")
+  x, y = x_all[:examples], y_all[:examples]
+  net, x_torch, y_torch = torch_setup(variables, x, y, seed)
+  gap = logit_gap(logits_fn, net, x, x_torch)
+  log(f"flax vs torch logits: max |diff| = {gap:.2e} (tolerance {LOGIT_TOLERANCE:.0e})")
+  clean = np.asarray(attacks.correct(logits_fn, x, y))
+
+  def done(side: str, name: str, o: Outcome) -> Outcome:
+    o = o._replace(correct=o.correct & clean)  # robust: correct clean and after the attack
+    log(f"  {side} {name}: {100 * o.correct.mean():.1f}% in {o.seconds:.0f} s"
+        + (f" (+{o.compile_s:.0f} s compile)" if o.compile_s else ""))
+    return o
+
+  ours = {name: done("crp_jax", name, run_ours(logits_fn, x, y, attack, key=jax.random.key(seed),
+                                                batch_size=batch_size))
+          for name, attack in our_attacks(eps, budget).items()}
+  theirs = {name: done("torchattacks", name, run_theirs(net, x_torch, y_torch, attack,
+                                                        batch_size=batch_size))
+            for name, attack in their_attacks(net, eps, budget, seed).items()}
+  label, attack = their_autoattack(net, eps, budget, seed)
+  auto = done("torchattacks", label, run_theirs(net, x_torch, y_torch, attack, batch_size=batch_size))
+  return Report(clean_acc, gap, clean, ours, theirs, auto, tolerance), label
+
+
+Row = tuple[str, float, float, str, str]  # label, crp_jax, torchattacks, their wall times
+
+
+def _table(rows: list[Row]) -> list[str]:
+  """Aligned text lines of ``rows``, accuracies in % and their difference in points."""
+  width = max(40, *(len(r[0]) for r in rows))
+  header = (f"{'attack':<{width}} {'crp_jax %':>9} {'torchatt. %':>11} {'diff':>6} "
+            f"{'crp_jax s (+compile)':>20} {'torchatt. s':>11}")
+  lines = [header, "-" * len(header)]
+  for label, ours, theirs, our_s, their_s in rows:
+    lines.append(f"{label:<{width}} {100 * ours:>9.1f} {100 * theirs:>11.1f} "
+                 f"{100 * (ours - theirs):+6.1f} {our_s:>20} {their_s:>11}")
+  return lines
+
+
+def _seconds(o: Outcome) -> str:
+  return f"{o.seconds:.0f}" + (f" (+{o.compile_s:.0f})" if o.compile_s else "")
+
+
+def format_report(report: Report, budget: Budget, autoattack_label: str) -> str:
+  """The table: attack | crp_jax | torchattacks | difference (points) | wall times, and the verdict."""
+  ours, theirs, clean = report.ours, report.theirs, float(report.clean.mean())
+  labels = {"apgd-ce": f"APGD-CE ({budget.apgd_steps} steps)",
+            "apgd-t": f"APGD-T ({budget.num_targets} targets x {budget.apgd_steps})",
+            "square": f"Square ({budget.square_queries} queries)"}
+  rows: list[Row] = [("clean", clean, clean, "", "")]
+  rows += [(label, ours[n].correct.mean(), theirs[n].correct.mean(), _seconds(ours[n]),
+            _seconds(theirs[n])) for n, label in labels.items()]
+  total = _seconds(Outcome(report.clean, sum(o.seconds for o in ours.values()),
+                           sum(o.compile_s for o in ours.values())))
+  their_total = _seconds(Outcome(report.clean, sum(o.seconds for o in theirs.values())))
+  rows += [("worst case (b): same 3 attacks", report.ours_worst, report.theirs_worst, total,
+            their_total),
+           (f"worst case (a): vs {autoattack_label}", report.ours_worst,
+            report.autoattack_accuracy, total, _seconds(report.autoattack))]
+  verdict = (
+      f"{'PASS' if report.passed else 'FAIL'}: crp_jax worst case {100 * report.ours_worst:.1f}% "
+      f"vs (a) {autoattack_label} {100 * report.autoattack_accuracy:.1f}% and (b) torchattacks' "
+      f"APGD-CE+APGD-T+Square {100 * report.theirs_worst:.1f}%: must be <= "
+      f"+{100 * report.tolerance:.1f} points; logits max |diff| {report.logit_max_abs_diff:.1e} "
+      f"<= {LOGIT_TOLERANCE:.0e}")
+  return "\n".join(_table(rows) + [verdict])
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  """Flags; ``--examples`` and the budgets set the run time (AutoAttack is cheap when examples fall)."""
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--examples", type=int, default=1000, help="test digits attacked (<= 1000)")
+  p.add_argument("--eps", type=float, default=0.3, help="L-inf radius")
+  p.add_argument("--train_steps", type=int, default=300, help="Adam steps of batch 128")
+  p.add_argument("--apgd_steps", type=int, default=Budget().apgd_steps)
+  p.add_argument("--num_targets", type=int, default=Budget().num_targets)
+  p.add_argument("--square_queries", type=int, default=Budget().square_queries)
+  p.add_argument("--batch_size", type=int, default=250, help="examples per attack call")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--tolerance", type=float, default=1.0, help="points our worst case may exceed theirs")
+  args = p.parse_args(argv)
+  if not 0 < args.examples <= 1000:
+    p.error(f"--examples must be in [1, 1000], got {args.examples}")
+  for name in ("train_steps", "apgd_steps", "num_targets", "square_queries", "batch_size"):
+    if getattr(args, name) < 1:
+      p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+  if not 0 < args.eps <= 1 or args.tolerance < 0:
+    p.error(f"need 0 < --eps <= 1 and --tolerance >= 0, got {args.eps} and {args.tolerance}")
+  return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(argv)
+  budget = Budget(args.apgd_steps, args.num_targets, args.square_queries)
+  start = time.perf_counter()
+  report, label = run_parity(examples=args.examples, eps=args.eps, train_steps=args.train_steps,
+                             budget=budget, batch_size=args.batch_size, seed=args.seed,
+                             tolerance=args.tolerance / 100)
+  print(f"\nparity at eps={args.eps} (L-inf) on {args.examples} mnist5k test digits, "
+        f"total {time.perf_counter() - start:.0f} s")
+  print(format_report(report, budget, label))
+  return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
