@@ -151,6 +151,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   comparison goes to ``<workdir>/report.md`` and ``<workdir>/results.json``.
   """
   train_split, test = prepare(config, workdir, allow_config_change=allow_config_change)
+  io.remove_stale_temps(workdir)
   mesh = train.make_mesh()
   entries, training, evaluations = {}, {}, {}
   for m in methods_of(config):

@@ -123,7 +123,7 @@ def plot_curves(results: Results, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from crp_jax.io import atomic_write_text  # pylint: disable=g-import-not-at-top
+  from crp_jax.io import atomic_write_bytes  # pylint: disable=g-import-not-at-top
   import io as _io  # pylint: disable=g-import-not-at-top
   if all(_get(r, "evaluation", "strong") is None for r in results.values()):
     return
@@ -147,4 +147,4 @@ def plot_curves(results: Results, path: str) -> None:
   fig.tight_layout()
   fig.savefig(buf, format="png", dpi=100)
   plt.close(fig)
-  atomic_write_text(path, buf.getvalue())
+  atomic_write_bytes(path, buf.getvalue())

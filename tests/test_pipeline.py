@@ -42,8 +42,8 @@ def test_tfds_dataset_trains_under_mock_data(dataset, tmp_path, monkeypatch):
     assert (out / name).exists(), name
   result = json.loads((out / "results.json").read_text())
   assert result["training"]["steps"] == 48 * 3 // 16
-  assert result["evaluation"]["num_test"] == 48
-  assert set(result["evaluation"]["accuracy"]) >= {"clean", "fgsm", "pgd2"}
+  assert result["evaluation"]["paper"]["num_test"] == 48
+  assert set(result["evaluation"]["paper"]["accuracy"]) >= {"clean", "fgsm", "pgd2"}
 
 
 def _fit(tmp_path, name, devices, **kw):

@@ -43,7 +43,7 @@ def eval_config(*, eps: float, step_size: float) -> ml_collections.ConfigDict:
   e.random_start = False  # the paper's PGD starts at x (Eq. 4)
   e.restarts = 1
   e.extra_step_size = 0.0  # > 0: also run PGD with this η and a random start
-  e.batch_size = 250
+  e.batch_size = 256  # a power of two: divisible by any power-of-two device count
   e.attack_subset = 1000  # test examples attacked (clean accuracy uses the whole split)
   # The strong protocol (AutoAttack-style worst case) and the masking checks.
   e.strong = True

@@ -3,7 +3,7 @@
 The offline default of ``python -m experiments.run``: it trains a standard
 and a CRP LeNet and compares them under the paper's protocol and the strong
 protocol. ``small`` fits in about 10 minutes on a 2-core CPU, so its
-attacks are cut to fit (100 attacked test examples, APGD-T with 3 targets,
+attacks are cut to fit (128 attacked test examples, APGD-T with 3 targets,
 Square with 1,000 queries, shorter sweeps); ``paper`` uses the paper's
 MNIST hyperparameters and the full strong protocol on these digits.
 
@@ -23,8 +23,8 @@ def get_config(preset: str = "small"):
     c.num_perturbations = 4
     c.epochs = 3
     e = c.eval
-    e.attack_subset = 100
-    e.batch_size = 100
+    e.attack_subset = 128
+    e.batch_size = 128
     e.pgd_steps = (20, 100)
     e.num_targets = 3
     e.square_queries = 1000
