@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from crp_jax.models._conv import conv_general_dilated
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -101,8 +104,11 @@ class LeNet(nn.Module):
     """``(batch, H, W, C)`` pixels in ``[0, 1]`` → ``(batch, num_classes)`` float32 logits."""
     del train  # No BatchNorm or dropout: train and eval are the same function.
     x = x.astype(self.dtype)
-    x = max_pool_2x2(nn.relu(nn.Conv(32, (5, 5), padding="SAME", dtype=self.dtype)(x)))
-    x = max_pool_2x2(nn.relu(nn.Conv(64, (5, 5), padding="SAME", dtype=self.dtype)(x)))
+    # The loop-friendly input gradient: attacks differentiate in x inside lax loops.
+    conv = functools.partial(nn.Conv, padding="SAME", dtype=self.dtype,
+                             conv_general_dilated=conv_general_dilated)
+    x = max_pool_2x2(nn.relu(conv(32, (5, 5))(x)))
+    x = max_pool_2x2(nn.relu(conv(64, (5, 5))(x)))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(1024, dtype=self.dtype)(x))
     x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
