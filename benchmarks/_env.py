@@ -1,57 +1,19 @@
-"""Process-level CPU settings of the benchmarks, and a description of the machine.
+"""The benchmarks' description of the machine and versions.
 
-Two settings are made before the process starts (they cannot be changed
-from inside a running one), by re-executing it once:
-
-* ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``: glibc then asks for transparent
-  huge pages on the large blocks it maps. XLA's CPU runtime allocates each
-  program's temporary buffer afresh per execution (a LeNet step on 2 devices
-  maps 2 x 42 MB), and on this VM every 4 KiB first-touch page fault costs
-  about 5 µs: some 20,000 faults, about half of a LeNet step. With huge pages
-  that drops to a few hundred. glibc before 2.35 ignores the tunable.
-* ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``:
-  convolutions go to XLA's Eigen kernels instead of YNNPACK (dots, reductions
-  and elementwise fusions stay on YNNPACK). YNNPACK's weight-gradient
-  convolution is up to 10x slower than Eigen's on 3x3 kernels over 32x32 maps
-  (ResNet-18's first stage), while its forward is no faster.
-
-Neither changes any result beyond float rounding: the first is a memory
-allocation policy, the second picks another kernel for the same convolution.
-The device count is not set here: :func:`experiments.cli.setup_devices` does
-it, as for the real command line.
+The process settings (huge pages for glibc's large blocks, Eigen instead of
+YNNPACK for single convolutions) are the entry points' own, defined and
+explained in :mod:`experiments.process`; the harness re-executes itself with
+them, as ``python -m experiments.run`` does, unless ``--plain`` is given.
+The device count is set by :func:`experiments.cli.setup_devices`, as for
+the real command line.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import sys
-from typing import Mapping
 
-HUGETLB = "glibc.malloc.hugetlb=1"
-XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
-_MARK = "CRP_BENCH_ENV"
-
-
-def tuned_env(environ: Mapping[str, str]) -> dict[str, str]:
-  """``environ`` plus the tuned settings (kept if already there)."""
-  env = dict(environ)
-  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
-  if HUGETLB not in tunables:
-    env["GLIBC_TUNABLES"] = ":".join(tunables + [HUGETLB])
-  flags = env.get("XLA_FLAGS", "").split()
-  env["XLA_FLAGS"] = " ".join(flags + [f for f in XLA_CPU_FLAGS if f not in flags])
-  return env
-
-
-def reexec_tuned(module: str, argv: list[str]) -> None:
-  """Re-executes ``python -m module argv`` once with :func:`tuned_env`; returns in the child."""
-  if os.environ.get(_MARK) == "1":
-    return
-  env = tuned_env(os.environ)
-  env[_MARK] = "1"
-  sys.stdout.flush()
-  os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
+from experiments.process import HUGETLB, XLA_CPU_FLAGS, reexec_tuned, tuned_env  # noqa: F401
 
 
 def cpu_model() -> str:

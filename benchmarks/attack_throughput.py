@@ -8,8 +8,9 @@ compile time, the per-run times and the median images per second::
     python -m benchmarks.attack_throughput --attack=apgd-ce --steps=100
 
 ``--steps`` is the number of gradient steps of pgd/apgd-ce/apgd-t (per
-target for apgd-t); ``--queries`` is Square's query budget; ``--unroll``
-unrolls the step loop of pgd/apgd-ce/apgd-t (faster on CPU, slower compile).
+target for apgd-t); ``--queries`` is Square's query budget. Every step runs
+(``early_stop=False``, fixed work, as torchattacks does) unless
+``--early-stop`` lets the attacks stop once every example is fooled.
 """
 
 from __future__ import annotations
@@ -30,17 +31,17 @@ Attack = Callable[..., jax.Array]
 
 def make_attack(args: argparse.Namespace) -> Attack:
   """``attack(logits_fn, x, y, key) -> x_adv`` for ``args.attack``."""
-  eps, steps, unroll = args.eps, args.steps, args.unroll
+  eps, steps, stop = args.eps, args.steps, args.early_stop
   registry: dict[str, Attack] = {
       "fgsm": lambda f, x, y, k: attacks.fgsm(f, x, y, eps=eps),
       "pgd": lambda f, x, y, k: attacks.pgd(f, x, y, key=k, eps=eps, step_size=args.step_size,
-                                            num_steps=steps, restarts=args.restarts, unroll=unroll),
+                                            num_steps=steps, restarts=args.restarts, early_stop=stop),
       "apgd-ce": lambda f, x, y, k: attacks.apgd(f, x, y, key=k, eps=eps, num_steps=steps,
-                                                 restarts=args.restarts, unroll=unroll),
+                                                 restarts=args.restarts, early_stop=stop),
       "apgd-t": lambda f, x, y, k: attacks.apgd_targeted(f, x, y, key=k, eps=eps, num_steps=steps,
-                                                         num_targets=args.targets, unroll=unroll),
+                                                         num_targets=args.targets, early_stop=stop),
       "square": lambda f, x, y, k: attacks.square(f, x, y, key=k, eps=eps,
-                                                  num_queries=args.queries),
+                                                  num_queries=args.queries, early_stop=stop),
   }
   return registry[args.attack]
 
@@ -56,9 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--restarts", type=int, default=1)
   parser.add_argument("--targets", type=int, default=9)
   parser.add_argument("--queries", type=int, default=5000)
-  parser.add_argument("--unroll", action="store_true",
-                      help="fully unroll the step loop (XLA:CPU runs conv gradients inside "
-                           "loops on a slow path; unrolling trades compile time for speed)")
+  parser.add_argument("--early-stop", action="store_true",
+                      help="let the attacks stop once every example is fooled (same result, "
+                           "less work); by default every step runs")
   return parser.parse_args(argv)
 
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     compiled(x, y, jax.random.fold_in(attack_key, i)).block_until_ready()
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
-  print(f"attack={args.attack} steps={args.steps} batch={args.batch} unroll={args.unroll} "
+  print(f"attack={args.attack} steps={args.steps} batch={args.batch} early_stop={args.early_stop} "
         f"device={jax.devices()[0]}")
   print(f"compile: {compile_s:.2f} s")
   print("runs: " + ", ".join(f"{t:.3f}" for t in times) + " s")

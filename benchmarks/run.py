@@ -257,9 +257,11 @@ def attack_rows(s: Sizes, mesh, tr, repeats: int, compile_times: dict[str, float
       "fgsm": ("FGSM", lambda f, x, y, k: attacks.fgsm(f, x, y, eps=eps), {}),
       "pgd": (f"PGD-{s.pgd_steps}",
               lambda f, x, y, k: attacks.pgd(f, x, y, key=k, eps=eps, step_size=step_size,
-                                             num_steps=s.pgd_steps), {"num_steps": s.pgd_steps}),
+                                             num_steps=s.pgd_steps, early_stop=False),
+              {"num_steps": s.pgd_steps}),
       "apgd": (f"APGD-CE-{s.apgd_steps}",
-               (lambda f, x, y, k: attacks.apgd(f, x, y, key=k, eps=eps, num_steps=s.apgd_steps))
+               (lambda f, x, y, k: attacks.apgd(f, x, y, key=k, eps=eps, num_steps=s.apgd_steps,
+                                                early_stop=False))
                if hasattr(attacks, "apgd") else None, {"num_steps": s.apgd_steps}),
   }
   net = tr.lenet_from_flax(jax.device_get(variables)) if tr is not None else None

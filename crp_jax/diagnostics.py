@@ -30,6 +30,7 @@ import optax
 from jax.sharding import Mesh
 
 from crp_jax import attacks
+from crp_jax.attacks._core import steps_until_done
 from crp_jax.data import Split, to_float
 from crp_jax.evaluate import Attack, LogitsFn, evaluate_attacks, per_example
 
@@ -90,15 +91,17 @@ def random_noise(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array
   none fools the model, returns ``x``. Shapes: ``(B, ...) -> (B, ...)``.
   """
 
-  def body(i, x_adv):
+  def body(i, carry):
+    x_adv, fooled = carry
     noise = eps * jnp.sign(jax.random.uniform(jax.random.fold_in(key, i), x.shape, minval=-1.0))
     cand = jnp.clip(x + noise, 0.0, 1.0)
-    fooled = jnp.argmax(logits_fn(cand), -1) != y
-    still = jnp.argmax(logits_fn(x_adv), -1) == y
-    take = (fooled & still).reshape((-1,) + (1,) * (x.ndim - 1))
-    return jnp.where(take, cand, x_adv)
+    hit = jnp.argmax(logits_fn(cand), -1) != y
+    take = (hit & ~fooled).reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.where(take, cand, x_adv), fooled | hit
 
-  return jax.lax.fori_loop(0, num_samples, body, x)
+  # A fooled row never changes again, so the loop may stop once all are.
+  fooled = jnp.argmax(logits_fn(x), -1) != y
+  return steps_until_done(num_samples, body, (x, fooled), lambda carry: carry[1])[0]
 
 
 def gradient_stats(model: nn.Module) -> Callable:

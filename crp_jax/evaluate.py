@@ -109,8 +109,9 @@ def per_example(fn: Callable, variables: Any, images: np.ndarray, labels: np.nda
   out = []
   for b in tqdm(range(len(idx) // batch_size), desc=desc, disable=not progress, leave=False):
     sl = idx[b * batch_size:(b + 1) * batch_size]
-    out.append(jitted(variables, images[sl], labels[sl], jax.random.fold_in(key, b)))
-  return np.concatenate(jax.device_get(out))[:n]
+    # Fetched per batch, so the progress bar follows the work, not the dispatch.
+    out.append(jax.device_get(jitted(variables, images[sl], labels[sl], jax.random.fold_in(key, b))))
+  return np.concatenate(out)[:n]
 
 
 def evaluate_attacks(model: nn.Module, variables: Any, split: Split, named: dict[str, Attack],

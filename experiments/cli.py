@@ -31,6 +31,19 @@ def fail(message: str, code: int = USAGE_EXIT) -> NoReturn:
   sys.exit(code)
 
 
+def setup_process(module: str) -> None:
+  """Everything an entry point sets before JAX starts (call it first in ``__main__``).
+
+  Re-executes ``python -m module`` once with the CPU settings of
+  :mod:`experiments.process`, then sets the device count and the
+  persistent compilation cache.
+  """
+  from experiments import process  # pylint: disable=g-import-not-at-top
+  process.reexec_tuned(module, sys.argv[1:])
+  setup_devices()
+  process.setup_compilation_cache()
+
+
 def setup_devices() -> None:
   """One XLA CPU device per core (rounded down to a power of two), so the batch is sharded.
 

@@ -41,5 +41,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  cli.setup_devices()
+  cli.setup_process("experiments.evaluate")
   cli.run(main)

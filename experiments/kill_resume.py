@@ -105,6 +105,8 @@ class Runner:
       env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(root, "xla_cache"),
                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    else:  # no shared cache: a kill during a cache write must not touch later runs
+      env["CRP_COMPILATION_CACHE"] = ""
     return cls(env, model)
 
   def command(self, workdir: str) -> list[str]:

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  cli.setup_devices()
+  cli.setup_process("experiments.run")
   dataset, preset = cli.pre_parse(sys.argv, DATASETS, PRESETS)
   config_flags.DEFINE_config_dict("config", get_config(dataset, preset), lock_config=True)
   cli.run(main)

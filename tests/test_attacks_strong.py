@@ -170,3 +170,35 @@ def test_strong_eval_is_jittable_and_worst_case_is_the_and(tiny):
   for name, acc in out["accuracy"].items():
     np.testing.assert_allclose(acc, c[name].mean())
     assert out["accuracy"]["worst_case"] <= acc
+
+
+def test_steps_until_done_stops_at_the_first_all_done_step():
+  body = lambda i, c: c + 1
+  done = lambda c: jnp.full((4,), c >= 3)
+  assert int(_core.steps_until_done(10, body, jnp.int32(0), done)) == 3
+  assert int(_core.steps_until_done(10, body, jnp.int32(0), done, early_stop=False)) == 10
+  assert int(_core.steps_until_done(2, body, jnp.int32(0), done)) == 2
+
+
+EARLY_STOP_ATTACKS = {
+    "pgd": lambda f, x, y, k, stop: attacks.pgd(f, x, y, key=k, eps=0.15, step_size=0.02,
+                                                num_steps=30, restarts=2, early_stop=stop),
+    "apgd": lambda f, x, y, k, stop: attacks.apgd(f, x, y, key=k, eps=0.15, num_steps=30,
+                                                  early_stop=stop),
+    "apgd_targeted": lambda f, x, y, k, stop: attacks.apgd_targeted(
+        f, x, y, key=k, eps=0.15, num_steps=20, num_targets=3, early_stop=stop),
+    "square": lambda f, x, y, k, stop: attacks.square(f, x, y, key=k, eps=0.15, num_queries=300,
+                                                      early_stop=stop),
+}
+
+
+@pytest.mark.parametrize("name", list(EARLY_STOP_ATTACKS))
+def test_early_stop_returns_the_same_bits(name):
+  # Every example is breakable (so the loop does stop early) and the
+  # result must not change at all, x_adv included (transfer uses it).
+  logits_fn, x, y = linear_multiclass("linf", 0.15, slack=0.3)
+  attack = EARLY_STOP_ATTACKS[name]
+  run = jax.jit(lambda x, y, k, stop: attack(logits_fn, x, y, k, stop), static_argnums=3)
+  fast, full = run(x, y, jax.random.key(0), True), run(x, y, jax.random.key(0), False)
+  assert not np.any(attacks.correct(logits_fn, fast, y))
+  np.testing.assert_array_equal(fast, full)

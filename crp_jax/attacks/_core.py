@@ -8,7 +8,7 @@ logits are ``(B, C)``.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -226,11 +226,33 @@ def update_best(best: Best, new: Best) -> Best:
   )
 
 
+# ----------------------------------------------------------------------------- loops
+
+
+def steps_until_done(num_steps: int, body: Callable[[jax.Array, Any], Any], init: Any,
+                     done: Callable[[Any], jax.Array], early_stop: bool = True) -> Any:
+  """``lax.fori_loop(0, num_steps, body, init)`` that may stop once ``done(carry)`` is all True.
+
+  For the attacks' loops, where a row whose ``done`` is set (it found a
+  misclassified point) no longer changes the output: stopping early then
+  returns the same result, bit for bit, in fewer steps. ``early_stop=False``
+  always runs ``num_steps`` (fixed work, e.g. for benchmarks). On a data
+  mesh the test reduces across shards once per step.
+  """
+  if not early_stop:
+    return jax.lax.fori_loop(0, num_steps, body, init)
+
+  def cond(carry):
+    i, state = carry
+    return (i < num_steps) & ~jnp.all(done(state))
+
+  return jax.lax.while_loop(cond, lambda c: (c[0] + 1, body(c[0], c[1])), (0, init))[1]
+
+
 # ----------------------------------------------------------------------------- runs
 # Restarts (and APGD-T's targets) run as one batch of B·R rows, example-major:
-# row b·R + r is run r of example b. One big batch is the fastest on CPU (with
-# an unrolled step loop nothing is left inside a loop), and example-major rows
-# keep every example's runs on its own shard of a data mesh.
+# row b·R + r is run r of example b. One big batch is the fastest on CPU, and
+# example-major rows keep every example's runs on its own shard of a data mesh.
 
 
 def repeat_runs(a: jax.Array, num_runs: int) -> jax.Array:

@@ -105,6 +105,7 @@ def square_with_info(
     p_init: float = 0.8,
     norm: str = "linf",
     clip: Clip = (0.0, 1.0),
+    early_stop: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
   r"""Square Attack (L∞) and the number of model queries spent on each example.
 
@@ -128,6 +129,8 @@ def square_with_info(
     p_init: initial fraction of pixels changed per iteration.
     norm: only ``"linf"``.
     clip: pixel range ``(lo, hi)``, or ``None``.
+    early_stop: stop the search once every example is fooled (the result
+      is the same); ``False`` runs every iteration, for timing.
 
   Returns:
     ``x_adv`` ``(B, h, w, c)`` inside the ball and ``clip``, and ``queries``
@@ -153,7 +156,7 @@ def square_with_info(
 
   s = _init(logits_fn, init_key, x, y, eps, clip)
   if num_queries > 2:  # the loop body indexes `sides`, which is empty otherwise
-    s = jax.lax.fori_loop(0, num_queries - 2, body, s)
+    s = _core.steps_until_done(num_queries - 2, body, s, lambda s: s.done, early_stop)
   return s.x_best, s.queries
 
 
@@ -168,6 +171,7 @@ def square(
     p_init: float = 0.8,
     norm: str = "linf",
     clip: Clip = (0.0, 1.0),
+    early_stop: bool = True,
 ) -> jax.Array:
   """Square Attack (L∞); :func:`square_with_info` without the query counts.
 
@@ -181,4 +185,4 @@ def square(
     True
   """
   return square_with_info(logits_fn, x, y, key=key, eps=eps, num_queries=num_queries,
-                          p_init=p_init, norm=norm, clip=clip)[0]
+                          p_init=p_init, norm=norm, clip=clip, early_stop=early_stop)[0]

@@ -23,7 +23,7 @@ def strong_eval(
     num_targets: int = 9,
     square_queries: int = 5000,
     clip: Clip = (0.0, 1.0),
-    unroll: int | bool = 1,
+    early_stop: bool = True,
 ) -> dict[str, dict[str, jax.Array]]:
   r"""Robust accuracy under APGD-CE, APGD-T and Square, and under their per-example worst case.
 
@@ -49,7 +49,7 @@ def strong_eval(
     num_targets: target classes of APGD-T (static, capped at C − 1).
     square_queries: query budget of Square (static).
     clip: pixel range ``(lo, hi)``, or ``None``.
-    unroll: unroll of the APGD step loops, see :func:`~crp_jax.attacks.apgd`.
+    early_stop: let each attack stop once it fooled every example (same result).
 
   Returns:
     ``{"correct": {name: (B,) bool}, "accuracy": {name: scalar}}`` for
@@ -58,7 +58,7 @@ def strong_eval(
   """
   _core.check_norm(norm)
   keys = [jax.random.fold_in(key, a) for a in range(3)]
-  common = dict(eps=eps, norm=norm, num_steps=apgd_steps, clip=clip, unroll=unroll)
+  common = dict(eps=eps, norm=norm, num_steps=apgd_steps, clip=clip, early_stop=early_stop)
   adversarial = {
       "apgd-ce": apgd(logits_fn, x, y, key=keys[0], loss="ce", **common),
       "apgd-t": apgd_targeted(logits_fn, x, y, key=keys[1], num_targets=num_targets, **common),
@@ -66,7 +66,8 @@ def strong_eval(
   correct = {"clean": _core.correct(logits_fn, x, y)}
   correct.update({name: _core.correct(logits_fn, x_adv, y) for name, x_adv in adversarial.items()})
   if norm == "linf":
-    x_square = square(logits_fn, x, y, key=keys[2], eps=eps, num_queries=square_queries, clip=clip)
+    x_square = square(logits_fn, x, y, key=keys[2], eps=eps, num_queries=square_queries, clip=clip,
+                      early_stop=early_stop)
     correct["square"] = _core.correct(logits_fn, x_square, y)
   correct["worst_case"] = jnp.all(jnp.stack(list(correct.values())), axis=0)
   accuracy = {name: jnp.mean(c.astype(jnp.float32)) for name, c in correct.items()}

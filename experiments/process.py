@@ -1,0 +1,107 @@
+"""Process-level settings of the entry points, made before JAX starts.
+
+Two CPU settings speed up XLA:CPU without changing any result beyond float
+rounding (measured in ``benchmarks/results.md``):
+
+* ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``: glibc asks for transparent huge
+  pages on its large blocks. XLA maps each program's temporary buffer afresh
+  per execution, and every 4 KiB first-touch page fault costs about 5 µs on
+  a small VM (20,000 faults in a LeNet step). glibc reads it at process
+  start only, so :func:`reexec_tuned` re-executes the command once.
+* ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``: single
+  convolutions go to Eigen instead of YNNPACK, whose weight gradients of 3x3
+  kernels are up to 10x slower (ResNet-18's first stage). The flag exists in
+  jaxlib 0.10 only; an unknown XLA flag aborts the process, so other
+  versions do not get it.
+
+And a persistent compilation cache (:func:`setup_compilation_cache`), so a
+second model of the same shapes, or the same command run again, loads its
+attacks and train step instead of compiling them.
+
+``CRP_PLAIN_PROCESS=1`` turns all three off.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+from typing import Mapping
+
+HUGETLB = "glibc.malloc.hugetlb=1"
+XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+_FLAGS_FOR_JAXLIB = "0.10."
+_MARK = "CRP_TUNED_PROCESS"
+PLAIN = "CRP_PLAIN_PROCESS"
+
+
+def _jaxlib_version() -> str:
+  try:
+    return importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return ""
+
+
+def tuned_env(environ: Mapping[str, str]) -> dict[str, str]:
+  """``environ`` plus the tuned settings (kept if already there)."""
+  env = dict(environ)
+  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+  if HUGETLB not in tunables:
+    env["GLIBC_TUNABLES"] = ":".join(tunables + [HUGETLB])
+  if _jaxlib_version().startswith(_FLAGS_FOR_JAXLIB):
+    flags = env.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(flags + [f for f in XLA_CPU_FLAGS if f not in flags])
+  return env
+
+
+def reexec_tuned(module: str, argv: list[str]) -> None:
+  """Re-executes ``python -m module argv`` once with :func:`tuned_env`; returns in the child.
+
+  Only on Linux with glibc (elsewhere the settings mean nothing), and not
+  with ``CRP_PLAIN_PROCESS=1``.
+  """
+  if os.environ.get(_MARK) == "1" or os.environ.get(PLAIN) == "1":
+    return
+  if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    return
+  env = tuned_env(os.environ)
+  env[_MARK] = "1"
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
+
+
+def compilation_cache_dir(environ: Mapping[str, str]) -> str | None:
+  """``CRP_COMPILATION_CACHE`` (empty: off), else ``$XDG_CACHE_HOME/crp_jax/jax`` or ``~/.cache/...``."""
+  if environ.get(PLAIN) == "1":
+    return None
+  if "CRP_COMPILATION_CACHE" in environ:
+    return environ["CRP_COMPILATION_CACHE"] or None
+  base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "crp_jax", "jax")
+
+
+def setup_compilation_cache(environ: Mapping[str, str] = os.environ) -> str | None:
+  """Points JAX's persistent compilation cache at :func:`compilation_cache_dir`.
+
+  Leaves a ``JAX_COMPILATION_CACHE_DIR`` set by the user alone, and skips a
+  folder it cannot create or write (the cache is an optimisation only).
+  Returns the folder in use, or ``None``.
+  """
+  if environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return environ["JAX_COMPILATION_CACHE_DIR"]
+  path = compilation_cache_dir(environ)
+  if path is None:
+    return None
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:
+    return None
+  if not os.access(path, os.W_OK):
+    return None
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", path)
+  # Programs that take under half a second to compile are not worth a file.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return path
