@@ -1,0 +1,64 @@
+"""One PGD step on LeNet in and out of ``lax.fori_loop`` (the loop slow path of XLA:CPU).
+
+    python -m benchmarks.loop_probe            # the LeNet of crp_jax (forward-conv input gradient)
+    python -m benchmarks.loop_probe --plain    # the same LeNet with lax.conv_general_dilated
+
+Prints milliseconds per step (median of 5) for a single jitted step, a host
+loop of jitted steps, ``fori_loop`` and a fully unrolled loop, batch 128 on
+the CLI's CPU devices, with the CLI's process settings.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+
+def main(plain: bool) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  import crp_jax.models.lenet as lenet  # pylint: disable=g-import-not-at-top
+  from crp_jax import train  # pylint: disable=g-import-not-at-top
+  from crp_jax.attacks import _core  # pylint: disable=g-import-not-at-top
+  if plain:
+    lenet.conv_general_dilated = jax.lax.conv_general_dilated
+  model = lenet.LeNet()
+  mesh = train.make_mesh()
+  data, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  v = jax.device_put(model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))), rep)
+  x = jax.device_put(jax.random.uniform(jax.random.key(1), (128, 28, 28, 1)), data)
+  y = jax.device_put(jnp.arange(128) % 10, data)
+  n = 10
+
+  def step(v, x, y):
+    _, _, g = _core.loss_and_grad(lambda z: model.apply(v, z), _core.ce_loss, x, y)
+    return jnp.clip(x + 0.01 * jnp.sign(g), 0, 1)
+
+  single = jax.jit(step)
+
+  def host(v, x, y):
+    for _ in range(n):
+      x = single(v, x, y)
+    return x
+
+  loop = lambda unroll: jax.jit(lambda v, x, y: jax.lax.fori_loop(
+      0, n, lambda i, z: step(v, z, y), x, unroll=unroll))
+  cases = {"single step": (single, 1), "host loop": (host, n), "fori_loop": (loop(1), n),
+           "unrolled": (loop(True), n)}
+  for name, (fn, steps) in cases.items():
+    jax.block_until_ready(fn(v, x, y))
+    times = []
+    for _ in range(5):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(v, x, y))
+      times.append((time.perf_counter() - start) / steps)
+    print(f"{'plain' if plain else 'crp_jax'} LeNet, {name:12s}: {1e3 * np.median(times):6.1f} ms per step")
+
+
+if __name__ == "__main__":
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  cli.setup_process("benchmarks.loop_probe")
+  main("--plain" in sys.argv[1:])

@@ -1,0 +1,146 @@
+"""Where the LeNet train step's time goes on the CPU mesh (the numbers in benchmarks/results.md).
+
+    python -m benchmarks.train_probe variants                  # crp_jax's step, with parts removed
+    CRP_CPU_DEVICES=1 python -m benchmarks.train_probe adam    # a minimal Flax+optax step, 1 device
+    CRP_CPU_DEVICES=2 python -m benchmarks.train_probe adam    # ... and on 2 devices
+    python -m benchmarks.train_probe trace                     # per-thunk times from jax.profiler
+
+Batch 128 of random uint8 images, the CLI's process settings; variants run
+interleaved, 10 rounds of 4 steps, median ms per step.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import sys
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def _interleaved(runs: dict[str, Callable[[int], None]], rounds: int = 10, steps: int = 4) -> None:
+  times: dict[str, list[float]] = {k: [] for k in runs}
+  for _ in range(rounds):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      run(steps)
+      times[name].append((time.perf_counter() - start) / steps)
+  for name, ts in times.items():
+    print(f"{name:28s} {1e3 * np.median(ts):6.1f} ms per step  {128 / np.median(ts):6.0f} img/s")
+
+
+def _runner(step, state, batches) -> Callable[[int], None]:
+  import jax  # pylint: disable=g-import-not-at-top
+  box = [state]
+
+  def run(n: int) -> None:
+    for i in range(n):
+      box[0], _ = step(box[0], batches[i % len(batches)])
+    jax.block_until_ready(box[0])
+
+  run(1)
+  return run
+
+
+def variants() -> None:
+  """crp_jax.train's step with the finiteness check, the metrics, or the Adam barrier changed."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
+  from crp_jax import train  # pylint: disable=g-import-not-at-top
+  from crp_jax.data import to_float  # pylint: disable=g-import-not-at-top
+  from crp_jax.models import LeNet  # pylint: disable=g-import-not-at-top
+  mesh, model = train.make_mesh(), LeNet()
+  data = bench.make_data((28, 28, 1), 128)
+  batches = [jax.device_put(data.batch(i), NamedSharding(mesh, P("data"))) for i in range(4)]
+
+  def make(finite: bool, metrics: bool, barrier: bool):
+    tx = train.make_optimizer(bench.train_config("standard", 0.3), 1000)
+    state = jax.device_put(train.create_state(model, tx, train.run_keys(0)["init"], (28, 28, 1)),
+                           NamedSharding(mesh, P()))
+
+    def step(state, batch):
+      x = to_float(batch["image"])
+      loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+          model.apply({"params": p}, x), batch["label"]).mean()
+      loss, grads = jax.value_and_grad(loss_fn)(state.params)
+      grads = jax.lax.optimization_barrier(grads) if barrier else grads
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state)
+      out = {"loss": loss}
+      if metrics:
+        norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(norm)
+        out.update(grad_norm=norm, ok=ok & train.all_finite(new.params) if finite else ok)
+      return new, out
+
+    return _runner(train.jit_train_step(step, mesh), state, batches)
+
+  _interleaved({"as crp_jax.train": make(True, True, False),
+                "no finiteness check": make(False, True, False),
+                "no metrics": make(False, False, False),
+                "barrier before Adam": make(True, True, True)})
+
+
+def adam() -> None:
+  """A minimal Flax + optax.adam step on the CLI's devices (compare CRP_CPU_DEVICES=1 and 2)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from crp_jax import train  # pylint: disable=g-import-not-at-top
+  from crp_jax.models import LeNet  # pylint: disable=g-import-not-at-top
+  mesh, model, tx = train.make_mesh(), LeNet(), optax.adam(1e-3)
+  shard, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  params = jax.device_put(model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))), rep)
+  batch = (jax.device_put(jax.random.uniform(jax.random.key(1), (128, 28, 28, 1)), shard),
+           jax.device_put(jnp.arange(128) % 10, shard))
+
+  def step(state, batch):
+    params, opt_state = state
+    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, batch[0]), batch[1]).mean()
+    updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), None
+
+  state = (params, jax.device_put(tx.init(params), rep))
+  print(f"{len(jax.devices())} device(s):")
+  _interleaved({"flax + optax.adam": _runner(jax.jit(step, donate_argnums=0), state, [batch])})
+
+
+def trace() -> None:
+  """Per-thunk milliseconds of 5 crp LeNet steps, summed over devices, from a Perfetto trace."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
+  from crp_jax import train  # pylint: disable=g-import-not-at-top
+  from crp_jax.models import LeNet  # pylint: disable=g-import-not-at-top
+  trainer = bench.JaxTrainer(LeNet(), (28, 28, 1), bench.make_data((28, 28, 1), 128), train.make_mesh(),
+                             method="crp", eps=0.3)
+  trainer.run(3)
+  with tempfile.TemporaryDirectory() as folder:
+    with jax.profiler.trace(folder, create_perfetto_trace=True):
+      trainer.run(5)
+    with gzip.open(glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)[0]) as f:
+      events = json.load(f)["traceEvents"]
+  total: collections.Counter = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X":
+      total[e["name"]] += e.get("dur", 0)
+  for name, us in total.most_common(30):
+    print(f"{us / 5e3:8.2f} ms per step  {name[:100]}")
+
+
+if __name__ == "__main__":
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  commands = {"variants": variants, "adam": adam, "trace": trace}
+  if len(sys.argv) != 2 or sys.argv[1] not in commands:
+    cli.fail(f"usage: python -m benchmarks.train_probe {{{','.join(commands)}}}")
+  cli.setup_process("benchmarks.train_probe")
+  commands[sys.argv[1]]()
