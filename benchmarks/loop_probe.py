@@ -11,9 +11,8 @@ the CLI's CPU devices, with the CLI's process settings.
 from __future__ import annotations
 
 import sys
-import time
 
-import numpy as np
+from benchmarks import _timing
 
 
 def main(plain: bool) -> None:
@@ -49,14 +48,9 @@ def main(plain: bool) -> None:
   cases = {"single step": (single, 1), "host loop": (host, n), "fori_loop": (loop(1), n),
            "unrolled": (loop(True), n)}
   for name, (fn, steps) in cases.items():
-    jax.block_until_ready(fn(v, x, y))
-    times = []
-    for _ in range(5):
-      start = time.perf_counter()
-      jax.block_until_ready(fn(v, x, y))
-      times.append((time.perf_counter() - start) / steps)
-    print(f"{'plain' if plain else 'crp_jax'} LeNet, {name:12s}: {1e3 * np.median(times):6.1f} ms per step")
-
+    times = _timing.interleave({name: lambda fn=fn: jax.block_until_ready(fn(v, x, y))}, repeats=5)
+    ms = 1e3 * _timing.median(times[name]) / steps
+    print(f"{'plain' if plain else 'crp_jax'} LeNet, {name:12s}: {ms:6.1f} ms per step")
 
 if __name__ == "__main__":
   from experiments import cli  # pylint: disable=g-import-not-at-top

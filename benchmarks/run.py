@@ -253,16 +253,16 @@ def attack_rows(s: Sizes, mesh, tr, repeats: int, compile_times: dict[str, float
   x, y = jax.device_put(x, data), jax.device_put(y, data)
   key = jax.device_put(jax.random.key(2), replicated)
   eps, step_size = 0.3, 0.01
-  specs: dict[str, tuple[str, Callable | None, dict[str, Any]]] = {
+  specs: dict[str, tuple[str, Callable, dict[str, Any]]] = {
       "fgsm": ("FGSM", lambda f, x, y, k: attacks.fgsm(f, x, y, eps=eps), {}),
       "pgd": (f"PGD-{s.pgd_steps}",
               lambda f, x, y, k: attacks.pgd(f, x, y, key=k, eps=eps, step_size=step_size,
                                              num_steps=s.pgd_steps, early_stop=False),
               {"num_steps": s.pgd_steps}),
       "apgd": (f"APGD-CE-{s.apgd_steps}",
-               (lambda f, x, y, k: attacks.apgd(f, x, y, key=k, eps=eps, num_steps=s.apgd_steps,
-                                                early_stop=False))
-               if hasattr(attacks, "apgd") else None, {"num_steps": s.apgd_steps}),
+               lambda f, x, y, k: attacks.apgd(f, x, y, key=k, eps=eps, num_steps=s.apgd_steps,
+                                               early_stop=False),
+               {"num_steps": s.apgd_steps}),
   }
   net = tr.lenet_from_flax(jax.device_get(variables)) if tr is not None else None
   torch_ok = tr is not None and has_torchattacks()
@@ -273,9 +273,6 @@ def attack_rows(s: Sizes, mesh, tr, repeats: int, compile_times: dict[str, float
   rows = []
   for name, (label, attack, extra) in specs.items():
     workload = f"{label} on LeNet, batch {s.attack_batch}, ε=0.3, f32"
-    if attack is None:
-      rows.append(Row(name, workload, "not measured: crp_jax.attacks has no apgd", "", "–", "≥1.0×", "not measured"))
-      continue
     fn = jax.jit(lambda v, x, y, k, attack=attack: attack(lambda z: model.apply(v, z, train=False), x, y, k),
                  in_shardings=(replicated, data, data, replicated), out_shardings=data)
     start = time.perf_counter()

@@ -12,26 +12,23 @@ interleaved, 10 rounds of 4 steps, median ms per step.
 from __future__ import annotations
 
 import collections
+import functools
 import glob
 import gzip
 import json
 import sys
 import tempfile
-import time
 from typing import Callable
 
-import numpy as np
+from benchmarks import _timing
 
 
 def _interleaved(runs: dict[str, Callable[[int], None]], rounds: int = 10, steps: int = 4) -> None:
-  times: dict[str, list[float]] = {k: [] for k in runs}
-  for _ in range(rounds):
-    for name, run in runs.items():
-      start = time.perf_counter()
-      run(steps)
-      times[name].append((time.perf_counter() - start) / steps)
+  times = _timing.interleave({k: functools.partial(run, steps) for k, run in runs.items()},
+                             repeats=rounds, warmup=0)
   for name, ts in times.items():
-    print(f"{name:28s} {1e3 * np.median(ts):6.1f} ms per step  {128 / np.median(ts):6.0f} img/s")
+    per_step = _timing.median(ts) / steps
+    print(f"{name:28s} {1e3 * per_step:6.1f} ms per step  {128 / per_step:6.0f} img/s")
 
 
 def _runner(step, state, batches) -> Callable[[int], None]:

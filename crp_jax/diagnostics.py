@@ -30,7 +30,7 @@ import optax
 from jax.sharding import Mesh
 
 from crp_jax import attacks
-from crp_jax.attacks._core import steps_until_done
+from crp_jax.attacks._core import per_example as per_row, steps_until_done
 from crp_jax.data import Split, to_float
 from crp_jax.evaluate import Attack, LogitsFn, evaluate_attacks, per_example
 
@@ -96,8 +96,7 @@ def random_noise(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array
     noise = eps * jnp.sign(jax.random.uniform(jax.random.fold_in(key, i), x.shape, minval=-1.0))
     cand = jnp.clip(x + noise, 0.0, 1.0)
     hit = jnp.argmax(logits_fn(cand), -1) != y
-    take = (hit & ~fooled).reshape((-1,) + (1,) * (x.ndim - 1))
-    return jnp.where(take, cand, x_adv), fooled | hit
+    return jnp.where(per_row(hit & ~fooled, x), cand, x_adv), fooled | hit
 
   # A fooled row never changes again, so the loop may stop once all are.
   fooled = jnp.argmax(logits_fn(x), -1) != y
