@@ -1,4 +1,4 @@
-r"""Convolution weight gradients on the CPU: XLA's convolution vs patches × matmul vs torch.
+r"""Convolution weight gradients on the CPU: XLA's convolution vs patches × matmul vs shifted dots vs torch.
 
 The evidence behind two choices in :mod:`benchmarks._env` and the models:
 XLA's YNNPACK convolution is slow at weight gradients of 3x3 kernels over
@@ -10,7 +10,8 @@ under each setting and compare the columns of one process only::
   python -m benchmarks._conv_probe
   XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution python -m benchmarks._conv_probe
 
-Shapes are per device at a global batch of 128 on 2 devices (64 each): the
+The ``fwd`` column is the forward convolution, for scale; ``shifted`` sums
+k·k dots of shifted input windows. Shapes are per device at a global batch of 128 on 2 devices (64 each): the
 two LeNet convolutions (5x5) and one 3x3 convolution of each ResNet-18 stage.
 """
 
@@ -51,6 +52,15 @@ def weight_grad_patches(x: jax.Array, w: jax.Array, g: jax.Array) -> jax.Array:
   return jnp.einsum("bhwk,bhwd->kd", patches(x, k), g).reshape(w.shape)
 
 
+def weight_grad_shifted(x: jax.Array, w: jax.Array, g: jax.Array) -> jax.Array:
+  k = w.shape[0]
+  _, h, wd, _ = x.shape
+  p = k // 2
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  return jnp.stack([jnp.einsum("bhwc,bhwd->cd", xp[:, i:i + h, j:j + wd, :], g)
+                    for i in range(k) for j in range(k)]).reshape(w.shape)
+
+
 def _time(fn, n: int = 2) -> float:
   start = time.perf_counter()
   for _ in range(n):
@@ -72,10 +82,13 @@ def main(batch: int = 64, repeats: int = 3) -> None:
     x = jax.random.normal(jax.random.key(0), (batch, h, h, ci))
     w = jax.random.normal(jax.random.key(1), (k, k, ci, co))
     g = jax.random.normal(jax.random.key(2), (batch, h, h, co))
-    xla, im2col = jax.jit(weight_grad_xla), jax.jit(weight_grad_patches)
+    xla, im2col, shifted = jax.jit(weight_grad_xla), jax.jit(weight_grad_patches), jax.jit(weight_grad_shifted)
+    fwd = jax.jit(conv)
     ref = xla(x, w, g)
     np.testing.assert_allclose(im2col(x, w, g), ref, rtol=1e-3, atol=1e-4 * float(jnp.abs(ref).max()))
-    work = {"xla conv": lambda: xla(x, w, g), "patches x matmul": lambda: im2col(x, w, g)}
+    np.testing.assert_allclose(shifted(x, w, g), ref, rtol=1e-3, atol=1e-4 * float(jnp.abs(ref).max()))
+    work = {"fwd": lambda: fwd(x, w), "xla conv": lambda: xla(x, w, g), "patches x matmul": lambda: im2col(x, w, g),
+            "shifted": lambda: shifted(x, w, g)}
     if torch is not None:
       tx, tw = torch.randn(batch, ci, h, h), torch.randn(co, ci, k, k)
       tg = torch.randn(batch, co, h, h)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from crp_jax.models._conv import conv_general_dilated
+from crp_jax.models._conv import _opaque, conv_general_dilated
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -42,8 +42,51 @@ def test_input_gradient_is_a_forward_convolution():
   assert "optimization_barrier" not in plain
 
 
-@pytest.mark.parametrize("kw", [dict(window_strides=(2, 2)), dict(rhs_dilation=(2, 2)),
-                                dict(feature_group_count=2)])
+@pytest.mark.parametrize("strides,kernel,padding,size", [
+    ((2, 2), (3, 3), ((1, 1), (1, 1)), 8),   # ResNet downsampling
+    ((2, 2), (1, 1), "VALID", 8),             # its 1x1 shortcut
+    ((2, 2), (3, 3), "SAME", 9),              # odd size: uneven 'SAME' pads
+    ((3, 2), (5, 4), ((2, 0), (1, 3)), 11),   # more phases than one axis has taps
+])
+def test_strided_matches_lax_value_and_gradients(strides, kernel, padding, size):
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 4))
+  k = jax.random.normal(jax.random.key(1), (*kernel, 4, 5))
+  kw = dict(window_strides=strides, padding=padding, dimension_numbers=DN)
+  ours, theirs = _grads(conv_general_dilated, x, k, **kw), _grads(lax.conv_general_dilated, x, k, **kw)
+  for a, b in zip(ours, theirs):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_strided_backward_has_no_input_dilated_convolution():
+  # XLA:CPU runs an input-dilated (lhs_dilate) convolution as a generic loop.
+  x, k = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+  hlo = lambda conv: jax.jit(jax.grad(lambda x, k: jnp.sum(conv(
+      x, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)), argnums=(0, 1))).lower(x, k).compile().as_text()
+  assert "lhs_dilate" in hlo(lax.conv_general_dilated)
+  assert "lhs_dilate" not in hlo(conv_general_dilated)
+
+
+@pytest.mark.parametrize("first", [1.5, jnp.nan])
+def test_opaque_is_the_identity(first):
+  # The first element sets the trip count: 0, or 1 when it is NaN.
+  x = jnp.arange(6.0).reshape(2, 3).at[0, 0].set(first)
+  y = jnp.ones((4,), jnp.int32)
+  ox, oy = jax.jit(_opaque)(x, y)
+  np.testing.assert_array_equal(ox, x)
+  np.testing.assert_array_equal(oy, y)
+
+
+def test_kernel_gradient_inputs_are_opaque_and_input_gradients_skip_them():
+  x, k = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+  loss = lambda x, k: jnp.sum(jnp.maximum(conv_general_dilated(2 * x, k, (1, 1), "SAME", dimension_numbers=DN), 0))
+  compiled = lambda argnums: jax.jit(jax.grad(loss, argnums)).lower(x, k).compile().as_text()
+  assert " while(" in compiled(1)       # training: the kernel gradient reads materialised inputs
+  assert " while(" not in compiled(0)   # attacks: dead code, no cost
+
+
+@pytest.mark.parametrize("kw", [dict(rhs_dilation=(2, 2)), dict(feature_group_count=2),
+                                dict(window_strides=(2, 2), padding=((-1, 2), (1, 1)))])
 def test_other_convolutions_fall_back_to_lax(kw):
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
   k = jax.random.normal(jax.random.key(1), (3, 3, 4 // kw.get("feature_group_count", 1), 4))

@@ -1,4 +1,4 @@
-"""A convolution whose input gradient is written as a forward convolution.
+"""A convolution whose gradients take XLA:CPU's fast paths.
 
 Attacks differentiate the model with respect to its *input* inside
 ``lax.fori_loop``/``scan``. There, XLA:CPU (jaxlib 0.10) lowers the
@@ -46,7 +46,8 @@ def _is_nhwc_hwio(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any) -> boo
 def _is_fast_case(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
                   feature_group_count, batch_group_count, preferred_element_type) -> bool:
   ones = lambda v: v is None or all(int(s) == 1 for s in v)
-  return (ones(window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
+  positive = window_strides is None or all(int(s) >= 1 for s in window_strides)
+  return (positive and ones(lhs_dilation) and ones(rhs_dilation)
           and feature_group_count == 1 and batch_group_count == 1
           and preferred_element_type is None and _is_nhwc_hwio(lhs, rhs, dimension_numbers))
 
@@ -76,10 +77,43 @@ def conv_general_dilated(
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
         batch_group_count=batch_group_count, precision=precision,
         preferred_element_type=preferred_element_type)
+  strides = (1, 1) if window_strides is None else tuple(int(s) for s in window_strides)
   if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return _conv(lhs, rhs, pads, precision)
+  if strides == (1, 1):
+    return _conv(lhs, rhs, pads, precision)
+  if any(lo < 0 or hi < 0 for lo, hi in pads):
+    return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=_DN, precision=precision)
+  return _strided(lhs, rhs, strides, pads, precision)
+
+
+def _strided(x: jax.Array, k: jax.Array, strides: tuple[int, int], pads, precision) -> jax.Array:
+  r"""A strided convolution as a sum of stride-1 convolutions over its polyphase components.
+
+  With stride :math:`s`, padded input :math:`\bar x` and kernel taps
+  :math:`a = s m + p` (:math:`0 \le p < s`),
+
+  .. math::
+    y_i = \sum_a \bar x_{s i + a} k_a = \sum_p \sum_m X^{(p)}_{i + m} K^{(p)}_m,
+    \quad X^{(p)}_j = \bar x_{s j + p},\ K^{(p)}_m = k_{s m + p},
+
+  per spatial axis: every term is a stride-1 'valid' convolution, whose
+  gradients take :func:`_conv`'s fast paths, where the strided convolution's
+  input gradient is an input-dilated convolution that XLA:CPU runs as a
+  generic loop. The same multiply-adds, in a different summation order.
+  """
+  (sh, sw), (kh, kw) = strides, k.shape[:2]
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  out_h, out_w = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+  y = None
+  for p in range(min(sh, kh)):
+    for q in range(min(sw, kw)):
+      kpq = k[p::sh, q::sw]
+      xpq = xp[:, p::sh, q::sw][:, :out_h + kpq.shape[0] - 1, :out_w + kpq.shape[1] - 1]
+      term = _conv(xpq, kpq, ((0, 0), (0, 0)), precision)
+      y = term if y is None else y + term
+  return y
 
 
 def _plain(x: jax.Array, k: jax.Array, pads, precision) -> jax.Array:
@@ -103,8 +137,31 @@ def _conv_bwd(pads, precision, res, g):
   k_t = lax.optimization_barrier(jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2))
   pads_t = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]), (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
   dx = _plain(g, k_t, pads_t, precision)
+  # XLA transposes x and g into (C, H, W, B) layouts for the kernel gradient;
+  # left alone, it fuses x's producers (BatchNorm, ReLU, residual adds) into
+  # those transposes and recomputes them in a cache-hostile order.
+  x, g = _opaque(x, g)
   _, k_vjp = jax.vjp(lambda k: _plain(x, k, pads, precision), k)
   return dx, k_vjp(g)[0]
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _opaque(*xs: jax.Array) -> tuple[jax.Array, ...]:
+  """The identity, in a form XLA cannot fuse through: a while loop that runs zero times.
+
+  ``lax.optimization_barrier`` does not do this on XLA:CPU (its
+  ``cse_barrier_expander`` removes barriers before fusion). The trip count
+  is read from the data and the body is not the identity in form, so XLA
+  can neither drop the loop nor forward its operands; if the first element
+  is NaN the body runs once and still returns its inputs. Unused results
+  (e.g. an attack's input-only gradient) are dead code and vanish.
+  """
+  n = jnp.isnan(xs[0].ravel()[0]).astype(jnp.int32)
+
+  def body(c):
+    i, vs = c
+    return i + 1, tuple(jnp.where(i < 0, v + 1, v) for v in vs)
+
+  return lax.while_loop(lambda c: c[0] < n, body, (jnp.int32(0), xs))[1]

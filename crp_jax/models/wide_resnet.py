@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from crp_jax.models.resnet import batch_norm, conv_init
+from crp_jax.models.resnet import batch_norm, conv
 
 
 class WideBasicBlock(nn.Module):
@@ -28,14 +28,14 @@ class WideBasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+    conv_ = functools.partial(conv, dtype=self.dtype)
     pre = nn.relu(batch_norm(train, self.dtype)(x))
-    y = conv(self.features, (3, 3), strides=self.strides, padding=1)(pre)
+    y = conv_(self.features, (3, 3), strides=self.strides, padding=1)(pre)
     y = nn.relu(batch_norm(train, self.dtype)(y))
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    y = conv(self.features, (3, 3), padding=1)(y)
+    y = conv_(self.features, (3, 3), padding=1)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
-      x = conv(self.features, (1, 1), strides=self.strides)(pre)
+      x = conv_(self.features, (1, 1), strides=self.strides)(pre)
     return x + y
 
 
@@ -94,7 +94,7 @@ class WideResNet(nn.Module):
       raise ValueError(f"WideResNet depth must be 6n + 4, got {self.depth}")
     blocks_per_group = (self.depth - 4) // 6
     x = x.astype(self.dtype)
-    x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
+    x = conv(16, (3, 3), self.dtype, padding=1)(x)
     for group, strides in enumerate((1, 2, 2)):
       for block in range(blocks_per_group):
         x = WideBasicBlock(
