@@ -4,6 +4,8 @@
     CRP_CPU_DEVICES=1 python -m benchmarks.train_probe adam    # a minimal Flax+optax step, 1 device
     CRP_CPU_DEVICES=2 python -m benchmarks.train_probe adam    # ... and on 2 devices
     python -m benchmarks.train_probe trace                     # per-thunk times from jax.profiler
+    CRP_CPU_DEVICES=1 python -m benchmarks.train_probe trace --model=resnet18
+    CRP_CPU_DEVICES=1 python -m benchmarks.train_probe interference   # crp_jax after torch steps
 
 Batch 128 of random uint8 images, the CLI's process settings; variants run
 interleaved, 10 rounds of 4 steps, median ms per step.
@@ -11,12 +13,14 @@ interleaved, 10 rounds of 4 steps, median ms per step.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import functools
 import glob
 import gzip
 import json
-import sys
+import re
+import resource
 import tempfile
 from typing import Callable
 
@@ -112,32 +116,78 @@ def adam() -> None:
   _interleaved({"flax + optax.adam": _runner(jax.jit(step, donate_argnums=0), state, [batch])})
 
 
-def trace() -> None:
-  """Per-thunk milliseconds of 5 crp LeNet steps, summed over devices, from a Perfetto trace."""
-  import jax  # pylint: disable=g-import-not-at-top
+def _trainer(model_name: str):
   from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
   from crp_jax import train  # pylint: disable=g-import-not-at-top
-  from crp_jax.models import LeNet  # pylint: disable=g-import-not-at-top
-  trainer = bench.JaxTrainer(LeNet(), (28, 28, 1), bench.make_data((28, 28, 1), 128), train.make_mesh(),
-                             method="crp", eps=0.3)
-  trainer.run(3)
+  from crp_jax.models import LeNet, ResNet18  # pylint: disable=g-import-not-at-top
+  model, shape, eps = (LeNet(), (28, 28, 1), 0.3) if model_name == "lenet" else (ResNet18(), (32, 32, 3), 16 / 255)
+  data = bench.make_data(shape, 128)
+  return bench.JaxTrainer(model, shape, data, train.make_mesh(), method="crp", eps=eps), data, shape, eps
+
+
+def trace(model_name: str) -> None:
+  """Per-thunk milliseconds of a few crp steps, summed over devices, from a Perfetto trace."""
+  import jax  # pylint: disable=g-import-not-at-top
+  trainer, steps = _trainer(model_name)[0], 5 if model_name == "lenet" else 2
+  trainer.run(1 if model_name == "lenet" else 3)
   with tempfile.TemporaryDirectory() as folder:
     with jax.profiler.trace(folder, create_perfetto_trace=True):
-      trainer.run(5)
+      trainer.run(steps)
     with gzip.open(glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)[0]) as f:
       events = json.load(f)["traceEvents"]
   total: collections.Counter = collections.Counter()
   for e in events:
     if e.get("ph") == "X":
       total[e["name"]] += e.get("dur", 0)
-  for name, us in total.most_common(30):
-    print(f"{us / 5e3:8.2f} ms per step  {name[:100]}")
+  kinds: collections.Counter = collections.Counter()
+  for name, us in total.items():  # "transpose_copy_fusion.46" -> "transpose_copy_fusion"
+    kinds[re.sub(r"\.\d+$", "", name)] += us
+  for title, counts in (("by kind", kinds), ("by thunk", total)):
+    print(f"-- {title} (ms per step, summed over devices)")
+    for name, us in counts.most_common(30):
+      print(f"{us / (1e3 * steps):8.1f}  {name[:100]}")
+
+
+def interference(model_name: str, repeats: int = 4) -> None:
+  """crp_jax's step alone, then interleaved with PyTorch's, with the kernel (system) time of each."""
+  from benchmarks import _torch_ref as tr  # pylint: disable=g-import-not-at-top
+  from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  bench.load_torch(True)
+  trainer, data, shape, eps = _trainer(model_name)
+  net = (tr.lenet_from_flax if model_name == "lenet" else tr.resnet18_from_flax)(jax.device_get(trainer.state.variables()))
+  ref = bench.torch_trainer(tr, net, data, shape, trainer.perturbation_key, eps)
+  steps = 10 if model_name == "lenet" else 1
+  sys_s: dict[str, list[float]] = collections.defaultdict(list)
+
+  def measured(name: str, fn: Callable[[int], None]) -> Callable[[], None]:
+    def run() -> None:
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+      fn(steps)
+      sys_s[name].append((resource.getrusage(resource.RUSAGE_SELF).ru_stime - before) / steps)
+    return run
+
+  for label, work in (("alone", {"crp_jax": measured("crp_jax alone", trainer.run)}),
+                      ("interleaved", {"crp_jax": measured("crp_jax interleaved", trainer.run),
+                                       "torch": measured("torch interleaved", ref)})):
+    times = _timing.interleave(work, repeats=repeats)
+    for name, ts in times.items():
+      key = f"{name} {label}"
+      print(f"{key:22s} {128 * steps / _timing.median(ts):8.1f} img/s   "
+            f"system time {_timing.median(sys_s[key][-repeats:]):5.2f} s per step", flush=True)
 
 
 if __name__ == "__main__":
   from experiments import cli  # pylint: disable=g-import-not-at-top
-  commands = {"variants": variants, "adam": adam, "trace": trace}
-  if len(sys.argv) != 2 or sys.argv[1] not in commands:
-    cli.fail(f"usage: python -m benchmarks.train_probe {{{','.join(commands)}}}")
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("command", choices=["variants", "adam", "trace", "interference"])
+  parser.add_argument("--model", choices=["lenet", "resnet18"], default=None,
+                      help="trace: lenet (default); interference: resnet18 (default)")
+  args = parser.parse_args()
   cli.setup_process("benchmarks.train_probe")
-  commands[sys.argv[1]]()
+  if args.command in ("variants", "adam"):
+    {"variants": variants, "adam": adam}[args.command]()
+  elif args.command == "trace":
+    trace(args.model or "lenet")
+  else:
+    interference(args.model or "resnet18")
