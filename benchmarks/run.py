@@ -381,7 +381,8 @@ def report(rows: list[Row], args: argparse.Namespace, started: str, seconds: flo
       + (f", {mem:.0f} GiB RAM" if mem else "") + f"; load average {started} at start, "
       f"{_env.load_average()} at the end (other jobs share this CPU)",
       f"- crp_jax: {jax.device_count()} XLA {jax.default_backend().upper()} device(s) "
-      "(`jax_num_cpu_devices`, as `experiments/cli.py` sets it), batch sharded over a `data` mesh",
+      + ("(`--devices`" if args.devices else "(`jax_num_cpu_devices`, as `experiments/cli.py` sets it")
+      + "), batch sharded over a `data` mesh",
       f"- process settings: XLA_FLAGS=`{os.environ.get('XLA_FLAGS', '')}`, "
       f"GLIBC_TUNABLES=`{os.environ.get('GLIBC_TUNABLES', '')}`"
       + (" (`--plain`: none added)" if args.plain else " (see `benchmarks/_env.py`)"),
