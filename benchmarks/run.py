@@ -218,24 +218,34 @@ def torch_trainer(tr, net, data: Data, shape: tuple[int, ...], key: jax.Array, e
   return run
 
 
+def train_workload(model_name: str, s: Sizes) -> tuple[Any, tuple[int, ...], float, int, str]:
+  """``(model, input shape, ε, steps per repeat, description)`` of a train-step row."""
+  if model_name == "lenet":
+    return (LeNet(), (28, 28, 1), 0.3, s.lenet_steps,
+            f"LeNet train step, 28x28x1, batch {s.train_batch}, f32, Adam")
+  workload = f"ResNet-18 train step, 32x32x3, batch {s.train_batch}, f32, Adam"
+  if s.tiny:
+    workload += f" (tiny widths {s.resnet_widths})"
+  return ResNet18(widths=s.resnet_widths), (32, 32, 3), 16 / 255, s.resnet_steps, workload
+
+
+def torch_reference(tr, model_name: str, ours: JaxTrainer, data: Data, shape: tuple[int, ...], eps: float
+                    ) -> Callable[[int], None]:
+  """PyTorch's step on ``ours``'s initial weights and the same perturbed data."""
+  variables = jax.device_get(ours.state.variables())
+  net = tr.lenet_from_flax(variables) if model_name == "lenet" else tr.resnet18_from_flax(variables)
+  return torch_trainer(tr, net, data, shape, ours.perturbation_key, eps)
+
+
 def train_row(name: str, model_name: str, s: Sizes, mesh, tr, repeats: int,
               compile_times: dict[str, float]) -> Row:
-  if model_name == "lenet":
-    model, shape, eps, steps = LeNet(), (28, 28, 1), 0.3, s.lenet_steps
-    workload = f"LeNet train step, 28x28x1, batch {s.train_batch}, f32, Adam"
-  else:
-    model, shape, eps, steps = ResNet18(widths=s.resnet_widths), (32, 32, 3), 16 / 255, s.resnet_steps
-    workload = f"ResNet-18 train step, 32x32x3, batch {s.train_batch}, f32, Adam"
-    if s.tiny:
-      workload += f" (tiny widths {s.resnet_widths})"
+  model, shape, eps, steps, workload = train_workload(model_name, s)
   data = make_data(shape, s.train_batch)
   ours = JaxTrainer(model, shape, data, mesh, method="crp", eps=eps)
   compile_times[f"{'LeNet' if model_name == 'lenet' else 'ResNet-18'} train step (crp)"] = ours.compile_s
   work = {"ours": lambda: ours.run(steps)}
   if tr is not None:
-    variables = jax.device_get(ours.state.variables())
-    net = tr.lenet_from_flax(variables) if model_name == "lenet" else tr.resnet18_from_flax(variables)
-    work["ref"] = functools.partial(torch_trainer(tr, net, data, shape, ours.perturbation_key, eps), steps)
+    work["ref"] = functools.partial(torch_reference(tr, model_name, ours, data, shape, eps), steps)
   times = _timing.interleave(work, repeats=repeats)
   return ratio_row(name, workload + f"; {steps} step(s) per repeat", times, s.train_batch * steps)
 

@@ -117,12 +117,12 @@ def adam() -> None:
 
 
 def _trainer(model_name: str):
+  """crp_jax's crp step as ``benchmarks.run`` times it: ``(trainer, data, shape, ε, steps per repeat)``."""
   from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
   from crp_jax import train  # pylint: disable=g-import-not-at-top
-  from crp_jax.models import LeNet, ResNet18  # pylint: disable=g-import-not-at-top
-  model, shape, eps = (LeNet(), (28, 28, 1), 0.3) if model_name == "lenet" else (ResNet18(), (32, 32, 3), 16 / 255)
+  model, shape, eps, steps, _ = bench.train_workload(model_name, bench.sizes(tiny=False))
   data = bench.make_data(shape, 128)
-  return bench.JaxTrainer(model, shape, data, train.make_mesh(), method="crp", eps=eps), data, shape, eps
+  return bench.JaxTrainer(model, shape, data, train.make_mesh(), method="crp", eps=eps), data, shape, eps, steps
 
 
 def trace(model_name: str) -> None:
@@ -150,14 +150,12 @@ def trace(model_name: str) -> None:
 
 def interference(model_name: str, repeats: int = 4) -> None:
   """crp_jax's step alone, then interleaved with PyTorch's, with the kernel (system) time of each."""
-  from benchmarks import _torch_ref as tr  # pylint: disable=g-import-not-at-top
   from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  bench.load_torch(True)
-  trainer, data, shape, eps = _trainer(model_name)
-  net = (tr.lenet_from_flax if model_name == "lenet" else tr.resnet18_from_flax)(jax.device_get(trainer.state.variables()))
-  ref = bench.torch_trainer(tr, net, data, shape, trainer.perturbation_key, eps)
-  steps = 10 if model_name == "lenet" else 1
+  tr = bench.load_torch(True)
+  if tr is None:
+    raise SystemExit("interference needs torch: pip install -e '.[bench]'")
+  trainer, data, shape, eps, steps = _trainer(model_name)
+  ref = bench.torch_reference(tr, model_name, trainer, data, shape, eps)
   sys_s: dict[str, list[float]] = collections.defaultdict(list)
 
   def measured(name: str, fn: Callable[[int], None]) -> Callable[[], None]:
@@ -185,8 +183,10 @@ if __name__ == "__main__":
                       help="trace: lenet (default); interference: resnet18 (default)")
   args = parser.parse_args()
   cli.setup_process("benchmarks.train_probe")
-  if args.command in ("variants", "adam"):
-    {"variants": variants, "adam": adam}[args.command]()
+  if args.command == "variants":
+    variants()
+  elif args.command == "adam":
+    adam()
   elif args.command == "trace":
     trace(args.model or "lenet")
   else:

@@ -18,16 +18,19 @@ def _grads(conv, x, k, **kw):
   return conv(x, k, **kw), *jax.grad(loss, argnums=(0, 1))(x, k)
 
 
+def _assert_matches_lax(x, k, **kw):
+  ours, theirs = _grads(conv_general_dilated, x, k, **kw), _grads(lax.conv_general_dilated, x, k, **kw)
+  for a, b in zip(ours, theirs):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 1), (0, 3))])
 @pytest.mark.parametrize("kernel", [(5, 5), (3, 2)])
 def test_matches_lax_value_and_gradients(padding, kernel):
   x = jax.random.normal(jax.random.key(0), (3, 9, 8, 4))
   k = jax.random.normal(jax.random.key(1), (*kernel, 4, 6))
-  kw = dict(window_strides=(1, 1), padding=padding, dimension_numbers=DN)
-  ours, theirs = _grads(conv_general_dilated, x, k, **kw), _grads(lax.conv_general_dilated, x, k, **kw)
-  for a, b in zip(ours, theirs):
-    assert a.shape == b.shape
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  _assert_matches_lax(x, k, window_strides=(1, 1), padding=padding, dimension_numbers=DN)
 
 
 def test_input_gradient_is_a_forward_convolution():
@@ -51,11 +54,7 @@ def test_input_gradient_is_a_forward_convolution():
 def test_strided_matches_lax_value_and_gradients(strides, kernel, padding, size):
   x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 4))
   k = jax.random.normal(jax.random.key(1), (*kernel, 4, 5))
-  kw = dict(window_strides=strides, padding=padding, dimension_numbers=DN)
-  ours, theirs = _grads(conv_general_dilated, x, k, **kw), _grads(lax.conv_general_dilated, x, k, **kw)
-  for a, b in zip(ours, theirs):
-    assert a.shape == b.shape
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  _assert_matches_lax(x, k, window_strides=strides, padding=padding, dimension_numbers=DN)
 
 
 def test_strided_backward_has_no_input_dilated_convolution():

@@ -76,27 +76,26 @@ def conv_general_dilated(
     precision: Any = None,
     preferred_element_type: Any = None,
 ) -> jax.Array:
-  """``lax.conv_general_dilated`` with a loop-friendly input gradient (see the module doc).
+  """``lax.conv_general_dilated`` with gradients on XLA:CPU's fast paths (see the module doc).
 
   Shapes in the fast case: ``lhs`` is ``(B, H, W, C_in)``, ``rhs`` is
   ``(kh, kw, C_in, C_out)``; the result is ``(B, H', W', C_out)``.
   """
-  if not _is_fast_case(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
-                       feature_group_count, batch_group_count, preferred_element_type):
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type)
-  strides = (1, 1) if window_strides is None else tuple(int(s) for s in window_strides)
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if strides == (1, 1):
-    return _conv(lhs, rhs, pads, precision)
-  if any(lo < 0 or hi < 0 for lo, hi in pads):
-    return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=_DN, precision=precision)
-  return _strided(lhs, rhs, strides, pads, precision)
+  if _is_fast_case(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
+                   feature_group_count, batch_group_count, preferred_element_type):
+    strides = (1, 1) if window_strides is None else tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if strides == (1, 1):
+      return _conv(lhs, rhs, pads, precision)
+    if all(lo >= 0 and hi >= 0 for lo, hi in pads):
+      return _strided(lhs, rhs, strides, pads, precision)
+  return lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)
 
 
 def _strided(x: jax.Array, k: jax.Array, strides: tuple[int, int], pads, precision) -> jax.Array:
