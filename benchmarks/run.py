@@ -21,6 +21,14 @@ warm-up round):
 5. ``memory``: peak RSS of ``python -m experiments.run`` with K=1 and K=100
    (subprocesses), against the size of a stored K·M float32 set.
 6. ``compile``: compile time of each jitted function above.
+7. ``wrn``: WRN-28-10 ``crp`` train step in bf16, batch 128: images/s and
+   MFU (:mod:`benchmarks._flops`), against the card's datasheet peak and a
+   measured bf16 matmul. No reference column; by default on accelerators only.
+
+On a GPU (``python -m benchmarks.run --plain --out=benchmarks/results-gpu.md``)
+the default rows are all but ``memory`` (a host-RSS measure), plus ``wrn``;
+the reference runs on ``cuda``, synchronised before each timer stops, and
+each repeat runs more steps (:func:`sizes`).
 
 crp_jax runs as ``python -m experiments.run`` does: one XLA CPU device per
 core (:func:`experiments.cli.setup_devices`), the batch sharded over a
@@ -43,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from typing import Any, Callable
 
 import jax
@@ -51,16 +60,17 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from benchmarks import _env, _timing
+from benchmarks import _env, _flops, _timing
 from crp_jax import attacks, train
-from crp_jax.models import LeNet, ResNet18, init_variables
+from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables
 from crp_jax.perturbations import make_delta
 
-ROWS = ("lenet", "resnet18", "attacks", "perturbation", "memory", "compile")
+ROWS = ("lenet", "resnet18", "attacks", "perturbation", "memory", "compile", "wrn")
 BEGIN = "<!-- benchmarks.run: begin (generated; edit outside these markers) -->"
 END = "<!-- benchmarks.run: end -->"
 NO_TORCH = "not measured: torch not installed"
-NO_GPU = "not measured (no GPU in this session)"
+FAILED = "FAILED"
+NO_GPU = "not measured in a CPU run: see `benchmarks/results-gpu.md`"
 
 
 @dataclasses.dataclass
@@ -75,14 +85,30 @@ class Sizes:
   apgd_steps: int = 100
   memory_ks: tuple[int, int] = (1, 100)
   memory_subset: int = 64
+  wrn_depth: int = 28
+  wrn_width: int = 10
+  wrn_steps: int = 5
   tiny: bool = False
 
 
-def sizes(tiny: bool) -> Sizes:
-  if not tiny:
-    return Sizes()
-  return Sizes(train_batch=8, lenet_steps=1, resnet_steps=1, resnet_widths=(4, 8, 8, 8),
-               attack_batch=8, pgd_steps=2, apgd_steps=2, memory_ks=(1, 3), memory_subset=16, tiny=True)
+def sizes(tiny: bool, accelerator: bool = False) -> Sizes:
+  """Real sizes; on an accelerator more steps per repeat (a GPU step takes milliseconds)."""
+  if tiny:
+    return Sizes(train_batch=8, lenet_steps=1, resnet_steps=1, resnet_widths=(4, 8, 8, 8),
+                 attack_batch=8, pgd_steps=2, apgd_steps=2, memory_ks=(1, 3), memory_subset=16,
+                 wrn_depth=10, wrn_width=1, wrn_steps=1, tiny=True)
+  if accelerator:
+    return Sizes(lenet_steps=100, resnet_steps=20, wrn_steps=10)
+  return Sizes()
+
+
+def on_accelerator() -> bool:
+  return jax.default_backend() != "cpu"
+
+
+def default_rows() -> list[str]:
+  """Every row but ``wrn`` on a CPU; every row but ``memory`` on an accelerator."""
+  return [r for r in ROWS if r != ("memory" if on_accelerator() else "wrn")]
 
 
 @dataclasses.dataclass
@@ -111,6 +137,19 @@ def load_torch(enabled: bool) -> Any | None:
   torch.set_num_threads(os.cpu_count() or 1)
   from benchmarks import _torch_ref  # pylint: disable=g-import-not-at-top
   return _torch_ref
+
+
+def torch_device() -> str:
+  """``cuda`` when crp_jax runs on a GPU and torch sees one, else ``cpu``: both on the same hardware."""
+  import torch  # pylint: disable=g-import-not-at-top
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def torch_sync() -> None:
+  """Waits for torch's queued GPU work (a no-op on the CPU), so a timer sees all of it."""
+  import torch  # pylint: disable=g-import-not-at-top
+  if torch.cuda.is_available():
+    torch.cuda.synchronize()
 
 
 def has_torchattacks() -> bool:
@@ -204,16 +243,18 @@ def torch_trainer(tr, net, data: Data, shape: tuple[int, ...], key: jax.Array, e
                   ) -> Callable[[int], None]:
   """The reference step on inputs perturbed on the host beforehand (the stored extended set)."""
   import torch  # pylint: disable=g-import-not-at-top
+  device = torch_device()
   xs, ys = [], []
   for i in range(len(data.image)):
     delta = np.asarray(make_delta(key, data.example_id[i], data.draw_id[i], shape, eps=eps))
-    xs.append(tr.to_nchw(np.clip(data.image[i] / np.float32(255) + delta, 0.0, 1.0)))
-    ys.append(torch.from_numpy(data.label[i].astype(np.int64)))
-  step = tr.make_train_step(net)
+    xs.append(tr.to_nchw(np.clip(data.image[i] / np.float32(255) + delta, 0.0, 1.0)).to(device))
+    ys.append(torch.from_numpy(data.label[i].astype(np.int64)).to(device))
+  step = tr.make_train_step(net.to(device))
 
   def run(steps: int) -> None:
     for i in range(steps):
       step(xs[i % len(xs)], ys[i % len(ys)])
+    torch_sync()
 
   return run
 
@@ -223,6 +264,10 @@ def train_workload(model_name: str, s: Sizes) -> tuple[Any, tuple[int, ...], flo
   if model_name == "lenet":
     return (LeNet(), (28, 28, 1), 0.3, s.lenet_steps,
             f"LeNet train step, 28x28x1, batch {s.train_batch}, f32, Adam")
+  if model_name == "wrn":
+    return (WideResNet(depth=s.wrn_depth, width=s.wrn_width, dtype=jnp.bfloat16), (32, 32, 3), 8 / 255,
+            s.wrn_steps, f"WRN-{s.wrn_depth}-{s.wrn_width} crp train step, 32x32x3, batch {s.train_batch}, "
+            "bf16 compute, f32 params, Adam")
   workload = f"ResNet-18 train step, 32x32x3, batch {s.train_batch}, f32, Adam"
   if s.tiny:
     workload += f" (tiny widths {s.resnet_widths})"
@@ -278,8 +323,9 @@ def attack_rows(s: Sizes, mesh, tr, repeats: int, compile_times: dict[str, float
   torch_ok = tr is not None and has_torchattacks()
   if tr is not None:
     import torch  # pylint: disable=g-import-not-at-top
-    xt = tr.to_nchw(jax.device_get(x))
-    yt = torch.from_numpy(np.asarray(jax.device_get(y)).astype(np.int64))
+    net = net.to(torch_device())
+    xt = tr.to_nchw(jax.device_get(x)).to(torch_device())
+    yt = torch.from_numpy(np.asarray(jax.device_get(y)).astype(np.int64)).to(torch_device())
   rows = []
   for name, (label, attack, extra) in specs.items():
     workload = f"{label} on LeNet, batch {s.attack_batch}, ε=0.3, f32"
@@ -291,7 +337,7 @@ def attack_rows(s: Sizes, mesh, tr, repeats: int, compile_times: dict[str, float
     work = {"ours": lambda compiled=compiled: compiled(variables, x, y, key).block_until_ready()}
     if torch_ok:
       atk = tr.make_attack(name, net, eps=eps, step_size=step_size, num_steps=extra.get("num_steps", 1))
-      work["ref"] = lambda atk=atk: atk(xt, yt)
+      work["ref"] = lambda atk=atk: (atk(xt, yt), torch_sync())
     times = _timing.interleave(work, repeats=repeats)
     missing = NO_TORCH if tr is None else "not measured: torchattacks not installed"
     floor, goal = (1.0, 1.5) if name != "fgsm" else (0.0, 1.5)
@@ -324,6 +370,32 @@ def perturbation_row(s: Sizes, mesh, repeats: int, compile_times: dict[str, floa
              f"overhead {overhead:+.1f}%", "≤3%", "met" if overhead <= 3.0 else "NOT MET")
 
 
+# ----------------------------------------------------------------------------- WRN-28-10 MFU
+
+
+def wrn_row(s: Sizes, mesh, repeats: int, compile_times: dict[str, float]) -> Row:
+  """WRN-28-10's bf16 ``crp`` step: images/s and MFU (train FLOPs = 3 × forward, see ``_flops``)."""
+  model, shape, eps, steps, workload = train_workload("wrn", s)
+  ours = JaxTrainer(model, shape, make_data(shape, s.train_batch), mesh, method="crp", eps=eps)
+  compile_times[f"WRN-{s.wrn_depth}-{s.wrn_width} bf16 train step (crp)"] = ours.compile_s
+  times = _timing.interleave({"ours": lambda: ours.run(steps)}, repeats=repeats)
+  items = s.train_batch * steps
+  flops, devices = 3 * _flops.forward_flops(model, shape), len(jax.devices())
+  achieved = flops * rate(times["ours"], items)              # model FLOP/s over all devices
+  peak = _flops.peak_bf16(jax.devices()[0])
+  workload += f"; {flops / 1e9:.1f} GFLOP per image (3 × forward); {steps} step(s) per repeat"
+  ours = fmt_rate(times["ours"], items) + f"; {achieved / 1e12:.0f} TFLOP/s"
+  if peak is None:
+    return Row("wrn", workload, ours, f"no bf16 peak known for {jax.devices()[0].device_kind}", "–",
+               "≥50% MFU", "not measured")
+  matmul = _flops.matmul_bf16()
+  mfu = achieved / (devices * peak)
+  return Row("wrn", workload, ours,
+             f"datasheet peak {peak / 1e12:.0f} TFLOP/s per device; measured 8192³ bf16 matmul "
+             f"{matmul / 1e12:.0f} TFLOP/s ({achieved / (devices * matmul):.1%} of it)",
+             f"MFU {mfu:.1%}", "≥50% MFU", "met" if mfu >= 0.5 else "NOT MET")
+
+
 # ----------------------------------------------------------------------------- memory
 
 
@@ -338,11 +410,11 @@ def peak_rss_mib(cmd: list[str], *, cwd: str | None = None, env: dict[str, str] 
   return usage.ru_maxrss / 1024  # KiB on Linux
 
 
-def memory_command(workdir: str, k: int, subset: int) -> list[str]:
+def memory_command(workdir: str, k: int, subset: int, batch: int = 128) -> list[str]:
   """A short real run (``python -m experiments.run``) with K perturbations per example."""
   return [sys.executable, "-m", "experiments.run", f"--workdir={workdir}", "--dataset=mnist5k",
           "--method=crp", "--config.compare_with=", f"--config.num_perturbations={k}",
-          f"--config.train_subset={subset}", "--config.epochs=1", "--config.eval.strong=False",
+          f"--config.train_subset={subset}", f"--config.batch_size={batch}", "--config.epochs=1", "--config.eval.strong=False",
           "--config.eval.attack_subset=16", "--config.eval.pgd_steps=(1,)",
           "--config.eval.extra_step_size=0.0", "--progress=False"]
 
@@ -356,7 +428,7 @@ def memory_row(s: Sizes) -> Row:
   root = tempfile.mkdtemp(prefix="crp_bench_mem_")
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
-    rss = {k: peak_rss_mib(memory_command(os.path.join(root, f"k{k}"), k, s.memory_subset), cwd=repo)
+    rss = {k: peak_rss_mib(memory_command(os.path.join(root, f"k{k}"), k, s.memory_subset, s.train_batch), cwd=repo)
            for k in s.memory_ks}
   finally:
     shutil.rmtree(root, ignore_errors=True)
@@ -381,8 +453,26 @@ def markdown_table(rows: list[Row]) -> str:
                         for r in rows)
 
 
+def devices_line(args: argparse.Namespace) -> str:
+  """What crp_jax ran on: the CPU mesh and how it was sized, or the accelerator's name."""
+  count, backend = jax.device_count(), jax.default_backend()
+  if backend != "cpu":
+    return f"- crp_jax: {count} × {jax.devices()[0].device_kind} ({backend}), batch sharded over a `data` mesh"
+  how = "`--devices`" if args.devices else "`jax_num_cpu_devices`, as `experiments/cli.py` sets it"
+  return f"- crp_jax: {count} XLA CPU device(s) ({how}), batch sharded over a `data` mesh"
+
+
+def torch_line() -> str:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return "- torch: not installed"
+  if torch_device() == "cuda":
+    return f"- torch device: cuda ({torch.cuda.get_device_name()}), synchronised before each timer stops"
+  return f"- torch threads: {os.cpu_count()} (`torch.set_num_threads(os.cpu_count())`)"
+
+
 def report(rows: list[Row], args: argparse.Namespace, started: str, seconds: float) -> str:
-  v = _env.versions()
   mem = _env.memory_gib()
   lines = [
       f"Generated by `{' '.join(['python -m benchmarks.run', *args.argv])}`.",
@@ -390,15 +480,13 @@ def report(rows: list[Row], args: argparse.Namespace, started: str, seconds: flo
       f"- machine: {_env.cpu_model()}, {os.cpu_count()} cores"
       + (f", {mem:.0f} GiB RAM" if mem else "") + f"; load average {started} at start, "
       f"{_env.load_average()} at the end (other jobs share this CPU)",
-      f"- crp_jax: {jax.device_count()} XLA {jax.default_backend().upper()} device(s) "
-      + ("(`--devices`" if args.devices else "(`jax_num_cpu_devices`, as `experiments/cli.py` sets it")
-      + "), batch sharded over a `data` mesh",
+      devices_line(args),
       f"- process settings: XLA_FLAGS=`{os.environ.get('XLA_FLAGS', '')}`, "
       f"GLIBC_TUNABLES=`{os.environ.get('GLIBC_TUNABLES', '')}`"
       + (" (`--plain`: none added)" if args.plain else " (see `benchmarks/_env.py`)"),
-      "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-      f"- torch threads: {os.cpu_count()} (`torch.set_num_threads(os.cpu_count())`); "
-      f"{args.repeats} timed repeats after one warm-up round, contenders interleaved; "
+      "- versions: " + ", ".join(f"{k} {val}" for k, val in _env.versions().items()),
+      torch_line(),
+      f"- {args.repeats} timed repeats after one warm-up round, contenders interleaved; "
       "medians, ± half the relative range; wall time of the run "
       f"{seconds / 60:.1f} min",
       "",
@@ -423,7 +511,8 @@ def write_results(path: str, text: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+  parser.add_argument("--rows", default="", help=f"comma-separated subset of {','.join(ROWS)} "
+                      "(default: all but wrn on a CPU, all but memory on an accelerator)")
   parser.add_argument("--repeats", type=int, default=5, help="timed repeats per contender (≥ 5 for the record)")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md"))
   parser.add_argument("--tiny", action="store_true", help="smoke-test sizes")
@@ -433,7 +522,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="XLA CPU devices (default: one per core, as experiments.run)")
   args = parser.parse_args(argv)
   args.argv = list(sys.argv[1:] if argv is None else argv)
-  unknown = set(args.rows.split(",")) - set(ROWS)
+  unknown = set(args.rows.split(",")) - set(ROWS) - {""}
   if unknown:
     parser.error(f"unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}")
   return args
@@ -443,8 +532,8 @@ def main(argv: list[str] | None = None) -> str:
   """Runs the rows, prints the table and writes ``--out``; returns the generated text."""
   args = parse_args(argv)
   started, t0 = _env.load_average(), time.perf_counter()
-  s = sizes(args.tiny)
-  wanted = args.rows.split(",")
+  s = sizes(args.tiny, on_accelerator())
+  wanted = args.rows.split(",") if args.rows else default_rows()
   tr = load_torch(args.torch)
   mesh = train.make_mesh()
   compile_times: dict[str, float] = {}
@@ -457,31 +546,43 @@ def main(argv: list[str] | None = None) -> str:
     rows.extend(new)
     table = rows + [Row("compile", f"compile: {name}", f"{sec:.1f} s", "n/a (eager)", "", "", "")
                     for name, sec in compile_times.items()] if "compile" in wanted else rows
-    text = report(table + [gpu], args, started, time.perf_counter() - t0)
+    text = report(table + ([] if on_accelerator() else [gpu]), args, started, time.perf_counter() - t0)
     write_results(args.out, text)
     return text
 
   gpu = Row("gpu", "WRN-28-10 bf16 train step MFU; LeNet/ResNet-18/attacks on GPU", NO_GPU, NO_GPU,
             "–", "", "not measured")
-  text = ""
   # Cheap rows first, so a run cut short still records them.
-  if "lenet" in wanted:
-    text = emit([train_row("lenet", "lenet", s, mesh, tr, args.repeats, compile_times)])
-  if "perturbation" in wanted:
-    text = emit([perturbation_row(s, mesh, args.repeats, compile_times)])
-  if "memory" in wanted:
-    try:
-      text = emit([memory_row(s)])
-    except RuntimeError as e:  # the CLI's flags changed under us: say so, keep the other rows
-      text = emit([Row("memory", "peak RSS of `python -m experiments.run`", f"failed: {str(e).splitlines()[0]}",
-                       "", "", "flat within 5%", "not measured")])
-  if "resnet18" in wanted:
-    text = emit([train_row("resnet18", "resnet18", s, mesh, tr, args.repeats, compile_times)])
-  if "attacks" in wanted:
-    text = emit(attack_rows(s, mesh, tr, args.repeats, compile_times))
+  plan: list[tuple[str, Callable[[], Row | list[Row]]]] = [
+      ("lenet", lambda: train_row("lenet", "lenet", s, mesh, tr, args.repeats, compile_times)),
+      ("perturbation", lambda: perturbation_row(s, mesh, args.repeats, compile_times)),
+      ("memory", lambda: memory_row(s)),
+      ("resnet18", lambda: train_row("resnet18", "resnet18", s, mesh, tr, args.repeats, compile_times)),
+      ("attacks", lambda: attack_rows(s, mesh, tr, args.repeats, compile_times)),
+      ("wrn", lambda: wrn_row(s, mesh, args.repeats, compile_times)),
+  ]
+  failed = []
+  for name, measure in plan:
+    if name in wanted:
+      new = guarded(name, measure)
+      failed += [r.name for r in new if r.status == FAILED]
+      emit(new)
   text = emit([])
   print(f"\nwrote {args.out}")
+  if failed:
+    raise SystemExit(f"benchmarks.run: rows failed: {', '.join(failed)} (tracebacks above; the others are in {args.out})")
   return text
+
+
+def guarded(name: str, measure: Callable[[], Row | list[Row]]) -> list[Row]:
+  """``measure()``'s rows, or one FAILED row (traceback on stderr) so that the other rows still run."""
+  try:
+    out = measure()
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    return [Row(name, "failed", f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}",
+                "", "", "", FAILED)]
+  return out if isinstance(out, list) else [out]
 
 
 if __name__ == "__main__":

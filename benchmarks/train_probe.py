@@ -6,6 +6,7 @@
     python -m benchmarks.train_probe trace                     # per-thunk times from jax.profiler
     CRP_CPU_DEVICES=1 python -m benchmarks.train_probe trace --model=resnet18
     CRP_CPU_DEVICES=1 python -m benchmarks.train_probe interference   # crp_jax after torch steps
+    python -m benchmarks.train_probe rewrites --model=wrn     # _conv's CPU rewrites on vs off
 
 Batch 128 of random uint8 images, the CLI's process settings; variants run
 interleaved, 10 rounds of 4 steps, median ms per step.
@@ -120,9 +121,31 @@ def _trainer(model_name: str):
   """crp_jax's crp step as ``benchmarks.run`` times it: ``(trainer, data, shape, ε, steps per repeat)``."""
   from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
   from crp_jax import train  # pylint: disable=g-import-not-at-top
-  model, shape, eps, steps, _ = bench.train_workload(model_name, bench.sizes(tiny=False))
+  model, shape, eps, steps, _ = bench.train_workload(model_name, bench.sizes(False, bench.on_accelerator()))
   data = bench.make_data(shape, 128)
   return bench.JaxTrainer(model, shape, data, train.make_mesh(), method="crp", eps=eps), data, shape, eps, steps
+
+
+def rewrites(model_name: str, repeats: int = 5) -> None:
+  """The crp step with :mod:`crp_jax.models._conv`'s rewrites forced on and off, on this backend.
+
+  They are on by default on the CPU only (``_conv.rewrites_enabled``); this
+  shows what they gain there and would cost on an accelerator.
+  """
+  from crp_jax.models import _conv  # pylint: disable=g-import-not-at-top
+  default, runs = _conv.rewrites_enabled, {}
+  for on in (True, False):
+    _conv.rewrites_enabled = lambda on=on: on   # read while the trainer traces its step
+    try:
+      trainer, _, _, _, steps = _trainer(model_name)
+    finally:
+      _conv.rewrites_enabled = default
+    runs[f"rewrites {'on' if on else 'off'}"] = (trainer, steps)
+    print(f"rewrites {'on' if on else 'off':3s}: compiled in {trainer.compile_s:.1f} s", flush=True)
+  times = _timing.interleave({k: functools.partial(t.run, n) for k, (t, n) in runs.items()}, repeats=repeats)
+  for name, ts in times.items():
+    print(f"{name:13s} {128 * runs[name][1] / _timing.median(ts):9.1f} img/s "
+          f"(default here: {'on' if default() else 'off'})")
 
 
 def trace(model_name: str) -> None:
@@ -178,9 +201,9 @@ def interference(model_name: str, repeats: int = 4) -> None:
 if __name__ == "__main__":
   from experiments import cli  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("command", choices=["variants", "adam", "trace", "interference"])
-  parser.add_argument("--model", choices=["lenet", "resnet18"], default=None,
-                      help="trace: lenet (default); interference: resnet18 (default)")
+  parser.add_argument("command", choices=["variants", "adam", "trace", "interference", "rewrites"])
+  parser.add_argument("--model", choices=["lenet", "resnet18", "wrn"], default=None,
+                      help="trace: lenet (default); interference, rewrites: resnet18 (default)")
   args = parser.parse_args()
   cli.setup_process("benchmarks.train_probe")
   if args.command == "variants":
@@ -189,5 +212,7 @@ if __name__ == "__main__":
     adam()
   elif args.command == "trace":
     trace(args.model or "lenet")
+  elif args.command == "rewrites":
+    rewrites(args.model or "resnet18")
   else:
     interference(args.model or "resnet18")

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import _env, run
-from crp_jax.models import LeNet, ResNet18, init_variables, max_pool_2x2
+from benchmarks import _env, _flops, run
+from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables, max_pool_2x2
 
 
 def test_smoke_without_torch(tmp_path):
@@ -30,6 +30,39 @@ def test_smoke_without_torch(tmp_path):
     assert row in written
   assert run.NO_TORCH in written and run.NO_GPU in written
   assert "img/s" in written
+
+
+def test_a_failing_row_is_recorded_and_fails_the_run(tmp_path, monkeypatch):
+  def broken(*args, **kwargs):
+    raise ValueError("boom\nsecond line")
+  monkeypatch.setattr(run, "perturbation_row", broken)
+  out = tmp_path / "results.md"
+  with pytest.raises(SystemExit, match="rows failed: perturbation"):
+    run.main(["--tiny", "--no-torch", "--rows=perturbation,lenet", "--repeats=1", f"--out={out}"])
+  written = out.read_text()
+  assert "| perturbation | failed | failed: ValueError: boom |" in written and "| FAILED |" in written
+  assert "| lenet |" in written          # the rows after it still ran
+
+
+def test_default_rows_on_this_cpu():
+  assert run.default_rows() == ["lenet", "resnet18", "attacks", "perturbation", "memory", "compile"]
+
+
+def test_model_flops_match_the_analytic_counts():
+  # LeNet: two 5x5 SAME convolutions and two dense layers, 2 FLOPs per MAC.
+  lenet = 2 * (28 * 28 * 32 * 25 * 1 + 14 * 14 * 64 * 25 * 32 + 7 * 7 * 64 * 1024 + 1024 * 10)
+  assert _flops.forward_flops(LeNet(), (28, 28, 1)) == lenet == 27_767_808
+  # WRN-28-10 on 32x32: 5.25 GMACs, the figure its paper and model zoos give; the strided
+  # convolutions count once whatever form _conv computes them in.
+  assert _flops.forward_flops(WideResNet(), (32, 32, 3)) / 2e9 == pytest.approx(5.248, abs=0.005)
+
+
+def test_datasheet_peaks_by_device_kind():
+  kind = lambda name: type("Device", (), {"device_kind": name})()
+  assert _flops.peak_bf16(kind("NVIDIA H100 80GB HBM3")) == 989.4e12
+  assert _flops.peak_bf16(kind("NVIDIA H100 PCIe")) == 756e12
+  assert _flops.peak_bf16(kind("NVIDIA H200")) == 989.4e12
+  assert _flops.peak_bf16(jax.devices()[0]) is None            # no peak for the CPU: MFU not claimed
 
 
 def test_write_results_keeps_the_notes(tmp_path):

@@ -92,3 +92,16 @@ def test_other_convolutions_fall_back_to_lax(kw):
   full = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=DN) | kw
   for a, b in zip(_grads(conv_general_dilated, x, k, **full), _grads(lax.conv_general_dilated, x, k, **full)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_other_backends_get_plain_lax(monkeypatch):
+  # On a GPU/TPU default backend nothing is rewritten: cuDNN's own backward
+  # kernels, no polyphase split, no zero-trip loop (a host sync on a GPU).
+  from crp_jax.models import _conv  # pylint: disable=g-import-not-at-top
+  x, k = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+  text = lambda conv: jax.jit(jax.grad(lambda x, k: jnp.sum(conv(
+      x, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)), argnums=(0, 1))).lower(x, k).as_text()
+  assert text(conv_general_dilated) != text(lax.conv_general_dilated)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert not _conv.rewrites_enabled()
+  assert text(conv_general_dilated) == text(lax.conv_general_dilated)

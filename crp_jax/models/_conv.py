@@ -30,7 +30,11 @@ stride-1 convolutions over the input's polyphase components
 (:func:`_strided`): its autodiff input gradient would be an input-dilated
 convolution, which XLA:CPU runs as a generic loop (0.30 s of that step).
 Dilated or grouped convolutions, negative padding and other layouts fall
-back to ``lax.conv_general_dilated`` unchanged.
+back to ``lax.conv_general_dilated`` unchanged, and so does everything when
+the default backend is not the CPU (:func:`rewrites_enabled`): cuDNN and
+the TPU compiler have fast backward kernels of their own, and the rewrites
+would cost them (the zero-trip loop of :func:`_opaque` is a device-to-host
+sync on a GPU; one strided convolution becomes several).
 """
 
 from __future__ import annotations
@@ -63,6 +67,15 @@ def _is_fast_case(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimensio
           and preferred_element_type is None and _is_nhwc_hwio(lhs, rhs, dimension_numbers))
 
 
+def rewrites_enabled() -> bool:
+  """Whether :func:`conv_general_dilated` rewrites convolutions: on the CPU backend only.
+
+  Read at trace time, from the default backend, which is where ``jax.jit``
+  compiles unless told otherwise.
+  """
+  return jax.default_backend() == "cpu"
+
+
 def conv_general_dilated(
     lhs: jax.Array,
     rhs: jax.Array,
@@ -81,8 +94,9 @@ def conv_general_dilated(
   Shapes in the fast case: ``lhs`` is ``(B, H, W, C_in)``, ``rhs`` is
   ``(kh, kw, C_in, C_out)``; the result is ``(B, H', W', C_out)``.
   """
-  if _is_fast_case(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
-                   feature_group_count, batch_group_count, preferred_element_type):
+  if rewrites_enabled() and _is_fast_case(lhs, rhs, window_strides, lhs_dilation, rhs_dilation,
+                                          dimension_numbers, feature_group_count, batch_group_count,
+                                          preferred_element_type):
     strides = (1, 1) if window_strides is None else tuple(int(s) for s in window_strides)
     if isinstance(padding, str):
       padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
