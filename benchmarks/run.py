@@ -98,7 +98,7 @@ def sizes(tiny: bool, accelerator: bool = False) -> Sizes:
                  attack_batch=8, pgd_steps=2, apgd_steps=2, memory_ks=(1, 3), memory_subset=16,
                  wrn_depth=10, wrn_width=1, wrn_steps=1, tiny=True)
   if accelerator:
-    return Sizes(lenet_steps=100, resnet_steps=20, wrn_steps=10)
+    return Sizes(lenet_steps=500, resnet_steps=50, wrn_steps=20)
   return Sizes()
 
 
@@ -217,10 +217,13 @@ def make_data(shape: tuple[int, ...], batch: int, *, num_batches: int = 4, k: in
 class JaxTrainer:
   """crp_jax's jitted train step on a mesh, run ``steps`` times per call."""
 
-  def __init__(self, model, shape: tuple[int, ...], data: Data, mesh, *, method: str, eps: float):
+  def __init__(self, model, shape: tuple[int, ...], data: Data, mesh, *, method: str, eps: float,
+               dropout_key: jax.Array | None = None):
     config = train_config(method, eps)
     tx = train.make_optimizer(config, 1000)
     keys = train.run_keys(0)
+    if dropout_key is not None:
+      keys["dropout"] = dropout_key
     self.perturbation_key = keys["perturbations"]
     state = train.create_state(model, tx, keys["init"], shape)
     self.state = jax.device_put(state, NamedSharding(mesh, P()))

@@ -7,6 +7,7 @@
     CRP_CPU_DEVICES=1 python -m benchmarks.train_probe trace --model=resnet18
     CRP_CPU_DEVICES=1 python -m benchmarks.train_probe interference   # crp_jax after torch steps
     python -m benchmarks.train_probe rewrites --model=wrn     # _conv's CPU rewrites on vs off
+    python -m benchmarks.train_probe wrn                      # WRN-28-10 bf16: batch, dropout, MFU (GPU)
 
 Batch 128 of random uint8 images, the CLI's process settings; variants run
 interleaved, 10 rounds of 4 steps, median ms per step.
@@ -148,11 +149,43 @@ def rewrites(model_name: str, repeats: int = 5) -> None:
           f"(default here: {'on' if default() else 'off'})")
 
 
+def wrn(repeats: int = 5) -> None:
+  """WRN-28-10's bf16 crp step as ``benchmarks.run`` times it, and variants, with their MFU.
+
+  Variants: no dropout (what the dropout masks cost), the dropout key on the
+  ``rbg`` generator instead of threefry, and larger batches.
+  """
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import _flops, run as bench  # pylint: disable=g-import-not-at-top
+  from crp_jax import train  # pylint: disable=g-import-not-at-top
+  s = bench.sizes(False, bench.on_accelerator())
+  model, shape, eps, steps, workload = bench.train_workload("wrn", s)
+  flops, peak = 3 * _flops.forward_flops(model, shape), _flops.peak_bf16(jax.devices()[0])
+  variants = {"as benchmarked": (model, s.train_batch, None),
+              "no dropout": (dataclasses.replace(model, dropout_rate=0.0), s.train_batch, None),
+              "rbg dropout key": (model, s.train_batch, jax.random.key(1, impl="rbg")),
+              "batch 256": (model, 256, None),
+              "batch 512": (model, 512, None)}
+  runs = {}
+  for name, (m, batch, key) in variants.items():
+    trainer = bench.JaxTrainer(m, shape, bench.make_data(shape, batch), train.make_mesh(), method="crp", eps=eps,
+                               dropout_key=key)
+    runs[name] = (trainer, batch, max(1, steps * s.train_batch // batch))
+    print(f"{name:16s} compiled in {trainer.compile_s:.1f} s", flush=True)
+  times = _timing.interleave({k: functools.partial(t.run, n) for k, (t, _, n) in runs.items()}, repeats=repeats)
+  print(f"{workload}; {flops / 1e9:.1f} GFLOP per image; peak {peak and peak / 1e12} TFLOP/s")
+  for name, ts in times.items():
+    images = runs[name][1] * runs[name][2] / _timing.median(ts)
+    mfu = f"MFU {flops * images / (peak * len(jax.devices())):.1%}" if peak else "no peak known"
+    print(f"{name:16s} {images:9.1f} img/s  {flops * images / 1e12:6.0f} TFLOP/s  {mfu}", flush=True)
+
+
 def trace(model_name: str) -> None:
   """Per-thunk milliseconds of a few crp steps, summed over devices, from a Perfetto trace."""
   import jax  # pylint: disable=g-import-not-at-top
-  trainer, steps = _trainer(model_name)[0], 5 if model_name == "lenet" else 2
-  trainer.run(1 if model_name == "lenet" else 3)
+  trainer, steps = _trainer(model_name)[0], 5 if model_name != "resnet18" else 2
+  trainer.run(3)
   with tempfile.TemporaryDirectory() as folder:
     with jax.profiler.trace(folder, create_perfetto_trace=True):
       trainer.run(steps)
@@ -201,7 +234,7 @@ def interference(model_name: str, repeats: int = 4) -> None:
 if __name__ == "__main__":
   from experiments import cli  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("command", choices=["variants", "adam", "trace", "interference", "rewrites"])
+  parser.add_argument("command", choices=["variants", "adam", "trace", "interference", "rewrites", "wrn"])
   parser.add_argument("--model", choices=["lenet", "resnet18", "wrn"], default=None,
                       help="trace: lenet (default); interference, rewrites: resnet18 (default)")
   args = parser.parse_args()
@@ -214,5 +247,7 @@ if __name__ == "__main__":
     trace(args.model or "lenet")
   elif args.command == "rewrites":
     rewrites(args.model or "resnet18")
+  elif args.command == "wrn":
+    wrn()
   else:
     interference(args.model or "resnet18")
