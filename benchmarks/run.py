@@ -31,8 +31,9 @@ the reference runs on ``cuda``, synchronised before each timer stops, and
 each repeat runs more steps (:func:`sizes`).
 
 crp_jax runs as ``python -m experiments.run`` does: one XLA CPU device per
-core (:func:`experiments.cli.setup_devices`), the batch sharded over a
-``data`` mesh, the train step from :func:`crp_jax.train.jit_train_step`.
+core (:func:`experiments.cli.setup_devices`), attack batches sharded over a
+``data`` mesh of all of them, train steps (:func:`crp_jax.train.jit_train_step`)
+on :func:`crp_jax.train.make_train_mesh` (one device per process on a CPU).
 Unless ``--plain``, the process re-executes itself once with the settings of
 :mod:`benchmarks._env` (huge pages for glibc's large blocks, Eigen
 convolutions); both contenders run under them. PyTorch and torchattacks come
@@ -462,7 +463,8 @@ def devices_line(args: argparse.Namespace) -> str:
   if backend != "cpu":
     return f"- crp_jax: {count} × {jax.devices()[0].device_kind} ({backend}), batch sharded over a `data` mesh"
   how = "`--devices`" if args.devices else "`jax_num_cpu_devices`, as `experiments/cli.py` sets it"
-  return f"- crp_jax: {count} XLA CPU device(s) ({how}), batch sharded over a `data` mesh"
+  return (f"- crp_jax: {count} XLA CPU device(s) ({how}); attack batches sharded over all of them, train "
+          f"steps on {train.make_train_mesh().devices.size} (`crp_jax.train.make_train_mesh`), as the pipeline runs them")
 
 
 def torch_line() -> str:
@@ -538,7 +540,7 @@ def main(argv: list[str] | None = None) -> str:
   s = sizes(args.tiny, on_accelerator())
   wanted = args.rows.split(",") if args.rows else default_rows()
   tr = load_torch(args.torch)
-  mesh = train.make_mesh()
+  mesh, train_mesh = train.make_mesh(), train.make_train_mesh()   # as crp_jax.pipeline uses them
   compile_times: dict[str, float] = {}
   rows: list[Row] = []
 
@@ -557,12 +559,12 @@ def main(argv: list[str] | None = None) -> str:
             "–", "", "not measured")
   # Cheap rows first, so a run cut short still records them.
   plan: list[tuple[str, Callable[[], Row | list[Row]]]] = [
-      ("lenet", lambda: train_row("lenet", "lenet", s, mesh, tr, args.repeats, compile_times)),
-      ("perturbation", lambda: perturbation_row(s, mesh, args.repeats, compile_times)),
+      ("lenet", lambda: train_row("lenet", "lenet", s, train_mesh, tr, args.repeats, compile_times)),
+      ("perturbation", lambda: perturbation_row(s, train_mesh, args.repeats, compile_times)),
       ("memory", lambda: memory_row(s)),
-      ("resnet18", lambda: train_row("resnet18", "resnet18", s, mesh, tr, args.repeats, compile_times)),
+      ("resnet18", lambda: train_row("resnet18", "resnet18", s, train_mesh, tr, args.repeats, compile_times)),
       ("attacks", lambda: attack_rows(s, mesh, tr, args.repeats, compile_times)),
-      ("wrn", lambda: wrn_row(s, mesh, args.repeats, compile_times)),
+      ("wrn", lambda: wrn_row(s, train_mesh, args.repeats, compile_times)),
   ]
   failed = []
   for name, measure in plan:

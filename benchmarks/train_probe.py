@@ -8,6 +8,7 @@
     CRP_CPU_DEVICES=1 python -m benchmarks.train_probe interference   # crp_jax after torch steps
     python -m benchmarks.train_probe rewrites --model=wrn     # _conv's CPU rewrites on vs off
     python -m benchmarks.train_probe wrn                      # WRN-28-10 bf16: batch, dropout, MFU (GPU)
+    python -m benchmarks.train_probe mesh --model=lenet       # the step on one device vs all of them
 
 Batch 128 of random uint8 images, the CLI's process settings; variants run
 interleaved, 10 rounds of 4 steps, median ms per step.
@@ -124,7 +125,7 @@ def _trainer(model_name: str):
   from crp_jax import train  # pylint: disable=g-import-not-at-top
   model, shape, eps, steps, _ = bench.train_workload(model_name, bench.sizes(False, bench.on_accelerator()))
   data = bench.make_data(shape, 128)
-  return bench.JaxTrainer(model, shape, data, train.make_mesh(), method="crp", eps=eps), data, shape, eps, steps
+  return bench.JaxTrainer(model, shape, data, train.make_train_mesh(), method="crp", eps=eps), data, shape, eps, steps
 
 
 def rewrites(model_name: str, repeats: int = 5) -> None:
@@ -169,7 +170,7 @@ def wrn(repeats: int = 5) -> None:
               "batch 512": (model, 512, None)}
   runs = {}
   for name, (m, batch, key) in variants.items():
-    trainer = bench.JaxTrainer(m, shape, bench.make_data(shape, batch), train.make_mesh(), method="crp", eps=eps,
+    trainer = bench.JaxTrainer(m, shape, bench.make_data(shape, batch), train.make_train_mesh(), method="crp", eps=eps,
                                dropout_key=key)
     runs[name] = (trainer, batch, max(1, steps * s.train_batch // batch))
     print(f"{name:16s} compiled in {trainer.compile_s:.1f} s", flush=True)
@@ -179,6 +180,21 @@ def wrn(repeats: int = 5) -> None:
     images = runs[name][1] * runs[name][2] / _timing.median(ts)
     mfu = f"MFU {flops * images / (peak * len(jax.devices())):.1%}" if peak else "no peak known"
     print(f"{name:16s} {images:9.1f} img/s  {flops * images / 1e12:6.0f} TFLOP/s  {mfu}", flush=True)
+
+
+def mesh(model_name: str, repeats: int = 10) -> None:
+  """The crp step on a one-device mesh against the all-device mesh, interleaved, in one process."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
+  from crp_jax import train  # pylint: disable=g-import-not-at-top
+  model, shape, eps, steps, _ = bench.train_workload(model_name, bench.sizes(False, bench.on_accelerator()))
+  data = bench.make_data(shape, 128)
+  runs = {f"{n} device(s)": bench.JaxTrainer(model, shape, data, train.make_mesh(jax.devices()[:n]),
+                                             method="crp", eps=eps)
+          for n in (1, len(jax.devices()))}
+  times = _timing.interleave({k: functools.partial(t.run, steps) for k, t in runs.items()}, repeats=repeats)
+  for name, ts in times.items():
+    print(f"{name:12s} {128 * steps / _timing.median(ts):8.1f} img/s (±{50 * _timing.spread(ts):.0f}%)")
 
 
 def trace(model_name: str) -> None:
@@ -234,7 +250,7 @@ def interference(model_name: str, repeats: int = 4) -> None:
 if __name__ == "__main__":
   from experiments import cli  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("command", choices=["variants", "adam", "trace", "interference", "rewrites", "wrn"])
+  parser.add_argument("command", choices=["variants", "adam", "trace", "interference", "rewrites", "wrn", "mesh"])
   parser.add_argument("--model", choices=["lenet", "resnet18", "wrn"], default=None,
                       help="trace: lenet (default); interference, rewrites: resnet18 (default)")
   args = parser.parse_args()
@@ -249,5 +265,7 @@ if __name__ == "__main__":
     rewrites(args.model or "resnet18")
   elif args.command == "wrn":
     wrn()
+  elif args.command == "mesh":
+    mesh(args.model or "lenet")
   else:
     interference(args.model or "resnet18")

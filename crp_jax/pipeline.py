@@ -74,7 +74,7 @@ def train_one(config: ml_collections.ConfigDict, workdir: str, train_split: data
   model = model_for(config, train_split.num_classes)
   start = time.perf_counter()
   state = train.fit(config, workdir, model, train_split, mesh, progress=progress)
-  info = {"steps": int(state.step), "seconds": time.perf_counter() - start}
+  info = {"steps": int(state.step), "seconds": time.perf_counter() - start, "devices": int(mesh.devices.size)}
   return Trained(config, model, state.variables()), info
 
 
@@ -152,11 +152,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   """
   train_split, test = prepare(config, workdir, allow_config_change=allow_config_change)
   io.remove_stale_temps(workdir)
-  mesh = train.make_mesh()
+  mesh, train_mesh = train.make_mesh(), train.make_train_mesh()
   entries, training, evaluations = {}, {}, {}
   for m in methods_of(config):
     entries[m], training[m] = train_one(method_config(config, m), os.path.join(workdir, m), train_split,
-                                        mesh=mesh, progress=progress)
+                                        mesh=train_mesh, progress=progress)
     evaluations[m] = evaluate_one(entries[m], test, mesh=mesh, progress=progress)
   transfer = transfer_correct(entries, test, mesh=mesh, progress=progress) if config.eval.strong else {}
   final = finish(entries, evaluations, transfer, test.num_classes)

@@ -103,7 +103,8 @@ def describe_run(result: dict[str, Any]) -> str:
            f"{' + clean' if c['include_clean'] else ''}")
   subset = f", {c['train_subset']} train examples" if c["train_subset"] else ""
   return (f"{train}; {c['model']} on {c['dataset']}{subset}, {c['epochs']} epochs = {t['steps']} "
-          f"steps of batch {c['batch_size']}, seed {c['seed']}, {t['seconds']:.0f} s to train")
+          f"steps of batch {c['batch_size']}, seed {c['seed']}, {t['seconds']:.0f} s to train"
+          + (f" on {t['devices']} device(s)" if t.get("devices") else ""))
 
 
 def markdown_report(results: Results, command: str) -> str:

@@ -42,6 +42,7 @@ def test_tfds_dataset_trains_under_mock_data(dataset, tmp_path, monkeypatch):
     assert (out / name).exists(), name
   result = json.loads((out / "results.json").read_text())
   assert result["training"]["steps"] == 48 * 3 // 16
+  assert result["training"]["devices"] == 1 and result["device_count"] == 4   # make_train_mesh on a CPU
   assert result["evaluation"]["paper"]["num_test"] == 48
   assert set(result["evaluation"]["paper"]["accuracy"]) >= {"clean", "fgsm", "pgd2"}
 
@@ -59,6 +60,13 @@ def test_one_and_four_devices_agree(tmp_path):
   assert int(one.step) == int(four.step) == 128 * 3 // 16
   for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
+
+
+def test_train_mesh_is_one_device_per_process_on_a_cpu_only(monkeypatch):
+  assert train.make_mesh().devices.size == 4
+  assert train.make_train_mesh().devices.tolist() == [jax.devices()[0]]
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")   # accelerators train on every device
+  assert train.make_train_mesh().devices.size == 4
 
 
 def test_resume_gives_identical_parameters(tmp_path):
