@@ -197,27 +197,79 @@ def mesh(model_name: str, repeats: int = 10) -> None:
     print(f"{name:12s} {128 * steps / _timing.median(ts):8.1f} img/s (±{50 * _timing.spread(ts):.0f}%)")
 
 
+_GPU_KINDS = (("convolution (cuDNN)", r"conv|xmma|implicit_gemm|cudnn"), ("matmul", r"gemm|cublas|nvjet|cutlass"),
+              ("reduction fusion", r"reduce"), ("other fusion", r"fusion"))
+
+
+def _gpu_kind(kernel: str) -> str:
+  return next((kind for kind, pattern in _GPU_KINDS if re.search(pattern, kernel, re.I)), "other")
+
+
+def _durations(events: list[dict]) -> tuple[collections.Counter, collections.Counter, bool]:
+  """Microseconds per event name and per trace line; on a GPU, of its kernel streams only.
+
+  A GPU's process also holds derived lines (XLA ops, modules) over the same
+  time as its streams, so only lines named like a stream are summed there.
+  """
+  processes = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+               if e.get("ph") == "M" and e.get("name") == "process_name"}
+  devices = {pid for pid, name in processes.items() if "gpu" in name.lower()}
+  threads = {(e["pid"], e["tid"]): e.get("args", {}).get("name", "") for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name" and e.get("pid") in devices}
+  streams = {k for k, name in threads.items() if "stream" in name.lower()} or set(threads)
+  total: collections.Counter = collections.Counter()
+  per_thread: collections.Counter = collections.Counter()
+  for e in events:
+    if e.get("ph") != "X" or (devices and e.get("pid") not in devices):
+      continue
+    line = (e["pid"], e.get("tid"))
+    per_thread[threads.get(line, "host")] += e.get("dur", 0)
+    if not devices or line in streams:
+      total[e["name"]] += e.get("dur", 0)
+  return total, per_thread, bool(devices)
+
+
 def trace(model_name: str) -> None:
-  """Per-thunk milliseconds of a few crp steps, summed over devices, from a Perfetto trace."""
+  """Per-thunk milliseconds of a few crp steps, summed over devices, from a Perfetto trace.
+
+  On a GPU only the device's kernels count, grouped by kind, against the step's wall time.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   trainer, steps = _trainer(model_name)[0], 5 if model_name != "resnet18" else 2
   trainer.run(3)
+  wall = _timing.median([_timing.timed(functools.partial(trainer.run, steps)) for _ in range(3)]) / steps
   with tempfile.TemporaryDirectory() as folder:
     with jax.profiler.trace(folder, create_perfetto_trace=True):
       trainer.run(steps)
     with gzip.open(glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)[0]) as f:
       events = json.load(f)["traceEvents"]
-  total: collections.Counter = collections.Counter()
-  for e in events:
-    if e.get("ph") == "X":
-      total[e["name"]] += e.get("dur", 0)
-  kinds: collections.Counter = collections.Counter()
-  for name, us in total.items():  # "transpose_copy_fusion.46" -> "transpose_copy_fusion"
-    kinds[re.sub(r"\.\d+$", "", name)] += us
-  for title, counts in (("by kind", kinds), ("by thunk", total)):
-    print(f"-- {title} (ms per step, summed over devices)")
-    for name, us in counts.most_common(30):
-      print(f"{us / (1e3 * steps):8.1f}  {name[:100]}")
+  total, per_thread, devices = _durations(events)
+  ms = lambda us: us / (1e3 * steps)
+  print(f"wall time {1e3 * wall:.2f} ms per step (untraced)")
+  if devices:
+    print("-- GPU trace lines (ms per step): " + ", ".join(f"{n}: {ms(us):.2f}" for n, us in per_thread.most_common()))
+    kinds: collections.Counter = collections.Counter()
+    for name, us in total.items():
+      kinds[_gpu_kind(name)] += us
+    print(f"-- GPU kernels by kind (ms per step; all kernels {ms(sum(total.values())):.2f} ms)")
+    for name, us in kinds.most_common():
+      print(f"{ms(us):8.2f}  {name}")
+    from benchmarks import _flops, run as bench  # pylint: disable=g-import-not-at-top
+    model, shape = bench.train_workload(model_name, bench.sizes(False, True))[:2]
+    flops = 3 * _flops.forward_flops(model, shape) * 128
+    busy = ms(kinds["convolution (cuDNN)"] + kinds["matmul"]) / 1e3
+    print(f"model FLOPs {flops / 1e12:.2f} T per step: {flops / wall / 1e12:.0f} TFLOP/s over the wall time, "
+          f"{flops / busy / 1e12:.0f} TFLOP/s over the convolution and matmul kernels' time")
+  else:
+    kinds = collections.Counter()
+    for name, us in total.items():  # "transpose_copy_fusion.46" -> "transpose_copy_fusion"
+      kinds[re.sub(r"\.\d+$", "", name)] += us
+    print("-- by kind (ms per step, summed over devices)")
+    for name, us in kinds.most_common(30):
+      print(f"{ms(us):8.1f}  {name[:100]}")
+  print("-- by thunk or kernel (ms per step, summed over devices)")
+  for name, us in total.most_common(30):
+    print(f"{ms(us):8.2f}  {name[:110]}")
 
 
 def interference(model_name: str, repeats: int = 4) -> None:
