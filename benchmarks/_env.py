@@ -5,15 +5,59 @@ YNNPACK for single convolutions) are the entry points' own, defined and
 explained in :mod:`experiments.process`; the harness re-executes itself with
 them, as ``python -m experiments.run`` does, unless ``--plain`` is given.
 The device count is set by :func:`experiments.cli.setup_devices`, as for
-the real command line.
+the real command line. The benchmark's own addition is the allocator
+(:func:`allocator_preload`): tcmalloc when installed, for both contenders.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
 
 from experiments.process import HUGETLB, XLA_CPU_FLAGS, reexec_tuned, tuned_env  # noqa: F401
+
+
+PRELOAD_MARK = "CRP_BENCH_PRELOADED"
+TCMALLOC_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
+                 "/usr/local/lib")
+
+
+def find_tcmalloc(dirs: tuple[str, ...] = TCMALLOC_DIRS) -> str | None:
+  """The path of gperftools' ``libtcmalloc_minimal.so.4`` (or ``libtcmalloc.so.4``), if installed."""
+  for name in ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"):
+    for d in dirs:
+      hits = glob.glob(os.path.join(d, name))
+      if hits:
+        return hits[0]
+  return None
+
+
+def allocator_preload(choice: str, found: str | None) -> str | None:
+  """What to ``LD_PRELOAD`` for ``--allocator`` (``auto``, ``tcmalloc``, ``glibc``); ``None``: glibc malloc.
+
+  With glibc's malloc, the two frameworks in one process hand each other's
+  freed pages back to the kernel, and whichever runs next pays to fault them
+  in again (2.5–3 s of system time per ResNet-18 step for crp_jax after
+  torch; for torch after crp_jax under jemalloc). tcmalloc keeps freed memory
+  in the process, and each runs as fast as alone; see benchmarks/results.md.
+  """
+  if choice == "glibc" or (choice == "auto" and found is None):
+    return None
+  if found is None:
+    raise SystemExit("--allocator=tcmalloc: libtcmalloc_minimal.so.4 not found "
+                     "(apt install libtcmalloc-minimal4), or pass --allocator=glibc")
+  return found
+
+
+def loaded_allocator() -> str:
+  """``tcmalloc``/``jemalloc`` if mapped into this process, else ``glibc malloc``."""
+  try:
+    with open("/proc/self/maps") as f:
+      maps = f.read()
+  except OSError:
+    return "unknown"
+  return next((name for name in ("tcmalloc", "jemalloc") if f"lib{name}" in maps), "glibc malloc")
 
 
 def cpu_model() -> str:

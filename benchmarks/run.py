@@ -467,6 +467,12 @@ def devices_line(args: argparse.Namespace) -> str:
           f"steps on {train.make_train_mesh().devices.size} (`crp_jax.train.make_train_mesh`), as the pipeline runs them")
 
 
+def allocator_line() -> str:
+  name = _env.loaded_allocator()
+  preload = os.environ.get("LD_PRELOAD", "")
+  return f"{name}, for both contenders" + (f" (`LD_PRELOAD={preload}`; `--allocator`)" if preload else "")
+
+
 def torch_line() -> str:
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -489,6 +495,7 @@ def report(rows: list[Row], args: argparse.Namespace, started: str, seconds: flo
       f"- process settings: XLA_FLAGS=`{os.environ.get('XLA_FLAGS', '')}`, "
       f"GLIBC_TUNABLES=`{os.environ.get('GLIBC_TUNABLES', '')}`"
       + (" (`--plain`: none added)" if args.plain else " (see `benchmarks/_env.py`)"),
+      f"- allocator: {allocator_line()}",
       "- versions: " + ", ".join(f"{k} {val}" for k, val in _env.versions().items()),
       torch_line(),
       f"- {args.repeats} timed repeats after one warm-up round, contenders interleaved; "
@@ -523,6 +530,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument("--tiny", action="store_true", help="smoke-test sizes")
   parser.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch reference")
   parser.add_argument("--plain", action="store_true", help="no process tuning (see benchmarks/_env.py)")
+  parser.add_argument("--allocator", choices=["auto", "tcmalloc", "glibc"], default="auto",
+                      help="malloc of the process, both contenders (auto: tcmalloc if installed; "
+                      "see benchmarks/_env.allocator_preload)")
   parser.add_argument("--devices", type=int, default=None,
                       help="XLA CPU devices (default: one per core, as experiments.run)")
   args = parser.parse_args(argv)
@@ -593,6 +603,10 @@ def guarded(name: str, measure: Callable[[], Row | list[Row]]) -> list[Row]:
 if __name__ == "__main__":
   _args = parse_args(None)
   if not _args.plain:
+    _preload = _env.allocator_preload(_args.allocator, _env.find_tcmalloc())
+    if _preload and os.environ.get(_env.PRELOAD_MARK) != "1":   # read by the re-executed process
+      os.environ["LD_PRELOAD"] = " ".join(filter(None, [os.environ.get("LD_PRELOAD", ""), _preload]))
+      os.environ[_env.PRELOAD_MARK] = "1"
     _env.reexec_tuned("benchmarks.run", sys.argv[1:])
   if _args.devices:
     os.environ["CRP_CPU_DEVICES"] = str(_args.devices)

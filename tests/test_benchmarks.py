@@ -44,6 +44,19 @@ def test_a_failing_row_is_recorded_and_fails_the_run(tmp_path, monkeypatch):
   assert "| lenet |" in written          # the rows after it still ran
 
 
+def test_allocator_choice(tmp_path):
+  lib = tmp_path / "libtcmalloc_minimal.so.4"
+  lib.write_bytes(b"")
+  found = _env.find_tcmalloc((str(tmp_path / "missing"), str(tmp_path)))
+  assert found == str(lib)
+  assert _env.find_tcmalloc((str(tmp_path / "missing"),)) is None
+  assert _env.allocator_preload("auto", found) == found
+  assert _env.allocator_preload("auto", None) is None and _env.allocator_preload("glibc", found) is None
+  with pytest.raises(SystemExit, match="apt install libtcmalloc-minimal4"):
+    _env.allocator_preload("tcmalloc", None)
+  assert _env.loaded_allocator() in ("glibc malloc", "tcmalloc", "jemalloc")
+
+
 def test_default_rows_on_this_cpu():
   assert run.default_rows() == ["lenet", "resnet18", "attacks", "perturbation", "memory", "compile"]
 
