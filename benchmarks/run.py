@@ -362,10 +362,14 @@ def perturbation_row(s: Sizes, mesh, repeats: int, compile_times: dict[str, floa
   crp = JaxTrainer(LeNet(), (28, 28, 1), data, mesh, method="crp", eps=0.3)
   std = JaxTrainer(LeNet(), (28, 28, 1), data, mesh, method="standard", eps=0.3)
   compile_times["LeNet train step (standard)"] = std.compile_s
-  times = _timing.interleave({"crp": lambda: crp.run(s.lenet_steps), "standard": lambda: std.run(s.lenet_steps)},
-                             repeats=4 * repeats)
-  # Each crp repeat against the standard one right after it: the pair shares
-  # the machine's state, so slow drifts of this noisy VM cancel.
+  run_crp, run_std = lambda: crp.run(s.lenet_steps), lambda: std.run(s.lenet_steps)
+  # Each crp repeat against the standard one next to it: the pair shares the
+  # machine's state, so slow drifts of this noisy VM cancel; half the pairs
+  # run crp first and half standard first, so an order effect cancels too.
+  # 50 pairs at the default 5 repeats: with 20, the median still moved by ±3%.
+  first = _timing.interleave({"crp": run_crp, "standard": run_std}, repeats=5 * repeats)
+  second = _timing.interleave({"standard": run_std, "crp": run_crp}, repeats=5 * repeats, warmup=0)
+  times = {k: first[k] + second[k] for k in first}
   overhead = 100 * (_timing.median([c / t for c, t in zip(times["crp"], times["standard"])]) - 1)
   items = s.train_batch * s.lenet_steps
   return Row("perturbation", f"LeNet step, batch {s.train_batch}: `crp` (δ drawn in the step) vs `standard`; "
