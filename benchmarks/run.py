@@ -384,17 +384,17 @@ def perturbation_row(s: Sizes, mesh, repeats: int, compile_times: dict[str, floa
 def wrn_row(s: Sizes, mesh, repeats: int, compile_times: dict[str, float]) -> Row:
   """WRN-28-10's bf16 ``crp`` step: images/s and MFU (train FLOPs = 3 × forward, see ``_flops``)."""
   model, shape, eps, steps, workload = train_workload("wrn", s)
-  ours = JaxTrainer(model, shape, make_data(shape, s.train_batch), mesh, method="crp", eps=eps)
-  compile_times[f"WRN-{s.wrn_depth}-{s.wrn_width} bf16 train step (crp)"] = ours.compile_s
-  times = _timing.interleave({"ours": lambda: ours.run(steps)}, repeats=repeats)
+  trainer = JaxTrainer(model, shape, make_data(shape, s.train_batch), mesh, method="crp", eps=eps)
+  compile_times[f"WRN-{s.wrn_depth}-{s.wrn_width} bf16 train step (crp)"] = trainer.compile_s
+  times = _timing.interleave({"ours": lambda: trainer.run(steps)}, repeats=repeats)
   items = s.train_batch * steps
-  flops, devices = 3 * _flops.forward_flops(model, shape), len(jax.devices())
-  achieved = flops * rate(times["ours"], items)              # model FLOP/s over all devices
-  peak = _flops.peak_bf16(jax.devices()[0])
+  flops, devices = 3 * _flops.forward_flops(model, shape), mesh.devices.size
+  achieved = flops * rate(times["ours"], items)              # model FLOP/s over the mesh's devices
+  peak = _flops.peak_bf16(mesh.devices.flat[0])
   workload += f"; {flops / 1e9:.1f} GFLOP per image (3 × forward); {steps} step(s) per repeat"
   ours = fmt_rate(times["ours"], items) + f"; {achieved / 1e12:.0f} TFLOP/s"
   if peak is None:
-    return Row("wrn", workload, ours, f"no bf16 peak known for {jax.devices()[0].device_kind}", "–",
+    return Row("wrn", workload, ours, f"no bf16 peak known for {mesh.devices.flat[0].device_kind}", "–",
                "≥50% MFU", "not measured")
   matmul = _flops.matmul_bf16()
   mfu = achieved / (devices * peak)
