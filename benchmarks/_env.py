@@ -14,11 +14,11 @@ from __future__ import annotations
 import glob
 import os
 import platform
+from typing import Mapping
 
 from experiments.process import HUGETLB, XLA_CPU_FLAGS, reexec_tuned, tuned_env  # noqa: F401
 
 
-PRELOAD_MARK = "CRP_BENCH_PRELOADED"
 TCMALLOC_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
                  "/usr/local/lib")
 
@@ -48,6 +48,14 @@ def allocator_preload(choice: str, found: str | None) -> str | None:
     raise SystemExit("--allocator=tcmalloc: libtcmalloc_minimal.so.4 not found "
                      "(apt install libtcmalloc-minimal4), or pass --allocator=glibc")
   return found
+
+
+def allocator_env(choice: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+  """The ``LD_PRELOAD`` that gives the re-executed harness the ``--allocator`` it asks for (or nothing)."""
+  preload = allocator_preload(choice, find_tcmalloc())
+  if preload is None:
+    return {}
+  return {"LD_PRELOAD": " ".join(filter(None, [environ.get("LD_PRELOAD", ""), preload]))}
 
 
 def loaded_allocator() -> str:

@@ -422,7 +422,8 @@ def memory_command(workdir: str, k: int, subset: int, batch: int = 128) -> list[
   """A short real run (``python -m experiments.run``) with K perturbations per example."""
   return [sys.executable, "-m", "experiments.run", f"--workdir={workdir}", "--dataset=mnist5k",
           "--method=crp", "--config.compare_with=", f"--config.num_perturbations={k}",
-          f"--config.train_subset={subset}", f"--config.batch_size={batch}", "--config.epochs=1", "--config.eval.strong=False",
+          f"--config.train_subset={subset}", f"--config.batch_size={batch}", "--config.epochs=1",
+          "--config.eval.strong=False",
           "--config.eval.attack_subset=16", "--config.eval.pgd_steps=(1,)",
           "--config.eval.extra_step_size=0.0", "--progress=False"]
 
@@ -436,8 +437,8 @@ def memory_row(s: Sizes) -> Row:
   root = tempfile.mkdtemp(prefix="crp_bench_mem_")
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
-    rss = {k: peak_rss_mib(memory_command(os.path.join(root, f"k{k}"), k, s.memory_subset, s.train_batch), cwd=repo)
-           for k in s.memory_ks}
+    rss = {k: peak_rss_mib(memory_command(os.path.join(root, f"k{k}"), k, s.memory_subset, s.train_batch),
+                           cwd=repo) for k in s.memory_ks}
   finally:
     shutil.rmtree(root, ignore_errors=True)
   k1, k2 = s.memory_ks
@@ -607,11 +608,7 @@ def guarded(name: str, measure: Callable[[], Row | list[Row]]) -> list[Row]:
 if __name__ == "__main__":
   _args = parse_args(None)
   if not _args.plain:
-    _preload = _env.allocator_preload(_args.allocator, _env.find_tcmalloc())
-    if _preload and os.environ.get(_env.PRELOAD_MARK) != "1":   # read by the re-executed process
-      os.environ["LD_PRELOAD"] = " ".join(filter(None, [os.environ.get("LD_PRELOAD", ""), _preload]))
-      os.environ[_env.PRELOAD_MARK] = "1"
-    _env.reexec_tuned("benchmarks.run", sys.argv[1:])
+    _env.reexec_tuned("benchmarks.run", sys.argv[1:], _env.allocator_env(_args.allocator))
   if _args.devices:
     os.environ["CRP_CPU_DEVICES"] = str(_args.devices)
   from experiments import cli  # pylint: disable=g-import-not-at-top

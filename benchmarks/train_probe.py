@@ -25,7 +25,7 @@ import json
 import re
 import resource
 import tempfile
-from typing import Callable
+from typing import Any, Callable
 
 from benchmarks import _timing
 
@@ -128,6 +128,12 @@ def _trainer(model_name: str):
   return bench.JaxTrainer(model, shape, data, train.make_train_mesh(), method="crp", eps=eps), data, shape, eps, steps
 
 
+def _rates(runs: dict[str, tuple[Any, int, int]], repeats: int) -> dict[str, tuple[float, float]]:
+  """``runs[name] = (trainer, steps, batch)`` interleaved: images/s at the median repeat, and the spread."""
+  times = _timing.interleave({k: functools.partial(t.run, n) for k, (t, n, _) in runs.items()}, repeats=repeats)
+  return {k: (runs[k][1] * runs[k][2] / _timing.median(ts), _timing.spread(ts)) for k, ts in times.items()}
+
+
 def rewrites(model_name: str, repeats: int = 5) -> None:
   """The crp step with :mod:`crp_jax.models._conv`'s rewrites forced on and off, on this backend.
 
@@ -142,12 +148,10 @@ def rewrites(model_name: str, repeats: int = 5) -> None:
       trainer, _, _, _, steps = _trainer(model_name)
     finally:
       _conv.rewrites_enabled = default
-    runs[f"rewrites {'on' if on else 'off'}"] = (trainer, steps)
+    runs[f"rewrites {'on' if on else 'off'}"] = (trainer, steps, 128)
     print(f"rewrites {'on' if on else 'off':3s}: compiled in {trainer.compile_s:.1f} s", flush=True)
-  times = _timing.interleave({k: functools.partial(t.run, n) for k, (t, n) in runs.items()}, repeats=repeats)
-  for name, ts in times.items():
-    print(f"{name:13s} {128 * runs[name][1] / _timing.median(ts):9.1f} img/s "
-          f"(default here: {'on' if default() else 'off'})")
+  for name, (images, _) in _rates(runs, repeats).items():
+    print(f"{name:13s} {images:9.1f} img/s (default here: {'on' if default() else 'off'})")
 
 
 def wrn(repeats: int = 5) -> None:
@@ -162,7 +166,8 @@ def wrn(repeats: int = 5) -> None:
   from crp_jax import train  # pylint: disable=g-import-not-at-top
   s = bench.sizes(False, bench.on_accelerator())
   model, shape, eps, steps, workload = bench.train_workload("wrn", s)
-  flops, peak = 3 * _flops.forward_flops(model, shape), _flops.peak_bf16(jax.devices()[0])
+  mesh_ = train.make_train_mesh()
+  flops, peak = 3 * _flops.forward_flops(model, shape), _flops.peak_bf16(mesh_.devices.flat[0])
   variants = {"as benchmarked": (model, s.train_batch, None),
               "no dropout": (dataclasses.replace(model, dropout_rate=0.0), s.train_batch, None),
               "rbg dropout key": (model, s.train_batch, jax.random.key(1, impl="rbg")),
@@ -170,15 +175,14 @@ def wrn(repeats: int = 5) -> None:
               "batch 512": (model, 512, None)}
   runs = {}
   for name, (m, batch, key) in variants.items():
-    trainer = bench.JaxTrainer(m, shape, bench.make_data(shape, batch), train.make_train_mesh(), method="crp", eps=eps,
+    trainer = bench.JaxTrainer(m, shape, bench.make_data(shape, batch), mesh_, method="crp", eps=eps,
                                dropout_key=key)
-    runs[name] = (trainer, batch, max(1, steps * s.train_batch // batch))
+    runs[name] = (trainer, max(1, steps * s.train_batch // batch), batch)
     print(f"{name:16s} compiled in {trainer.compile_s:.1f} s", flush=True)
-  times = _timing.interleave({k: functools.partial(t.run, n) for k, (t, _, n) in runs.items()}, repeats=repeats)
+  rates = _rates(runs, repeats)
   print(f"{workload}; {flops / 1e9:.1f} GFLOP per image; peak {peak and peak / 1e12} TFLOP/s")
-  for name, ts in times.items():
-    images = runs[name][1] * runs[name][2] / _timing.median(ts)
-    mfu = f"MFU {flops * images / (peak * len(jax.devices())):.1%}" if peak else "no peak known"
+  for name, (images, _) in rates.items():
+    mfu = f"MFU {flops * images / (peak * mesh_.devices.size):.1%}" if peak else "no peak known"
     print(f"{name:16s} {images:9.1f} img/s  {flops * images / 1e12:6.0f} TFLOP/s  {mfu}", flush=True)
 
 
@@ -189,12 +193,11 @@ def mesh(model_name: str, repeats: int = 10) -> None:
   from crp_jax import train  # pylint: disable=g-import-not-at-top
   model, shape, eps, steps, _ = bench.train_workload(model_name, bench.sizes(False, bench.on_accelerator()))
   data = bench.make_data(shape, 128)
-  runs = {f"{n} device(s)": bench.JaxTrainer(model, shape, data, train.make_mesh(jax.devices()[:n]),
-                                             method="crp", eps=eps)
+  runs = {f"{n} device(s)": (bench.JaxTrainer(model, shape, data, train.make_mesh(jax.devices()[:n]),
+                                              method="crp", eps=eps), steps, 128)
           for n in (1, len(jax.devices()))}
-  times = _timing.interleave({k: functools.partial(t.run, steps) for k, t in runs.items()}, repeats=repeats)
-  for name, ts in times.items():
-    print(f"{name:12s} {128 * steps / _timing.median(ts):8.1f} img/s (±{50 * _timing.spread(ts):.0f}%)")
+  for name, (images, spread) in _rates(runs, repeats).items():
+    print(f"{name:12s} {images:8.1f} img/s (±{50 * spread:.0f}%)")
 
 
 _GPU_KINDS = (("convolution (cuDNN)", r"conv|xmma|implicit_gemm|cudnn"), ("matmul", r"gemm|cublas|nvjet|cutlass"),

@@ -55,8 +55,8 @@ def tuned_env(environ: Mapping[str, str]) -> dict[str, str]:
   return env
 
 
-def reexec_tuned(module: str, argv: list[str]) -> None:
-  """Re-executes ``python -m module argv`` once with :func:`tuned_env`; returns in the child.
+def reexec_tuned(module: str, argv: list[str], extra: Mapping[str, str] | None = None) -> None:
+  """Re-executes ``python -m module argv`` once with :func:`tuned_env` and ``extra``; returns in the child.
 
   Only on Linux with glibc (elsewhere the settings mean nothing), and not
   with ``CRP_PLAIN_PROCESS=1``.
@@ -65,7 +65,7 @@ def reexec_tuned(module: str, argv: list[str]) -> None:
     return
   if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
     return
-  env = tuned_env(os.environ)
+  env = {**tuned_env(os.environ), **(extra or {})}
   env[_MARK] = "1"
   sys.stdout.flush()
   sys.stderr.flush()
