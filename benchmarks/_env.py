@@ -2,7 +2,7 @@
 
 The process settings (huge pages for glibc's large blocks, Eigen instead of
 YNNPACK for single convolutions) are the entry points' own, defined and
-explained in :mod:`experiments.process`; the harness re-executes itself with
+explained in :mod:`crp_jax.runner.process`; the harness re-executes itself with
 them, as ``python -m experiments.run`` does, unless ``--plain`` is given.
 The device count is set by :func:`experiments.cli.setup_devices`, as for
 the real command line. The benchmark's own addition is the allocator
@@ -16,7 +16,7 @@ import os
 import platform
 from typing import Mapping
 
-from experiments.process import HUGETLB, XLA_CPU_FLAGS, reexec_tuned, tuned_env  # noqa: F401
+from crp_jax.runner.process import HUGETLB, XLA_CPU_FLAGS, reexec_tuned, tuned_env  # noqa: F401
 
 
 TCMALLOC_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",

@@ -17,7 +17,8 @@ import time
 def main(workdir: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from crp_jax import data, diagnostics, evaluate, pipeline, train  # pylint: disable=g-import-not-at-top
+  from crp_jax import data  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import diagnostics, evaluate, pipeline, train  # pylint: disable=g-import-not-at-top
   trained = pipeline.load_trained(workdir)
   cfg = trained.config.eval
   test = data.load_split(trained.config.dataset, "test")

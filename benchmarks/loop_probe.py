@@ -20,7 +20,7 @@ def main(plain: bool) -> None:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   import crp_jax.models.lenet as lenet  # pylint: disable=g-import-not-at-top
-  from crp_jax import train  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
   from crp_jax.attacks import _core  # pylint: disable=g-import-not-at-top
   if plain:
     lenet.conv_general_dilated = jax.lax.conv_general_dilated

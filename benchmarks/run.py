@@ -62,7 +62,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import _env, _flops, _timing
-from crp_jax import attacks, train
+from crp_jax import attacks
+from crp_jax.runner import train
 from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables
 from crp_jax.perturbations import make_delta
 

@@ -58,7 +58,7 @@ def variants() -> None:
   import optax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
-  from crp_jax import train  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
   from crp_jax.data import to_float  # pylint: disable=g-import-not-at-top
   from crp_jax.models import LeNet  # pylint: disable=g-import-not-at-top
   mesh, model = train.make_mesh(), LeNet()
@@ -100,7 +100,7 @@ def adam() -> None:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from crp_jax import train  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
   from crp_jax.models import LeNet  # pylint: disable=g-import-not-at-top
   mesh, model, tx = train.make_mesh(), LeNet(), optax.adam(1e-3)
   shard, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
@@ -122,7 +122,7 @@ def adam() -> None:
 def _trainer(model_name: str):
   """crp_jax's crp step as ``benchmarks.run`` times it: ``(trainer, data, shape, ε, steps per repeat)``."""
   from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
-  from crp_jax import train  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
   model, shape, eps, steps, _ = bench.train_workload(model_name, bench.sizes(False, bench.on_accelerator()))
   data = bench.make_data(shape, 128)
   return bench.JaxTrainer(model, shape, data, train.make_train_mesh(), method="crp", eps=eps), data, shape, eps, steps
@@ -163,7 +163,7 @@ def wrn(repeats: int = 5) -> None:
   import dataclasses  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import _flops, run as bench  # pylint: disable=g-import-not-at-top
-  from crp_jax import train  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
   s = bench.sizes(False, bench.on_accelerator())
   model, shape, eps, steps, workload = bench.train_workload("wrn", s)
   mesh_ = train.make_train_mesh()
@@ -190,7 +190,7 @@ def mesh(model_name: str, repeats: int = 10) -> None:
   """The crp step on a one-device mesh against the all-device mesh, interleaved, in one process."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
-  from crp_jax import train  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
   model, shape, eps, steps, _ = bench.train_workload(model_name, bench.sizes(False, bench.on_accelerator()))
   data = bench.make_data(shape, 128)
   runs = {f"{n} device(s)": (bench.JaxTrainer(model, shape, data, train.make_mesh(jax.devices()[:n]),

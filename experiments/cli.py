@@ -35,10 +35,10 @@ def setup_process(module: str) -> None:
   """Everything an entry point sets before JAX starts (call it first in ``__main__``).
 
   Re-executes ``python -m module`` once with the CPU settings of
-  :mod:`experiments.process`, then sets the device count and the
+  :mod:`crp_jax.runner.process`, then sets the device count and the
   persistent compilation cache.
   """
-  from experiments import process  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import process  # pylint: disable=g-import-not-at-top
   process.reexec_tuned(module, sys.argv[1:])
   setup_devices()
   process.setup_compilation_cache()
@@ -109,10 +109,10 @@ def default_workdir(config) -> str:
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
   """Turns the library's user-facing errors into one line and an exit status."""
-  from crp_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
-  from crp_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner.config import ConfigError  # pylint: disable=g-import-not-at-top
   from crp_jax.data import DataError  # pylint: disable=g-import-not-at-top
-  from crp_jax.train import DivergenceError  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner.train import DivergenceError  # pylint: disable=g-import-not-at-top
   try:
     yield
   except (ConfigError, DataError, CheckpointError) as e:

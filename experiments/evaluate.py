@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   overrides = {f: flags.FLAGS[f].value for f in _EVAL_FLAGS if flags.FLAGS[f].value is not None}
   command = "python -m experiments.evaluate " + shlex.join(sys.argv[1:])
-  from crp_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import pipeline  # pylint: disable=g-import-not-at-top
   with cli.user_errors():
     print(pipeline.evaluate_saved(flags.FLAGS.workdir, eval_overrides=overrides,
                                   progress=flags.FLAGS.progress, command=command))

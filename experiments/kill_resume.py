@@ -37,7 +37,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from crp_jax.checkpoint import QUARANTINE_DIR
+from crp_jax.runner.checkpoint import QUARANTINE_DIR
 
 
 

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
                                 tfds_data_dir=flags.FLAGS.tfds_data_dir)
   workdir = flags.FLAGS.workdir or cli.default_workdir(config)
   command = "python -m experiments.run " + shlex.join(sys.argv[1:])
-  from crp_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import pipeline  # pylint: disable=g-import-not-at-top
   with cli.user_errors():
     print(pipeline.run(config, workdir, progress=flags.FLAGS.progress,
                        allow_config_change=flags.FLAGS.allow_config_change, command=command))

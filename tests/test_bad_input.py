@@ -243,7 +243,8 @@ def test_bad_invocation_fails_cleanly(case: Case, outcomes):
 
 def test_empty_split_is_refused_before_anything_is_written(tmp_path, monkeypatch):
   """An empty split cannot be made from the CLI without test hooks, so this runs at library level."""
-  from crp_jax import data, pipeline  # pylint: disable=g-import-not-at-top
+  from crp_jax import data  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import pipeline  # pylint: disable=g-import-not-at-top
   from experiments.configs import get_config  # pylint: disable=g-import-not-at-top
   empty = (np.zeros((0, 28, 28, 1), np.uint8), np.zeros((0,), np.int32))
   monkeypatch.setattr(data, "_load_mnist5k", lambda split: empty)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from crp_jax import attacks, train
+from crp_jax import attacks
+from crp_jax.runner import train
 from crp_jax.models import LeNet
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"

@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from crp_jax import attacks, data, diagnostics, evaluate, train
+from crp_jax import attacks, data
+from crp_jax.runner import diagnostics, evaluate, train
 from crp_jax.models import get_model
 from experiments.configs import base
 

@@ -5,7 +5,7 @@ import pytest
 
 from crp_jax import extended_set
 from crp_jax.data import Split
-from crp_jax.train import host_batches
+from crp_jax.runner.train import host_batches
 from experiments.configs import get_config
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from crp_jax import data, pipeline, train
+from crp_jax import data
+from crp_jax.runner import pipeline, train
 from crp_jax.models import get_model
 from experiments.configs import get_config
 

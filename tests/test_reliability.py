@@ -21,8 +21,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from crp_jax import checkpoint, io, pipeline
-from crp_jax.checkpoint import Checkpointer, CheckpointError
+from crp_jax.runner import checkpoint, atomic, pipeline
+from crp_jax.runner.checkpoint import Checkpointer, CheckpointError
 from experiments import kill_resume
 from experiments.configs import get_config
 
@@ -98,10 +98,10 @@ def _fake_run(workdir: str, value: float, seconds: float, accuracy: float) -> No
   ckpt = Checkpointer(os.path.join(workdir, "crp"))
   ckpt.save(16, {"params": {"w": np.array([value, 1.0], np.float32)}, "step": np.int32(16)})
   ckpt.close()
-  io.write_json(os.path.join(workdir, "results.json"),
+  atomic.write_json(os.path.join(workdir, "results.json"),
                 {"config": {}, "command": "x", "training": {"seconds": seconds, "steps": 16},
                  "evaluation": {"accuracy": {"clean": accuracy}}})
-  io.atomic_write_text(os.path.join(workdir, "crp", "metrics.jsonl"),
+  atomic.atomic_write_text(os.path.join(workdir, "crp", "metrics.jsonl"),
                        json.dumps({"step": 2, "loss": 1.0, "steps_per_sec": seconds}) + "\n")
 
 
@@ -135,7 +135,7 @@ def test_an_interrupted_save_leaves_the_previous_step_and_its_tmp_dir_is_removed
 def test_stale_temp_files_of_killed_atomic_writes_are_removed(tmp_path):
   (tmp_path / ".tmp-abc123metrics.jsonl").write_text("half")
   (tmp_path / "metrics.jsonl").write_text("{}\n")
-  assert io.remove_stale_temps(str(tmp_path)) == [".tmp-abc123metrics.jsonl"]
+  assert atomic.remove_stale_temps(str(tmp_path)) == [".tmp-abc123metrics.jsonl"]
   assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]
 
 
@@ -144,7 +144,7 @@ def test_stale_temp_files_of_killed_atomic_writes_are_removed(tmp_path):
 
 def _saved(tmp_path, config) -> str:
   workdir = str(tmp_path / "w")
-  io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  atomic.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   return workdir
 
 
@@ -183,10 +183,10 @@ def test_allowed_eval_change_reevaluates_without_retraining(run_copy):
   config = tiny_config()
   config.eval.pgd_steps = (2,)
   pipeline.run(config, run_copy, progress=False, allow_config_change=True)
-  result = io.read_json(os.path.join(run_copy, "results.json"))
+  result = atomic.read_json(os.path.join(run_copy, "results.json"))
   assert set(result["evaluation"]["paper"]["accuracy"]) == {"clean", "fgsm", "pgd2"}
   assert kill_resume.state_diffs(before, read_state(run_copy)) == []
-  assert io.read_json(os.path.join(run_copy, "crp", "config.json"))["eval"]["pgd_steps"] == [2]
+  assert atomic.read_json(os.path.join(run_copy, "crp", "config.json"))["eval"]["pgd_steps"] == [2]
 
 
 # --- 3. corrupt checkpoints -----------------------------------------------------------------
@@ -311,7 +311,7 @@ def test_a_crash_during_evaluation_leaves_the_previous_results_intact(run_copy, 
 @pytest.mark.parametrize("failing", ["os.replace", "os.fsync"])
 def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch, failing):
   path = tmp_path / "results.json"
-  io.write_json(str(path), {"old": 1})
+  atomic.write_json(str(path), {"old": 1})
   module, name = failing.split(".")
 
   def boom(*args, **kwargs):
@@ -319,15 +319,15 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, m
 
   monkeypatch.setattr(f"{module}.{name}", boom)
   with pytest.raises(OSError, match="disk gone"):
-    io.write_json(str(path), {"new": 2})
+    atomic.write_json(str(path), {"new": 2})
   monkeypatch.undo()
-  assert io.read_json(str(path)) == {"old": 1}
+  assert atomic.read_json(str(path)) == {"old": 1}
   assert os.listdir(tmp_path) == ["results.json"]
 
 
 SOURCES = [p for d in ("crp_jax", "experiments") for p in glob.glob(os.path.join(ROOT, d, "**", "*.py"),
                                                                     recursive=True)]
-# Writes that bypass crp_jax/io.py's atomic helpers.
+# Writes that bypass crp_jax/runner/atomic.py's atomic helpers.
 NON_ATOMIC = re.compile(r"open\([^)]*['\"][wax]b?\+?['\"]|\.write_text\(|\.write_bytes\(|json\.dump\(|"
                         r"np\.save|savefig\((?!buf)|\.to_csv\(|shutil\.copy")
 # Loading that can run code from a file.
@@ -349,7 +349,7 @@ def _offending(pattern: re.Pattern, files: list[str], exempt: tuple[str, ...] = 
 
 
 def test_every_output_file_is_written_through_the_atomic_helpers():
-  assert _offending(NON_ATOMIC, SOURCES, exempt=(os.path.join("crp_jax", "io.py"),)) == []
+  assert _offending(NON_ATOMIC, SOURCES, exempt=(os.path.join("crp_jax", "runner", "atomic.py"),)) == []
 
 
 def test_nothing_loads_files_unsafely():

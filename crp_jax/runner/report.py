@@ -124,8 +124,8 @@ def plot_curves(results: Results, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from crp_jax.io import atomic_write_bytes  # pylint: disable=g-import-not-at-top
-  import io as _io  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner.atomic import atomic_write_bytes  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
   if all(_get(r, "evaluation", "strong") is None for r in results.values()):
     return
   fig, (ax_eps, ax_steps) = plt.subplots(1, 2, figsize=(10, 4))
@@ -144,7 +144,7 @@ def plot_curves(results: Results, path: str) -> None:
   for ax in (ax_eps, ax_steps):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  buf = _io.BytesIO()
+  buf = io.BytesIO()
   fig.tight_layout()
   fig.savefig(buf, format="png", dpi=100)
   plt.close(fig)

@@ -24,7 +24,8 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from crp_jax import config as config_lib, extended_set, io
+from crp_jax import extended_set
+from crp_jax.runner import config as config_lib, atomic
 from crp_jax.data import Split, to_float
 from crp_jax.perturbations import make_delta, perturb
 
@@ -253,14 +254,14 @@ def fit(config: ml_collections.ConfigDict, workdir: str, model: nn.Module, split
   run early at that step, with a checkpoint, as a preemption would.
   Returns the final state.
   """
-  from crp_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   keys = run_keys(config.seed)
   num_examples = min(config.train_subset or split.num_examples, split.num_examples)
   config_lib.check_sizes(config, split.num_examples)
   spe, total = num_train_steps(config, num_examples)
   tx = make_optimizer(config, total)
   end = total if stop_at is None else min(stop_at, total)
-  io.remove_stale_temps(workdir)
+  atomic.remove_stale_temps(workdir)
   ckpt = Checkpointer(workdir, config.max_checkpoints)
   state = create_state(model, tx, keys["init"], split.image_shape)
   state = ckpt.restore_latest(state) or state
@@ -308,7 +309,7 @@ class _Logger:
           f"{summary['nonfinite_steps']} step(s) before step {step}; the last good checkpoint "
           f"({'step ' + str(last[-1]) if last else 'none'}) is kept in {self.ckpt.directory}; "
           "rerun in a new --workdir with a lower config.learning_rate")
-    io.append_jsonl(self.path, {"step": step, "epoch": step / self.spe, **summary})
+    atomic.append_jsonl(self.path, {"step": step, "epoch": step / self.spe, **summary})
     return {"loss": f"{summary['loss']:.4f}", "acc": f"{summary['accuracy']:.3f}"}
 
 
@@ -317,4 +318,4 @@ def _truncate_metrics(workdir: str, step: int) -> None:
   path = os.path.join(workdir, "metrics.jsonl")
   if os.path.exists(path):
     lines = [l for l in open(path).read().splitlines() if l and json.loads(l)["step"] <= step]
-    io.atomic_write_text(path, "".join(l + "\n" for l in lines))
+    atomic.atomic_write_text(path, "".join(l + "\n" for l in lines))

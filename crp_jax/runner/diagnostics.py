@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 from crp_jax import attacks
 from crp_jax.attacks._core import per_example as per_row, steps_until_done
 from crp_jax.data import Split, to_float
-from crp_jax.evaluate import Attack, LogitsFn, evaluate_attacks, per_example
+from crp_jax.runner.evaluate import Attack, LogitsFn, evaluate_attacks, per_example
 
 
 class Check(NamedTuple):

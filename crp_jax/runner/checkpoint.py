@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from crp_jax import io
+from crp_jax.runner import atomic
 
 #: Fields that may change between a run and its resumption with
 #: ``allow_config_change``: they do not affect the training trajectory.
@@ -97,7 +97,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, *,
                             "be matched to this config; use another --workdir")
     return
   try:
-    saved = io.read_json(path)
+    saved = atomic.read_json(path)
   except (OSError, ValueError) as e:
     raise CheckpointError(f"cannot read {path}: {e}") from None
   if not isinstance(saved, dict):
@@ -143,13 +143,13 @@ def file_digests(folder: str) -> dict[str, list[Any]]:
 
 def write_manifest(folder: str) -> None:
   """Records the size and sha256 of each file of a finished step folder."""
-  io.write_json(os.path.join(folder, MANIFEST_NAME), {"files": file_digests(folder)})
+  atomic.write_json(os.path.join(folder, MANIFEST_NAME), {"files": file_digests(folder)})
 
 
 def verify_manifest(folder: str) -> str | None:
   """``None`` if every file of ``folder`` matches its manifest, else what is wrong."""
   try:
-    files = io.read_json(os.path.join(folder, MANIFEST_NAME))["files"]
+    files = atomic.read_json(os.path.join(folder, MANIFEST_NAME))["files"]
   except FileNotFoundError:
     return INCOMPLETE
   except (OSError, ValueError, KeyError, TypeError) as e:

@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from crp_jax import checkpoint, config as config_lib, data, diagnostics, evaluate, io, report, train
+from crp_jax import data
+from crp_jax.runner import checkpoint, config as config_lib, diagnostics, evaluate, atomic, report, train
 from crp_jax.models import get_model
 
 
@@ -70,7 +71,7 @@ def train_one(config: ml_collections.ConfigDict, workdir: str, train_split: data
               mesh: jax.sharding.Mesh, progress: bool = True) -> tuple[Trained, dict[str, Any]]:
   """Trains one model per ``config`` in ``workdir``, resuming if it holds a checkpoint."""
   os.makedirs(workdir, exist_ok=True)
-  io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  atomic.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   model = model_for(config, train_split.num_classes)
   start = time.perf_counter()
   state = train.fit(config, workdir, model, train_split, mesh, progress=progress)
@@ -135,9 +136,9 @@ def result_record(trained: Trained, training: dict[str, Any], evaluation: dict[s
 
 def write_outputs(workdir: str, results: dict[str, dict[str, Any]], command: str) -> str:
   """``results.json``, ``report.md`` and ``robustness.png`` of a set of models."""
-  io.write_json(os.path.join(workdir, "results.json"), results if len(results) > 1 else next(iter(results.values())))
+  atomic.write_json(os.path.join(workdir, "results.json"), results if len(results) > 1 else next(iter(results.values())))
   text = report.markdown_report(results, command)
-  io.atomic_write_text(os.path.join(workdir, "report.md"), text)
+  atomic.atomic_write_text(os.path.join(workdir, "report.md"), text)
   report.plot_curves(results, os.path.join(workdir, "robustness.png"))
   return text
 
@@ -151,7 +152,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   comparison goes to ``<workdir>/report.md`` and ``<workdir>/results.json``.
   """
   train_split, test = prepare(config, workdir, allow_config_change=allow_config_change)
-  io.remove_stale_temps(workdir)
+  atomic.remove_stale_temps(workdir)
   mesh, train_mesh = train.make_mesh(), train.make_train_mesh()
   entries, training, evaluations = {}, {}, {}
   for m in methods_of(config):
@@ -163,7 +164,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   results = {m: result_record(entries[m], training[m], final[m], command) for m in entries}
   for m in entries:
     write_outputs(os.path.join(workdir, m), {m: results[m]}, command)
-  io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  atomic.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   return write_outputs(workdir, results, command)
 
 
@@ -188,7 +189,7 @@ def load_trained(workdir: str, eval_overrides: dict[str, Any] | None = None) -> 
   ``eval_overrides`` replaces fields of ``config.eval`` (they do not affect
   the trained weights).
   """
-  config = ml_collections.ConfigDict(io.read_json(os.path.join(workdir, "config.json")))
+  config = ml_collections.ConfigDict(atomic.read_json(os.path.join(workdir, "config.json")))
   for k, v in (eval_overrides or {}).items():
     config.eval[k] = v
   config_lib.validate(config)
@@ -222,8 +223,8 @@ def evaluate_saved(workdirs: list[str], *, eval_overrides: dict[str, Any] | None
   results = {n: result_record(entries[n], {"steps": None, "seconds": 0.0, "workdir": dirs[n]}, final[n], command)
              for n in entries}
   out = workdirs[0]
-  io.write_json(os.path.join(out, "evaluation.json"), results)
+  atomic.write_json(os.path.join(out, "evaluation.json"), results)
   text = report.markdown_report(results, command)
-  io.atomic_write_text(os.path.join(out, "evaluation.md"), text)
+  atomic.atomic_write_text(os.path.join(out, "evaluation.md"), text)
   report.plot_curves(results, os.path.join(out, "evaluation.png"))
   return text
