@@ -1,15 +1,74 @@
-"""The ball loss (§3, Eq. 5–8 of the paper)."""
+"""The CRP objective: the per-pair loss of the extended set (Eq. 9) and the ball loss (Eq. 5–8).
+
+Both are built on one function, :func:`pair_loss`: the point loss of
+``x_i + δ_ij`` for a row's pair ``(i, j)``, with δ from
+:func:`~crp_jax.perturbations.make_delta`. The extended set of Eq. 9 is
+the ``M·K`` (``M·(K+1)`` with the clean copies) pairs, and its training
+loss is the mean of :func:`pair_loss` over them; :func:`ball_loss` is the
+mean of :func:`pair_loss` over the K draws of one example (Eq. 8). So for
+fixed parameters
+
+.. math::
+  \frac{1}{M (K + c)} \sum_{i, j} \mathrm{pair\_loss}(i, j)
+  = \frac{1}{M} \sum_i \mathrm{ball\_loss}(x_i, y_i),
+
+the full-epoch mean of the trainer's per-pair loss equals the mean ball
+loss over the split (``tests/test_losses.py`` checks both this and that the
+two see the same δ for the same ``(key, i, j)``).
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from crp_jax.perturbations import CLEAN_DRAW, Distribution, make_delta, perturb
 
-LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+#: ``loss_fn(x, y) -> (batch,)`` point losses (with ``has_aux``: ``((batch,), aux)``).
+LossFn = Callable[[jax.Array, jax.Array], Any]
+Clip = tuple[float, float] | None
+
+
+def pair_loss(
+    loss_fn: LossFn,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    example_ids: jax.Array,
+    draw_ids: jax.Array,
+    eps: float | jax.Array,
+    distribution: Distribution = "uniform",
+    epoch: int | jax.Array | None = None,
+    clip: Clip = (0.0, 1.0),
+) -> Any:
+  r"""The point loss of each row's pair of the extended set: :math:`\ell(x_i + \delta_{ij}, y_i)`.
+
+  Row ``b`` holds example ``example_ids[b]`` and its draw ``draw_ids[b]``
+  (−1: the clean example, δ = 0), as the trainer samples them from the
+  shuffled extended set of Eq. 9. All rows go through ``loss_fn`` in one call.
+
+  Args:
+    loss_fn: ``loss_fn(x, y) -> (batch,)`` per-example point loss.
+    x: ``(batch, *shape)`` inputs in ``[0, 1]``.
+    y: ``(batch, ...)`` labels, passed to ``loss_fn`` unchanged.
+    key: PRNG key of the perturbation set.
+    example_ids: ``(batch,)`` ids ``i`` of the examples.
+    draw_ids: ``(batch,)`` draw ids ``j`` in ``[0, K)``, or −1 for clean.
+    eps: bound ε of the uniform law, or σ of the Gaussian.
+    distribution: ``"uniform"`` or ``"gaussian"``.
+    epoch: ``None`` for constant perturbations, an epoch for variable ones.
+    clip: pixel range for :func:`~crp_jax.perturbations.perturb`, or ``None``.
+
+  Returns:
+    what ``loss_fn`` returns on the perturbed rows: ``(batch,)`` losses, or
+    ``(losses, aux)`` for a ``loss_fn`` with auxiliary outputs.
+  """
+  delta = make_delta(key, example_ids, draw_ids, x.shape[1:], eps=eps, distribution=distribution,
+                     epoch=epoch, dtype=x.dtype)
+  return loss_fn(perturb(x, delta, clip=clip), y)
 
 
 def ball_loss(
@@ -24,8 +83,9 @@ def ball_loss(
     distribution: Distribution = "uniform",
     include_clean: bool = False,
     epoch: int | jax.Array | None = None,
-    clip: tuple[float, float] | None = (0.0, 1.0),
-) -> jax.Array:
+    clip: Clip = (0.0, 1.0),
+    has_aux: bool = False,
+) -> Any:
   r"""Per-example ball loss: the mean point loss over K constant perturbations.
 
   The paper defines the loss of an example as its expectation over a ball
@@ -42,7 +102,9 @@ def ball_loss(
 
   With ``include_clean=True`` the clean loss joins the average (divided by
   K + 1), as in the paper's method G. All ``K·B`` perturbed inputs go through
-  ``loss_fn`` in one call of batch ``(K [+1])·B``.
+  ``loss_fn`` in one call of batch ``(K [+1])·B``: rows ``d·B .. (d+1)·B``
+  hold draw ``d`` (the clean copy first), each a :func:`pair_loss` row. The
+  CLI trains with it under ``--config.objective=ball_loss``.
 
   Args:
     loss_fn: ``loss_fn(x, y) -> (batch,)`` per-example point loss, e.g. a
@@ -58,9 +120,11 @@ def ball_loss(
     include_clean: average the clean loss in as well.
     epoch: ``None`` for constant perturbations, an epoch for variable ones.
     clip: pixel range for :func:`~crp_jax.perturbations.perturb`, or ``None``.
+    has_aux: ``loss_fn`` returns ``(losses, aux)``; then this returns
+      ``(ball losses, aux)``, ``aux`` of the whole ``(K [+1])·B`` call.
 
   Returns:
-    ``(batch,)`` per-example ball losses.
+    ``(batch,)`` per-example ball losses (and ``aux`` with ``has_aux``).
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
@@ -91,9 +155,10 @@ def ball_loss(
     draws = jnp.concatenate([jnp.array([CLEAN_DRAW], jnp.int32), draws])
   n = draws.shape[0]
   ids = jnp.tile(jnp.asarray(example_ids, jnp.int32), n)
-  draw_ids = jnp.repeat(draws, batch)
-  delta = make_delta(key, ids, draw_ids, x.shape[1:], eps=eps,
-                     distribution=distribution, epoch=epoch, dtype=x.dtype)
-  xs = perturb(jnp.tile(x, (n,) + (1,) * (x.ndim - 1)), delta, clip=clip)
+  xs = jnp.tile(x, (n,) + (1,) * (x.ndim - 1))
   ys = jnp.tile(y, (n,) + (1,) * (jnp.ndim(y) - 1))
-  return loss_fn(xs, ys).reshape(n, batch).mean(axis=0)
+  out = pair_loss(loss_fn, xs, ys, key=key, example_ids=ids, draw_ids=jnp.repeat(draws, batch), eps=eps,
+                  distribution=distribution, epoch=epoch, clip=clip)
+  losses, aux = out if has_aux else (out, None)
+  ball = losses.reshape(n, batch).mean(axis=0)
+  return (ball, aux) if has_aux else ball

@@ -12,7 +12,6 @@ from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -54,15 +53,13 @@ def test_counter_sees_a_recompile():
 
 def test_train_step_compiles_once():
   mesh = train.make_mesh()
-  config = ml_collections.ConfigDict(dict(
-      method="crp", clip_perturbed=True, perturbation_eps=0.3, distribution="uniform",
-      optimizer="adam", learning_rate=1e-3, weight_decay=0.0, lr_schedule="constant", momentum=0.9))
+  config = train.TrainSpec(method="crp", perturbation_eps=0.3)
   model, shape = LeNet(), (28, 28, 1)
   tx = train.make_optimizer(config, 100)
   keys = train.run_keys(0)
   state = jax.device_put(train.create_state(model, tx, keys["init"], shape), NamedSharding(mesh, P()))
   step = train.jit_train_step(
-      train.make_train_step(model, tx, train.make_perturb_fn(config, keys["perturbations"], shape, 10),
+      train.make_train_step(model, tx, train.make_objective(config, keys["perturbations"], shape, 10),
                             keys["dropout"]), mesh)
   batch_size = 2 * len(mesh.devices.flat)
   rng = np.random.default_rng(0)

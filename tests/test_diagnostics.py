@@ -11,7 +11,7 @@ import pytest
 from crp_jax import attacks, data
 from crp_jax.runner import diagnostics, evaluate, train
 from crp_jax.models import get_model
-from experiments.configs import base
+from crp_jax.runner import config as base
 
 
 def eval_cfg(**kw):

@@ -5,8 +5,7 @@ import pytest
 
 from crp_jax import extended_set
 from crp_jax.data import Split
-from crp_jax.runner.train import host_batches
-from experiments.configs import get_config
+from crp_jax.runner.train import TrainSpec, host_batches
 
 
 @pytest.mark.parametrize("num_perturbed,include_clean", [(4, True), (4, False), (0, True)])
@@ -53,8 +52,7 @@ def _split(n):
 
 @pytest.mark.parametrize("k", [1, 100])
 def test_batch_memory_does_not_depend_on_k(k):
-  config = get_config("mnist5k")
-  config.num_perturbations, config.batch_size = k, 16
+  config = TrainSpec(method="crp", num_perturbations=k, batch_size=16)
   _, batch = next(host_batches(_split(64), config, 64, 0, 1))
   assert {key: (v.shape, v.dtype) for key, v in batch.items()} == {
       "image": ((16, 4, 4, 1), np.uint8), "label": ((16,), np.int32),

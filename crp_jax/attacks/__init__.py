@@ -1,4 +1,8 @@
-"""Compiled adversarial attacks: FGSM, PGD, APGD-CE/DLR, APGD-T, Square and an AutoAttack-style evaluation.
+"""Compiled adversarial attacks: FGSM, PGD, APGD-CE/DLR, APGD-T, Square, noise and an AutoAttack-style evaluation.
+
+Each attack is also data: an :class:`AttackSpec` (kind and settings) that
+:func:`run_attack` runs; :func:`strong_attacks` is the strong protocol's
+table, and :func:`strong_eval` runs it.
 
 Convention. An attack takes ``logits_fn(x) -> (B, C)``, any pure function of
 the inputs (NHWC or any other shape, pixels in ``[0, 1]``), the inputs ``x``
@@ -35,19 +39,29 @@ slow generic path inside loops, 2.9x slower per step.
 """
 
 from crp_jax.attacks._apgd import apgd, apgd_targeted
-from crp_jax.attacks._core import accuracy, correct
+from crp_jax.attacks._core import LogitsFn, accuracy, correct, rows_like, steps_until_done
+from crp_jax.attacks._noise import random_noise
 from crp_jax.attacks._pgd import fgsm, pgd
+from crp_jax.attacks._spec import KINDS, AttackSpec, run_attack, strong_attacks
 from crp_jax.attacks._square import square, square_with_info
 from crp_jax.attacks._strong import strong_eval
 
 __all__ = [
+    "KINDS",
+    "AttackSpec",
+    "LogitsFn",
     "accuracy",
     "apgd",
     "apgd_targeted",
     "correct",
     "fgsm",
     "pgd",
+    "random_noise",
+    "rows_like",
+    "run_attack",
     "square",
     "square_with_info",
+    "steps_until_done",
+    "strong_attacks",
     "strong_eval",
 ]

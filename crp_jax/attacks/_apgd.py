@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crp_jax.attacks import _core
-from crp_jax.attacks._core import Best, Clip, LogitsFn, LossFn, Norm
+from crp_jax.attacks._core import Best, Clip, LogitsFn, LogitsLossFn, Norm
 
 
 def checkpoints(num_steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +62,7 @@ class _State(NamedTuple):
 def _momentum_step(s: _State, x0: jax.Array, eps: jax.Array, norm: Norm, clip: Clip,
                    alpha: jax.Array) -> jax.Array:
   r""":math:`z = P(x + η\,d(∇f))`, then :math:`P(x + α(z − x) + (1 − α)(x − x_{prev}))`."""
-  step = _core.per_example(s.step, s.x)
+  step = _core.rows_like(s.step, s.x)
   z = _core.project(s.x + step * _core.ascent_direction(s.grad, norm), x0, eps, norm, clip)
   return _core.project(s.x + alpha * (z - s.x) + (1 - alpha) * (s.x - s.x_prev), x0, eps, norm,
                        clip)
@@ -78,7 +78,7 @@ def _checkpoint(s: _State, is_checkpoint: jax.Array, window: jax.Array, rho: flo
   stalled = s.increases < rho * window
   stuck = ~s.halved_at_check & (s.loss_max_at_check >= s.loss_max)
   halve = is_checkpoint & (stalled | stuck)
-  restart = _core.per_example(halve, s.x)
+  restart = _core.rows_like(halve, s.x)
   return s._replace(
       x=jnp.where(restart, s.x_max, s.x),
       grad=jnp.where(restart, s.grad_max, s.grad),
@@ -89,7 +89,7 @@ def _checkpoint(s: _State, is_checkpoint: jax.Array, window: jax.Array, rho: flo
   )
 
 
-def _init_state(logits_fn: LogitsFn, loss_fn: LossFn, x: jax.Array, y: jax.Array,
+def _init_state(logits_fn: LogitsFn, loss_fn: LogitsLossFn, x: jax.Array, y: jax.Array,
                 x_start: jax.Array, eps: jax.Array) -> _State:
   loss, logits, grad = _core.loss_and_grad(logits_fn, loss_fn, x_start, y)
   start = Best(x_start, loss, _core.misclassified(logits, y))
@@ -102,7 +102,7 @@ def _init_state(logits_fn: LogitsFn, loss_fn: LossFn, x: jax.Array, y: jax.Array
       halved_at_check=jnp.ones(loss.shape, jnp.bool_))
 
 
-def _apgd_run(logits_fn: LogitsFn, loss_fn: LossFn, x: jax.Array, y: jax.Array,
+def _apgd_run(logits_fn: LogitsFn, loss_fn: LogitsLossFn, x: jax.Array, y: jax.Array,
               x_start: jax.Array, eps: jax.Array, num_steps: int, norm: Norm, rho: float,
               clip: Clip, early_stop: bool) -> Best:
   """APGD from ``x_start`` around ``x`` for ``num_steps`` iterations; per row the best point."""
@@ -117,7 +117,7 @@ def _apgd_run(logits_fn: LogitsFn, loss_fn: LossFn, x: jax.Array, y: jax.Array,
     loss, logits, grad = _core.loss_and_grad(logits_fn, loss_fn, x_new, y)
     best = _core.update_best(s.best, Best(x_new, loss, _core.misclassified(logits, y)))
     better = loss > s.loss_max
-    better_x = _core.per_example(better, x)
+    better_x = _core.rows_like(better, x)
     s = s._replace(
         x=x_new, x_prev=s.x, grad=grad, loss=loss, best=best,
         x_max=jnp.where(better_x, x_new, s.x_max),

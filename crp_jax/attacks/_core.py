@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 LogitsFn = Callable[[jax.Array], jax.Array]
-LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+LogitsLossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Norm = Literal["linf", "l2"]
 Clip = tuple[float, float] | None
 NORMS: tuple[str, ...] = ("linf", "l2")
@@ -74,10 +74,10 @@ def dlr_targeted_loss(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax
   return (_true_logit(logits, target) - _true_logit(logits, y)) / scale
 
 
-LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}
+LOSSES: dict[str, LogitsLossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}
 
 
-def get_loss(name: str) -> LossFn:
+def get_loss(name: str) -> LogitsLossFn:
   if name not in LOSSES:
     raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {name!r}")
   return LOSSES[name]
@@ -89,7 +89,7 @@ def misclassified(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def loss_and_grad(
-    logits_fn: LogitsFn, loss_fn: LossFn, x: jax.Array, y: jax.Array
+    logits_fn: LogitsFn, loss_fn: LogitsLossFn, x: jax.Array, y: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-example loss ``(B,)``, logits ``(B, C)`` and input gradient ``(B, *shape)``.
 
@@ -131,7 +131,7 @@ def accuracy(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- balls
 
 
-def per_example(v: jax.Array, x: jax.Array) -> jax.Array:
+def rows_like(v: jax.Array, x: jax.Array) -> jax.Array:
   """Reshape a ``(B,)`` vector to broadcast against ``x`` (rank promotion is an error)."""
   return jnp.reshape(v, v.shape + (1,) * (x.ndim - 1))
 
@@ -162,7 +162,7 @@ def project(x_adv: jax.Array, x: jax.Array, eps: jax.Array, norm: Norm, clip: Cl
     delta = jnp.clip(delta, -eps, eps)
   else:
     scale = jnp.minimum(1.0, eps / (l2_norm(delta) + _TINY))
-    delta = delta * per_example(scale, x)
+    delta = delta * rows_like(scale, x)
   return clip_box(x + delta, clip)
 
 
@@ -170,7 +170,7 @@ def ascent_direction(grad: jax.Array, norm: Norm) -> jax.Array:
   """Steepest-ascent unit step: ``sign(g)`` (L∞) or ``g / ‖g‖₂`` (L2)."""
   if norm == "linf":
     return jnp.sign(grad)
-  return grad / per_example(l2_norm(grad) + _TINY, grad)
+  return grad / rows_like(l2_norm(grad) + _TINY, grad)
 
 
 def random_start(key: jax.Array, x: jax.Array, eps: jax.Array, norm: Norm, clip: Clip) -> jax.Array:
@@ -186,7 +186,7 @@ def random_start(key: jax.Array, x: jax.Array, eps: jax.Array, norm: Norm, clip:
     g = jax.random.normal(dir_key, x.shape, x.dtype)
     d = x[0].size
     radius = eps * jax.random.uniform(radius_key, x.shape[:1], x.dtype) ** (1.0 / d)
-    delta = g * per_example(radius / (l2_norm(g) + _TINY), x)
+    delta = g * rows_like(radius / (l2_norm(g) + _TINY), x)
   return clip_box(x + delta, clip)
 
 
@@ -220,7 +220,7 @@ def update_best(best: Best, new: Best) -> Best:
   """
   take = ~best.adv & (new.adv | (new.loss > best.loss))
   return Best(
-      jnp.where(per_example(take, best.x), new.x, best.x),
+      jnp.where(rows_like(take, best.x), new.x, best.x),
       jnp.where(take, new.loss, best.loss),
       best.adv | new.adv,
   )

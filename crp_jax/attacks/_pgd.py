@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from crp_jax.attacks import _core
-from crp_jax.attacks._core import Best, Clip, LogitsFn, LossFn, Norm
+from crp_jax.attacks._core import Best, Clip, LogitsFn, LogitsLossFn, Norm
 
 
 def fgsm(
@@ -48,7 +48,7 @@ def fgsm(
   return _core.project(x + eps * jnp.sign(grad), x, eps, "linf", clip)
 
 
-def _pgd_run(logits_fn: LogitsFn, loss_fn: LossFn, x: jax.Array, y: jax.Array,
+def _pgd_run(logits_fn: LogitsFn, loss_fn: LogitsLossFn, x: jax.Array, y: jax.Array,
              x_start: jax.Array, eps: jax.Array, step_size: jax.Array, num_steps: int,
              norm: Norm, clip: Clip, early_stop: bool) -> Best:
   """PGD from ``x_start`` around ``x``; per row the best of the ``num_steps + 1`` iterates."""

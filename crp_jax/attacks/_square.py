@@ -64,7 +64,7 @@ def _candidate(key: jax.Array, x: jax.Array, x_best: jax.Array, eps: jax.Array, 
   proposal = jnp.where(mask, _core.clip_box(x + eps * sign, clip), x_best)
   unchanged = ~jnp.any(jnp.abs(proposal - x_best) > 1e-7, axis=(1, 2, 3))
   flipped = jnp.where(mask, _core.clip_box(x - eps * sign, clip), x_best)
-  return jnp.where(_core.per_example(unchanged, x), flipped, proposal)
+  return jnp.where(_core.rows_like(unchanged, x), flipped, proposal)
 
 
 def _query(logits_fn: LogitsFn, s: _State, x_new: jax.Array, y: jax.Array) -> _State:
@@ -74,7 +74,7 @@ def _query(logits_fn: LogitsFn, s: _State, x_new: jax.Array, y: jax.Array) -> _S
   active = ~s.done
   take = active & ((loss > s.loss_best) | fooled)
   return _State(
-      x_best=jnp.where(_core.per_example(take, x_new), x_new, s.x_best),
+      x_best=jnp.where(_core.rows_like(take, x_new), x_new, s.x_best),
       loss_best=jnp.where(take, loss, s.loss_best),
       done=s.done | (active & fooled),
       queries=s.queries + active.astype(jnp.int32),

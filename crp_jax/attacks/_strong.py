@@ -6,9 +6,8 @@ import jax
 import jax.numpy as jnp
 
 from crp_jax.attacks import _core
-from crp_jax.attacks._apgd import apgd, apgd_targeted
 from crp_jax.attacks._core import Clip, LogitsFn, Norm
-from crp_jax.attacks._square import square
+from crp_jax.attacks._spec import run_attack, strong_attacks
 
 
 def strong_eval(
@@ -35,8 +34,10 @@ def strong_eval(
     \wedge \mathrm{apgd\text{-}t}_i \wedge \mathrm{square}_i.
 
   Every attack runs on every example (static shapes, so jittable and
-  shardable); attack ``a`` uses key ``fold_in(key, a)``. Square is L∞ only,
-  so with ``norm="l2"`` it is skipped and has no entry.
+  shardable). The attacks are the table of
+  :func:`~crp_jax.attacks.strong_attacks`, the one the CLI's evaluation and
+  the parity tool run too; attack ``a`` uses key ``fold_in(key, a)``. Square
+  is L∞ only, so with ``norm="l2"`` it is skipped and has no entry.
 
   Args:
     logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
@@ -57,18 +58,12 @@ def strong_eval(
     (no ``"square"`` for L2).
   """
   _core.check_norm(norm)
-  keys = [jax.random.fold_in(key, a) for a in range(3)]
-  common = dict(eps=eps, norm=norm, num_steps=apgd_steps, clip=clip, early_stop=early_stop)
-  adversarial = {
-      "apgd-ce": apgd(logits_fn, x, y, key=keys[0], loss="ce", **common),
-      "apgd-t": apgd_targeted(logits_fn, x, y, key=keys[1], num_targets=num_targets, **common),
-  }
+  table = strong_attacks(eps=eps, apgd_steps=apgd_steps, num_targets=num_targets,
+                         square_queries=square_queries, norm=norm)
   correct = {"clean": _core.correct(logits_fn, x, y)}
-  correct.update({name: _core.correct(logits_fn, x_adv, y) for name, x_adv in adversarial.items()})
-  if norm == "linf":
-    x_square = square(logits_fn, x, y, key=keys[2], eps=eps, num_queries=square_queries, clip=clip,
-                      early_stop=early_stop)
-    correct["square"] = _core.correct(logits_fn, x_square, y)
+  for spec in table:
+    x_adv = run_attack(spec, logits_fn, x, y, key=spec.key(key), clip=clip, early_stop=early_stop)
+    correct[spec.name] = _core.correct(logits_fn, x_adv, y)
   correct["worst_case"] = jnp.all(jnp.stack(list(correct.values())), axis=0)
   accuracy = {name: jnp.mean(c.astype(jnp.float32)) for name, c in correct.items()}
   return {"correct": correct, "accuracy": accuracy}

@@ -25,11 +25,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from crp_jax.runner import atomic
+from crp_jax.runner.config import SAFE_TO_CHANGE
 
-#: Fields that may change between a run and its resumption with
-#: ``allow_config_change``: they do not affect the training trajectory.
-SAFE_TO_CHANGE: tuple[str, ...] = ("eval.", "log_every_steps", "checkpoint_every_steps",
-                                   "max_checkpoints", "tfds_data_dir")
 #: The integrity manifest inside each step folder.
 MANIFEST_NAME = "crp_manifest.json"
 #: Where unusable steps are moved, beside ``checkpoints/``.

@@ -1,8 +1,12 @@
-"""Validation of run configs: one clear message per bad value.
+"""The run config: its schema (every field and its default), validation, and what may change on resume.
 
-Configs are ``ml_collections.ConfigDict`` objects (see ``experiments/configs``).
-:func:`validate` checks every field a run depends on *before* anything is
-written, so a typo costs seconds and never touches a workdir.
+Configs are ``ml_collections.ConfigDict`` objects: :func:`base_config` and
+:func:`eval_config` give every field with a neutral default, and the
+dataset configs of ``experiments/configs`` (``get_config(preset)``) set the
+paper's values on top. :func:`validate` checks every field a run depends on
+*before* anything is written, so a typo costs seconds and never touches a
+workdir. Datasets and models are named by their registries
+(:data:`crp_jax.data.DATASET_NAMES`, :data:`crp_jax.models.MODEL_NAMES`).
 """
 
 from __future__ import annotations
@@ -13,15 +17,89 @@ from typing import Any
 import jax
 import ml_collections
 
+from crp_jax.data import DATASET_NAMES
+from crp_jax.extended_set import OBJECTIVES
 from crp_jax.perturbations import DISTRIBUTIONS
 
+#: The datasets a run can name: the data registry's.
+DATASETS: tuple[str, ...] = DATASET_NAMES
+#: ``small``: sized for a CPU; ``paper``: the paper's settings (§4.1).
+PRESETS: tuple[str, ...] = ("small", "paper")
 METHODS: tuple[str, ...] = ("standard", "crp", "variable")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+#: Fields that may change between a run and its resumption with
+#: ``allow_config_change``: they do not affect the training trajectory.
+SAFE_TO_CHANGE: tuple[str, ...] = ("eval.", "log_every_steps", "checkpoint_every_steps",
+                                   "max_checkpoints", "tfds_data_dir")
 #: Above this a run diverges at once with any of our optimisers; the cap
 #: catches typos such as 1e3 for 1e-3.
 MAX_LEARNING_RATE: float = 10.0
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a run reads, with neutral defaults; the dataset configs of ``experiments/configs`` start here."""
+  c = ml_collections.ConfigDict()
+  c.dataset = "mnist5k"
+  c.model = "lenet"
+  # The training method: standard (Table 7 A), crp (constant, the paper's G),
+  # variable (drawn anew each epoch, B–E).
+  c.method = "crp"
+  # A second method trained and reported beside `method` ('' for none).
+  c.compare_with = ""
+  c.distribution = "uniform"
+  c.num_perturbations = 10
+  c.perturbation_eps = 0.3
+  c.include_clean = True
+  # How the draws reach the loss: extended_set (Eq. 9, batches of (i, j) pairs)
+  # or ball_loss (Eq. 8, batches of examples, all K draws each): crp_jax.losses.
+  c.objective = "extended_set"
+  c.clip_perturbed = True
+  c.seed = 0
+  c.epochs = 1
+  c.batch_size = 128
+  c.train_subset = 0  # 0: the whole train split
+  c.optimizer = "adam"
+  c.learning_rate = 1e-3
+  c.lr_schedule = "constant"
+  c.momentum = 0.9
+  c.weight_decay = 0.0
+  c.dtype = "float32"
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
+  c.max_checkpoints = 2
+  c.tfds_data_dir = ""
+  c.eval = eval_config(eps=0.3, step_size=1 / 255)
+  return c
+
+
+def eval_config(*, eps: float, step_size: float) -> ml_collections.ConfigDict:
+  """The evaluation fields at radius ``eps`` with the paper's PGD step ``step_size``."""
+  e = ml_collections.ConfigDict()
+  e.eps = eps
+  e.step_size = step_size  # the paper's PGD step η
+  e.pgd_steps = (20, 100)
+  e.random_start = False  # the paper's PGD starts at x (Eq. 4)
+  e.restarts = 1
+  e.extra_step_size = 0.0  # > 0: also run PGD with this η and a random start
+  e.batch_size = 256  # a power of two: divisible by any power-of-two device count
+  e.attack_subset = 1000  # test examples attacked (clean accuracy uses the whole split)
+  # The strong protocol (AutoAttack-style worst case) and the masking checks.
+  e.strong = True
+  e.apgd_steps = 100
+  e.num_targets = 9  # APGD-T target classes (capped at classes - 1)
+  e.square_queries = 5000
+  e.sweep_steps = (10, 20, 50, 100, 200)  # PGD, step 2.5·ε/n, random start
+  e.sweep_apgd_steps = (25, 100)
+  e.sweep_restarts = 5
+  e.eps_grid = tuple(eps * f for f in (1 / 3, 2 / 3, 1.0, 4 / 3, 2.0))
+  e.eps_sweep_steps = 50
+  e.unbounded_steps = 100
+  e.noise_samples = 100
+  e.masking_tolerance = 0.005  # accuracy noise allowed before a check FLAGs
+  e.zero_grad_threshold = 1e-8
+  return e
 
 
 class ConfigError(ValueError):
@@ -77,7 +155,6 @@ def _numbers_list(config: ml_collections.ConfigDict, field: str, low: float, hig
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
   """Raises :class:`ConfigError` naming the first bad field of ``config``."""
-  from crp_jax.data import DATASET_NAMES  # pylint: disable=g-import-not-at-top
   from crp_jax.models import MODEL_NAMES  # pylint: disable=g-import-not-at-top
   _one_of(config, "dataset", DATASET_NAMES)
   _one_of(config, "model", MODEL_NAMES)
@@ -87,6 +164,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     if config.compare_with == config.method:
       _fail("compare_with", config.compare_with, "must differ from config.method (or be '' for no comparison)")
   _one_of(config, "distribution", DISTRIBUTIONS)
+  _one_of(config, "objective", OBJECTIVES)
   _one_of(config, "optimizer", OPTIMIZERS)
   _one_of(config, "lr_schedule", SCHEDULES)
   _one_of(config, "dtype", DTYPES)
@@ -153,7 +231,8 @@ def check_sizes(config: ml_collections.ConfigDict, num_train_examples: int) -> N
   from crp_jax import extended_set  # pylint: disable=g-import-not-at-top
   examples = min(config.train_subset or num_train_examples, num_train_examples)
   for method in filter(None, (config.method, config.compare_with)):
-    draws, clean = extended_set.layout(method, config.num_perturbations, config.include_clean)
+    draws, clean = extended_set.layout(method, config.num_perturbations, config.include_clean,
+                                       config.objective)
     pairs = examples * (draws + int(clean))
     if config.batch_size > pairs:
       _fail("batch_size", config.batch_size, f"exceeds the {pairs} examples of an epoch of the {method} "

@@ -1,14 +1,18 @@
-"""CRP training: a pure, data-parallel train step over the extended set (Eq. 9).
+"""CRP training: a pure, data-parallel train step over the extended set (Eq. 9) or the ball loss (Eq. 8).
 
 ``train_step(state, batch) -> (state, metrics)`` is jitted over a 1-D
 ``Mesh`` named ``data``: the batch is split along it, parameters and
 optimiser state are replicated, and XLA inserts the gradient all-reduce.
-The method (standard, constant or variable perturbations) is one small
-function, :func:`make_perturb_fn`, applied to the batch inside the step.
+The method (standard, constant or variable perturbations) and the
+objective are one small function, :func:`make_objective`, built on the
+library's own :func:`~crp_jax.losses.pair_loss` and
+:func:`~crp_jax.losses.ball_loss`. Only :func:`fit` reads the run's
+ConfigDict; everything else takes a :class:`TrainSpec`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -24,14 +28,54 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from crp_jax import extended_set
+from crp_jax import extended_set, losses
 from crp_jax.runner import config as config_lib, atomic
 from crp_jax.data import Split, to_float
-from crp_jax.perturbations import make_delta, perturb
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-PerturbFn = Callable[[jax.Array, Batch, jax.Array], jax.Array]
+#: ``point_loss(x, y) -> ((rows,) losses, aux)``: the model's cross-entropy and what the step keeps.
+PointLoss = Callable[[jax.Array, jax.Array], tuple[jax.Array, Any]]
+#: ``objective(point_loss, x, batch, step) -> ((batch,) losses, aux)``.
+Objective = Callable[[PointLoss, jax.Array, Batch, jax.Array], tuple[jax.Array, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """What a training run computes: the method, its objective and the optimiser (the config's training fields).
+
+  ``objective`` picks how the K constant draws enter the loss:
+  ``"extended_set"`` samples batches of ``(i, j)`` pairs from the shuffled
+  extended set of Eq. 9 (``M·(K + clean)`` pairs an epoch, each row one
+  perturbed copy); ``"ball_loss"`` samples batches of examples and takes
+  :func:`~crp_jax.losses.ball_loss` of each (Eq. 8: all K draws of a row,
+  and the clean copy, in one step). Both see every pair once an epoch with
+  the same δ; their full-epoch mean losses agree (``tests/test_losses.py``).
+  """
+  method: str = "crp"
+  objective: str = "extended_set"
+  num_perturbations: int = 10
+  include_clean: bool = True
+  distribution: str = "uniform"
+  perturbation_eps: float = 0.3
+  clip_perturbed: bool = True
+  seed: int = 0
+  epochs: int = 1
+  batch_size: int = 128
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  lr_schedule: str = "constant"
+  momentum: float = 0.9
+  weight_decay: float = 0.0
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "TrainSpec":
+    """The training fields of a run config."""
+    return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+
+  def layout(self) -> tuple[int, bool]:
+    """``(perturbed draws, clean included)`` of the host's pairs (:func:`extended_set.layout`)."""
+    return extended_set.layout(self.method, self.num_perturbations, self.include_clean, self.objective)
 
 
 class TrainState(struct.PyTreeNode):
@@ -84,24 +128,24 @@ def run_keys(seed: int) -> dict[str, jax.Array]:
   return keys
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(spec: TrainSpec, total_steps: int) -> optax.Schedule:
   """Constant, cosine decay to 0, or step decay (×0.1 at 50% and 75% of training)."""
-  lr = config.learning_rate
-  if config.lr_schedule == "cosine":
+  lr = spec.learning_rate
+  if spec.lr_schedule == "cosine":
     return optax.cosine_decay_schedule(lr, max(total_steps, 1))
-  if config.lr_schedule == "step":
+  if spec.lr_schedule == "step":
     bounds = {int(total_steps * 0.5): 0.1, int(total_steps * 0.75): 0.1}
     return optax.piecewise_constant_schedule(lr, bounds)
   return optax.constant_schedule(lr)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(spec: TrainSpec, total_steps: int) -> optax.GradientTransformation:
   """Adam (MNIST, SVHN) or SGD with Nesterov momentum (CIFAR-10), with optional weight decay."""
-  schedule = learning_rate_schedule(config, total_steps)
-  if config.optimizer == "adam":
-    return optax.adamw(schedule, weight_decay=config.weight_decay)
-  return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                     optax.sgd(schedule, momentum=config.momentum, nesterov=True))
+  schedule = learning_rate_schedule(spec, total_steps)
+  if spec.optimizer == "adam":
+    return optax.adamw(schedule, weight_decay=spec.weight_decay)
+  return optax.chain(optax.add_decayed_weights(spec.weight_decay),
+                     optax.sgd(schedule, momentum=spec.momentum, nesterov=True))
 
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
@@ -118,50 +162,63 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Ar
   return init(key)
 
 
-def make_perturb_fn(config: ml_collections.ConfigDict, key: jax.Array,
-                    image_shape: tuple[int, ...], steps_per_epoch: int) -> PerturbFn:
-  """The training method as a function ``(x, batch, step) -> inputs``.
+def make_objective(spec: TrainSpec, key: jax.Array, image_shape: tuple[int, ...],
+                   steps_per_epoch: int) -> Objective:
+  """The training method as ``objective(point_loss, x, batch, step) -> ((batch,) losses, aux)``.
 
-  * ``standard``: the clean inputs (Table 7 A);
-  * ``crp``: ``x_i + δ_ij`` with constant δ (the paper's method, G);
-  * ``variable``: ``x_i + δ_ij^{(epoch)}`` drawn anew each epoch (B–E).
+  * ``standard``: the point loss of the clean inputs (Table 7 A);
+  * ``crp``: constant δ_ij (the paper's method, G); ``variable``: δ_ij drawn
+    anew each epoch (B–E), by folding in ``step // steps_per_epoch``.
 
-  Pairs with draw id −1 are the clean examples of the extended set.
+  With ``spec.objective == "extended_set"`` each row is one pair
+  ``(batch["example_id"], batch["draw_id"])`` and its loss is
+  :func:`~crp_jax.losses.pair_loss` (draw −1 is the clean example); with
+  ``"ball_loss"`` each row is an example and its loss is
+  :func:`~crp_jax.losses.ball_loss` over its K draws (and the clean copy
+  with ``include_clean``). ``image_shape`` is that of one example.
   """
-  if config.method == "standard":
-    return lambda x, batch, step: x
-  clip = (0.0, 1.0) if config.clip_perturbed else None
+  del image_shape  # δ takes the shape of the batch's rows
+  if spec.method == "standard":
+    return lambda point_loss, x, batch, step: point_loss(x, batch["label"])
+  common = dict(key=key, eps=spec.perturbation_eps, distribution=spec.distribution,
+                clip=(0.0, 1.0) if spec.clip_perturbed else None)
 
-  def perturbed(x: jax.Array, batch: Batch, step: jax.Array) -> jax.Array:
-    epoch = step // steps_per_epoch if config.method == "variable" else None
-    delta = make_delta(key, batch["example_id"], batch["draw_id"], image_shape,
-                       eps=config.perturbation_eps, distribution=config.distribution, epoch=epoch)
-    return perturb(x, delta, clip=clip)
+  def objective(point_loss: PointLoss, x: jax.Array, batch: Batch, step: jax.Array):
+    epoch = step // steps_per_epoch if spec.method == "variable" else None
+    if spec.objective == "ball_loss":
+      return losses.ball_loss(point_loss, x, batch["label"], example_ids=batch["example_id"],
+                              num_perturbations=spec.num_perturbations,
+                              include_clean=spec.include_clean, epoch=epoch, has_aux=True, **common)
+    return losses.pair_loss(point_loss, x, batch["label"], example_ids=batch["example_id"],
+                            draw_ids=batch["draw_id"], epoch=epoch, **common)
 
-  return perturbed
+  return objective
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, perturb_fn: PerturbFn,
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objective: Objective,
                     dropout_key: jax.Array) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """The pure step: cross-entropy on one batch of the extended set."""
+  """The pure step: the mean of ``objective``'s cross-entropies over one batch."""
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    x = perturb_fn(to_float(batch["image"]), batch, state.step)
     rngs = {"dropout": jax.random.fold_in(dropout_key, state.step)}
 
     def loss_fn(params):
-      logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
-                                    train=True, mutable=["batch_stats"], rngs=rngs)
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-      return loss, (logits, updates.get("batch_stats", {}))
+      def point_loss(x, y):
+        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                                      train=True, mutable=["batch_stats"], rngs=rngs)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return ce, (logits, y, updates.get("batch_stats", {}))
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      per_row, aux = objective(point_loss, to_float(batch["image"]), batch, state.step)
+      return per_row.mean(), aux
+
+    (loss, (logits, labels, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((new_state.params, batch_stats))
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
                "grad_norm": grad_norm, "nonfinite": (~finite).astype(jnp.int32)}
     return new_state, metrics
 
@@ -182,16 +239,15 @@ def jit_train_step(train_step: Callable, mesh: Mesh) -> Callable:
                  donate_argnums=0)
 
 
-def host_batches(split: Split, config: ml_collections.ConfigDict, num_examples: int,
+def host_batches(split: Split, spec: TrainSpec, num_examples: int,
                  start_step: int, total_steps: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
   """Host batches of the extended set: uint8 images and indices, never δ.
 
   The per-step host work is one gather of ``batch_size`` images, whatever K.
   """
-  num_perturbed, include_clean = extended_set.layout(config.method, config.num_perturbations,
-                                                     config.include_clean)
-  pairs = extended_set.iterate_pairs(config.seed, num_examples, num_perturbed, include_clean,
-                                     config.batch_size, start_step, total_steps)
+  num_perturbed, include_clean = spec.layout()
+  pairs = extended_set.iterate_pairs(spec.seed, num_examples, num_perturbed, include_clean,
+                                     spec.batch_size, start_step, total_steps)
   for step, pair in pairs:
     i = pair.example_index
     yield step, {"image": split.images[i], "label": split.labels[i],
@@ -224,12 +280,11 @@ def _process_slice(array: np.ndarray) -> np.ndarray:
   return array[jax.process_index() * per:(jax.process_index() + 1) * per]
 
 
-def num_train_steps(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int]:
+def num_train_steps(spec: TrainSpec, num_examples: int) -> tuple[int, int]:
   """``(steps per epoch, total steps)`` of a run over the extended set."""
-  num_perturbed, include_clean = extended_set.layout(config.method, config.num_perturbations,
-                                                     config.include_clean)
-  spe = extended_set.steps_per_epoch(num_examples * (num_perturbed + int(include_clean)), config.batch_size)
-  return spe, spe * config.epochs
+  num_perturbed, include_clean = spec.layout()
+  spe = extended_set.steps_per_epoch(num_examples * (num_perturbed + int(include_clean)), spec.batch_size)
+  return spe, spe * spec.epochs
 
 
 def summarize_metrics(metrics: list[Metrics]) -> dict[str, float]:
@@ -255,11 +310,12 @@ def fit(config: ml_collections.ConfigDict, workdir: str, model: nn.Module, split
   Returns the final state.
   """
   from crp_jax.runner.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
-  keys = run_keys(config.seed)
+  spec = TrainSpec.from_config(config)
+  keys = run_keys(spec.seed)
   num_examples = min(config.train_subset or split.num_examples, split.num_examples)
   config_lib.check_sizes(config, split.num_examples)
-  spe, total = num_train_steps(config, num_examples)
-  tx = make_optimizer(config, total)
+  spe, total = num_train_steps(spec, num_examples)
+  tx = make_optimizer(spec, total)
   end = total if stop_at is None else min(stop_at, total)
   atomic.remove_stale_temps(workdir)
   ckpt = Checkpointer(workdir, config.max_checkpoints)
@@ -268,12 +324,12 @@ def fit(config: ml_collections.ConfigDict, workdir: str, model: nn.Module, split
   start = int(state.step)
   _truncate_metrics(workdir, start)
   state = jax.device_put(state, NamedSharding(mesh, P()))
-  perturb_fn = make_perturb_fn(config, keys["perturbations"], split.image_shape, spe)
-  step_fn = jit_train_step(make_train_step(model, tx, perturb_fn, keys["dropout"]), mesh)
+  objective = make_objective(spec, keys["perturbations"], split.image_shape, spe)
+  step_fn = jit_train_step(make_train_step(model, tx, objective, keys["dropout"]), mesh)
   logger = _Logger(workdir, spe, ckpt)
   bar = tqdm(total=total, initial=start, disable=not progress, desc=f"train {config.method}",
              unit="step", dynamic_ncols=True)
-  for step, batch in to_device(host_batches(split, config, num_examples, start, end), mesh):
+  for step, batch in to_device(host_batches(split, spec, num_examples, start, end), mesh):
     state, metrics = step_fn(state, batch)
     logger.pending.append(metrics)
     done = step + 1

@@ -1,7 +1,9 @@
 """Per-dataset configs, each a ``get_config(preset)`` returning a ConfigDict.
 
 ``paper`` holds the paper's hyperparameters (§4.1); ``small`` is sized for a
-CPU. Any field can be overridden with ``--config.field=value``.
+CPU. Any field can be overridden with ``--config.field=value``. The schema
+(every field, its default and its validation) is the library's:
+:mod:`crp_jax.runner.config`.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ import importlib
 
 import ml_collections
 
-DATASETS: tuple[str, ...] = ("mnist5k", "mnist", "svhn", "cifar10")
-PRESETS: tuple[str, ...] = ("small", "paper")
+from crp_jax.runner.config import DATASETS, PRESETS
 
 
 def get_config(dataset: str, preset: str = "small") -> ml_collections.ConfigDict:

@@ -8,18 +8,18 @@ optimiser or the decay; SGD with cosine decay is the usual WRN recipe.
   python -m experiments.run --dataset=cifar10 --preset=paper
 """
 
-from experiments.configs import base
+from crp_jax.runner.config import base_config, eval_config
 
 
 def get_config(preset: str = "small"):
-  c = base.base_config()
+  c = base_config()
   c.dataset = "cifar10"
   c.perturbation_eps = 16 / 255
   c.optimizer = "sgd"
   c.learning_rate = 0.02
   c.lr_schedule = "cosine"
   c.weight_decay = 5e-4
-  c.eval = base.eval_config(eps=8 / 255, step_size=2 / 255)
+  c.eval = eval_config(eps=8 / 255, step_size=2 / 255)
   c.eval.eps_grid = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255)
   if preset == "paper":
     c.model = "wrn28_10"

@@ -7,17 +7,17 @@ the standard η = 0.01 with a random start beside it.
   python -m experiments.run --dataset=mnist --preset=paper
 """
 
-from experiments.configs import base
+from crp_jax.runner.config import base_config, eval_config
 
 
 def get_config(preset: str = "small"):
-  c = base.base_config()
+  c = base_config()
   c.dataset = "mnist"
   c.model = "lenet"
   c.perturbation_eps = 0.3
   c.optimizer = "adam"
   c.learning_rate = 1e-3
-  c.eval = base.eval_config(eps=0.3, step_size=1 / 255)
+  c.eval = eval_config(eps=0.3, step_size=1 / 255)
   c.eval.extra_step_size = 0.01
   if preset == "paper":
     c.num_perturbations = 10

@@ -6,18 +6,18 @@ Adam at lr 0.002 with decay for 300 epochs; attacks at ε = 8/255, η = 2/255.
   python -m experiments.run --dataset=svhn --preset=paper
 """
 
-from experiments.configs import base
+from crp_jax.runner.config import base_config, eval_config
 
 
 def get_config(preset: str = "small"):
-  c = base.base_config()
+  c = base_config()
   c.dataset = "svhn"
   c.model = "resnet18"
   c.perturbation_eps = 16 / 255
   c.optimizer = "adam"
   c.learning_rate = 0.002
   c.lr_schedule = "cosine"
-  c.eval = base.eval_config(eps=8 / 255, step_size=2 / 255)
+  c.eval = eval_config(eps=8 / 255, step_size=2 / 255)
   c.eval.eps_grid = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255)
   if preset == "paper":
     c.num_perturbations = 10

@@ -1,0 +1,137 @@
+"""Attacks as data: one frozen spec per attack, one function that runs any spec, and the strong table.
+
+An :class:`AttackSpec` names an attack and every setting it runs with, so
+an evaluation plan, a report and a parity tool read fields instead of
+parsing names such as ``pgd20@eps``. :func:`strong_attacks` is the one
+table of the strong protocol (APGD-CE, APGD-T, Square), used by
+:func:`~crp_jax.attacks.strong_eval`, by the CLI's evaluation and by the
+parity tool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+
+from crp_jax.attacks import _apgd, _noise, _pgd, _square
+from crp_jax.attacks._core import LogitsFn
+
+#: The kinds of attack a spec can name.
+KINDS: tuple[str, ...] = ("clean", "fgsm", "pgd", "apgd", "apgd_t", "square", "noise")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+  """One attack and all its settings.
+
+  Attributes:
+    kind: one of :data:`KINDS` (``clean`` returns the input).
+    eps: radius ε of the ball.
+    steps: iterations (PGD, APGD, per target for APGD-T), queries (Square)
+      or samples (noise).
+    step_size: PGD's step η (unused by the others).
+    restarts: PGD/APGD runs; each example keeps its best.
+    loss: ``ce``, ``margin`` or ``dlr`` (PGD, APGD).
+    random_start: PGD/APGD start at a uniform point of the ball, else at x.
+    num_targets: APGD-T's target classes.
+    norm: ``linf`` or ``l2``.
+    name: unique key of the spec's results in ``results.json``.
+    label: the row name in reports, e.g. ``PGD-20 (η=0.01, random start)``.
+    key_path: the attack's key is ``fold_in(root, *key_path)`` of the
+      evaluation's root key, so a spec fixes its randomness.
+  """
+  kind: str
+  eps: float = 0.0
+  steps: int = 0
+  step_size: float = 0.0
+  restarts: int = 1
+  loss: str = "ce"
+  random_start: bool = True
+  num_targets: int = 0
+  norm: str = "linf"
+  name: str = ""
+  label: str = ""
+  key_path: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"unknown attack kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+
+  def settings(self) -> tuple:
+    """What the attack computes: every field but ``name`` and ``label``.
+
+    Two specs with equal settings give the same bits on the same inputs, so
+    an evaluation runs them once.
+    """
+    return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("name", "label"))
+
+  def key(self, root: jax.Array) -> jax.Array:
+    """This attack's PRNG key: ``root`` with :attr:`key_path` folded in."""
+    for i in self.key_path:
+      root = jax.random.fold_in(root, i)
+    return root
+
+
+Runner = Callable[..., jax.Array]
+
+
+def _pgd_spec(s: AttackSpec, f: LogitsFn, x: jax.Array, y: jax.Array, k: jax.Array, **opts) -> jax.Array:
+  return _pgd.pgd(f, x, y, key=k, eps=s.eps, step_size=s.step_size, num_steps=s.steps,
+                  restarts=s.restarts, random_start=s.random_start, loss=s.loss, norm=s.norm, **opts)
+
+
+def _apgd_spec(s: AttackSpec, f: LogitsFn, x: jax.Array, y: jax.Array, k: jax.Array, **opts) -> jax.Array:
+  return _apgd.apgd(f, x, y, key=k, eps=s.eps, norm=s.norm, num_steps=s.steps, loss=s.loss,
+                    restarts=s.restarts, random_start=s.random_start, **opts)
+
+
+def _apgd_t_spec(s: AttackSpec, f: LogitsFn, x: jax.Array, y: jax.Array, k: jax.Array, **opts) -> jax.Array:
+  return _apgd.apgd_targeted(f, x, y, key=k, eps=s.eps, norm=s.norm, num_steps=s.steps,
+                             num_targets=s.num_targets, restarts=s.restarts,
+                             random_start=s.random_start, **opts)
+
+
+_RUNNERS: dict[str, Runner] = {
+    "clean": lambda s, f, x, y, k, **opts: x,
+    "fgsm": lambda s, f, x, y, k, clip, early_stop: _pgd.fgsm(f, x, y, eps=s.eps, clip=clip),
+    "pgd": _pgd_spec,
+    "apgd": _apgd_spec,
+    "apgd_t": _apgd_t_spec,
+    "square": lambda s, f, x, y, k, **opts: _square.square(f, x, y, key=k, eps=s.eps, num_queries=s.steps,
+                                                           **opts),
+    # Noise lies in [0, 1] by construction; it ignores ``clip``.
+    "noise": lambda s, f, x, y, k, **opts: _noise.random_noise(f, x, y, key=k, eps=s.eps,
+                                                               num_samples=s.steps),
+}
+
+
+def run_attack(spec: AttackSpec, logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array,
+               clip: tuple[float, float] | None = (0.0, 1.0), early_stop: bool = True) -> jax.Array:
+  """``(B, *shape)`` adversarial inputs of ``spec`` against ``logits_fn``, drawn with ``key`` as given.
+
+  ``key`` is the attack's own key (:meth:`AttackSpec.key` of a root key);
+  ``clip`` and ``early_stop`` are passed to the attack. Jittable: the spec
+  is static.
+  """
+  return _RUNNERS[spec.kind](spec, logits_fn, x, y, key, clip=clip, early_stop=early_stop)
+
+
+def strong_attacks(*, eps: float, apgd_steps: int = 100, num_targets: int = 9,
+                   square_queries: int = 5000, norm: str = "linf") -> tuple[AttackSpec, ...]:
+  """The strong protocol's attacks, AutoAttack-style: APGD-CE, APGD-T (DLR), Square (L∞ only).
+
+  Attack ``a`` of the table has ``key_path == (a,)``.
+  """
+  table = [
+      AttackSpec("apgd", eps=eps, steps=apgd_steps, loss="ce", norm=norm, name="apgd-ce",
+                 label=f"APGD-CE ({apgd_steps} steps)"),
+      AttackSpec("apgd_t", eps=eps, steps=apgd_steps, loss="dlr", num_targets=num_targets, norm=norm,
+                 name="apgd-t",
+                 label=f"APGD-T ({apgd_steps} steps, {num_targets} targets)"),
+  ]
+  if norm == "linf":
+    table.append(AttackSpec("square", eps=eps, steps=square_queries, name="square",
+                            label=f"Square ({square_queries} queries)"))
+  return tuple(dataclasses.replace(s, key_path=(a,)) for a, s in enumerate(table))
