@@ -1,4 +1,4 @@
-"""The loop-friendly convolution of crp_jax/models/_conv.py: same values and gradients as lax."""
+"""The loop-friendly convolution of crp_jax/models/conv.py: same values and gradients as lax."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from crp_jax.models._conv import _opaque, conv_general_dilated
+from crp_jax.models import LeNet, ResNet18
+from crp_jax.models.conv import _opaque, conv_general_dilated
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -97,11 +98,37 @@ def test_other_convolutions_fall_back_to_lax(kw):
 def test_other_backends_get_plain_lax(monkeypatch):
   # On a GPU/TPU default backend nothing is rewritten: cuDNN's own backward
   # kernels, no polyphase split, no zero-trip loop (a host sync on a GPU).
-  from crp_jax.models import _conv  # pylint: disable=g-import-not-at-top
+  from crp_jax.models import conv as conv_module  # pylint: disable=g-import-not-at-top
   x, k = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
   text = lambda conv: jax.jit(jax.grad(lambda x, k: jnp.sum(conv(
       x, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)), argnums=(0, 1))).lower(x, k).as_text()
   assert text(conv_general_dilated) != text(lax.conv_general_dilated)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert not _conv.rewrites_enabled()
+  assert not conv_module.rewrites_enabled()
   assert text(conv_general_dilated) == text(lax.conv_general_dilated)
+
+
+def _grad_text(conv) -> str:
+  x, k = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+  return jax.jit(jax.grad(lambda x, k: jnp.sum(conv(
+      x, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)), argnums=(0, 1))).lower(x, k).as_text()
+
+
+def test_the_switch_forces_the_rewrites_either_way(monkeypatch):
+  # rewrites=False is plain lax on the CPU; rewrites=True rewrites on any default backend.
+  plain = _grad_text(lax.conv_general_dilated)
+  assert _grad_text(lambda *a, **kw: conv_general_dilated(*a, rewrites=False, **kw)) == plain
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert _grad_text(lambda *a, **kw: conv_general_dilated(*a, rewrites=True, **kw)) != plain
+
+
+@pytest.mark.parametrize("model,shape", [(LeNet, (28, 28, 1)), (lambda **kw: ResNet18(widths=(4, 8, 8, 8), **kw),
+                                                                (16, 16, 3))])
+def test_models_compute_the_same_with_the_rewrites_on_or_off(model, shape):
+  # The switch changes how the convolutions are computed, not the parameters or (to rounding) the logits.
+  x = jax.random.uniform(jax.random.key(1), (2, *shape))
+  variables = model().init(jax.random.key(0), x)
+  for on in (True, False):
+    other = model(conv_rewrites=on)
+    assert jax.tree.structure(other.init(jax.random.key(0), x)) == jax.tree.structure(variables)
+    np.testing.assert_allclose(other.apply(variables, x), model().apply(variables, x), rtol=1e-5, atol=1e-5)

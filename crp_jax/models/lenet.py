@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from crp_jax.models._conv import conv_general_dilated
+from crp_jax.models.conv import conv_general_dilated
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -88,6 +88,10 @@ class LeNet(nn.Module):
     num_classes: number of output logits.
     dtype: compute dtype (e.g. ``jnp.bfloat16``). Parameters stay float32
       and the logits are returned in float32.
+    conv_rewrites: the ``rewrites`` switch of every convolution
+      (:func:`crp_jax.models.conv.conv_general_dilated`): ``None`` rewrites
+      on the CPU backend only, ``True``/``False`` force it. Same values and
+      parameters either way; only the speed differs.
 
   >>> import jax, jax.numpy as jnp
   >>> model = LeNet()
@@ -98,6 +102,7 @@ class LeNet(nn.Module):
 
   num_classes: int = 10
   dtype: Any = jnp.float32
+  conv_rewrites: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -106,7 +111,8 @@ class LeNet(nn.Module):
     x = x.astype(self.dtype)
     # The loop-friendly input gradient: attacks differentiate in x inside lax loops.
     conv = functools.partial(nn.Conv, padding="SAME", dtype=self.dtype,
-                             conv_general_dilated=conv_general_dilated)
+                             conv_general_dilated=functools.partial(conv_general_dilated,
+                                                                    rewrites=self.conv_rewrites))
     x = max_pool_2x2(nn.relu(conv(32, (5, 5))(x)))
     x = max_pool_2x2(nn.relu(conv(64, (5, 5))(x)))
     x = x.reshape(x.shape[0], -1)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from crp_jax.models._conv import conv_general_dilated
+from crp_jax.models.conv import conv_general_dilated
 
 # He-normal over fan-out, the init of torchvision's ResNet (and of the PyTorch
 # code the paper's numbers come from); Flax's default LeCun-normal is half the
@@ -17,10 +17,16 @@ from crp_jax.models._conv import conv_general_dilated
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def conv(features: int, kernel_size: tuple[int, int], dtype: Any, **kwargs: Any) -> nn.Conv:
-  """A bias-free He-initialised convolution whose gradients take XLA:CPU's fast paths (``_conv``)."""
+def conv(features: int, kernel_size: tuple[int, int], dtype: Any, rewrites: bool | None = None,
+         **kwargs: Any) -> nn.Conv:
+  """A bias-free He-initialised convolution whose gradients take XLA:CPU's fast paths.
+
+  ``rewrites`` is :func:`crp_jax.models.conv.conv_general_dilated`'s switch
+  (``None``: on the CPU backend only).
+  """
   return nn.Conv(features, kernel_size, use_bias=False, kernel_init=conv_init, dtype=dtype,
-                 conv_general_dilated=conv_general_dilated, **kwargs)
+                 conv_general_dilated=functools.partial(conv_general_dilated, rewrites=rewrites),
+                 **kwargs)
 
 
 def batch_norm(train: bool, dtype: Any) -> nn.BatchNorm:
@@ -38,10 +44,11 @@ class BasicBlock(nn.Module):
   features: int
   strides: int = 1
   dtype: Any = jnp.float32
+  conv_rewrites: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv_ = functools.partial(conv, dtype=self.dtype)
+    conv_ = functools.partial(conv, dtype=self.dtype, rewrites=self.conv_rewrites)
     y = conv_(self.features, (3, 3), strides=self.strides, padding=1)(x)
     y = nn.relu(batch_norm(train, self.dtype)(y))
     y = conv_(self.features, (3, 3), padding=1)(y)
@@ -82,6 +89,9 @@ class ResNet18(nn.Module):
       and the logits are returned in float32.
     stage_sizes: blocks per stage; the default is ResNet-18.
     widths: channels per stage.
+    conv_rewrites: the ``rewrites`` switch of every convolution
+      (:func:`crp_jax.models.conv.conv_general_dilated`): ``None`` rewrites
+      on the CPU backend only, ``True``/``False`` force it.
 
   >>> import jax, jax.numpy as jnp
   >>> model = ResNet18()
@@ -97,17 +107,18 @@ class ResNet18(nn.Module):
   dtype: Any = jnp.float32
   stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
   widths: tuple[int, ...] = (64, 128, 256, 512)
+  conv_rewrites: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     """``(batch, H, W, C)`` pixels in ``[0, 1]`` → ``(batch, num_classes)`` float32 logits."""
     x = x.astype(self.dtype)
-    x = conv(self.widths[0], (3, 3), self.dtype, padding=1)(x)
+    x = conv(self.widths[0], (3, 3), self.dtype, self.conv_rewrites, padding=1)(x)
     x = nn.relu(batch_norm(train, self.dtype)(x))
     for stage, (num_blocks, features) in enumerate(zip(self.stage_sizes, self.widths)):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(features, strides, dtype=self.dtype)(x, train=train)
+        x = BasicBlock(features, strides, dtype=self.dtype, conv_rewrites=self.conv_rewrites)(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
     return x.astype(jnp.float32)

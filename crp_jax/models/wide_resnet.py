@@ -25,10 +25,11 @@ class WideBasicBlock(nn.Module):
   strides: int = 1
   dropout_rate: float = 0.1
   dtype: Any = jnp.float32
+  conv_rewrites: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv_ = functools.partial(conv, dtype=self.dtype)
+    conv_ = functools.partial(conv, dtype=self.dtype, rewrites=self.conv_rewrites)
     pre = nn.relu(batch_norm(train, self.dtype)(x))
     y = conv_(self.features, (3, 3), strides=self.strides, padding=1)(pre)
     y = nn.relu(batch_norm(train, self.dtype)(y))
@@ -72,6 +73,9 @@ class WideResNet(nn.Module):
     depth: total depth, ``6n + 4``.
     width: widening factor k.
     dropout_rate: dropout probability inside each block.
+    conv_rewrites: the ``rewrites`` switch of every convolution
+      (:func:`crp_jax.models.conv.conv_general_dilated`): ``None`` rewrites
+      on the CPU backend only, ``True``/``False`` force it.
 
   >>> import jax, jax.numpy as jnp
   >>> model = WideResNet()
@@ -86,6 +90,7 @@ class WideResNet(nn.Module):
   depth: int = 28
   width: int = 10
   dropout_rate: float = 0.1
+  conv_rewrites: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -94,11 +99,12 @@ class WideResNet(nn.Module):
       raise ValueError(f"WideResNet depth must be 6n + 4, got {self.depth}")
     blocks_per_group = (self.depth - 4) // 6
     x = x.astype(self.dtype)
-    x = conv(16, (3, 3), self.dtype, padding=1)(x)
+    x = conv(16, (3, 3), self.dtype, self.conv_rewrites, padding=1)(x)
     for group, strides in enumerate((1, 2, 2)):
       for block in range(blocks_per_group):
         x = WideBasicBlock(
             16 * self.width * 2**group, strides if block == 0 else 1, self.dropout_rate, dtype=self.dtype,
+            conv_rewrites=self.conv_rewrites,
         )(x, train=train)
     x = nn.relu(batch_norm(train, self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))

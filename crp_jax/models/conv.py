@@ -23,7 +23,7 @@ fuses BatchNorm/ReLU/residual adds into the kernel gradient's layout
 transposes and recomputes them in a cache-hostile order. In a ResNet-18
 train step on one CPU device those transposes took 0.95 of 5.06 s per step
 before, 0.26 of 3.97 s after, strided convolutions below included
-(``CRP_CPU_DEVICES=1 python -m benchmarks.train_probe trace --model=resnet18``).
+(``CRP_CPU_DEVICES=1 python -m benchmarks.probes.train_probe trace --model=resnet18``).
 
 A strided convolution (ResNet downsampling) is written as a sum of
 stride-1 convolutions over the input's polyphase components
@@ -35,6 +35,12 @@ the default backend is not the CPU (:func:`rewrites_enabled`): cuDNN and
 the TPU compiler have fast backward kernels of their own, and the rewrites
 would cost them (the zero-trip loop of :func:`_opaque` is a device-to-host
 sync on a GPU; one strided convolution becomes several).
+
+The choice is explicit when wanted: ``rewrites=True``/``False`` forces the
+rewrites on or off (``None``, the default, is the automatic choice above),
+and the models pass their ``conv_rewrites`` attribute through, so a probe
+can compare both on one backend without patching this module
+(``python -m benchmarks.probes.train_probe rewrites``).
 """
 
 from __future__ import annotations
@@ -67,12 +73,14 @@ def _is_fast_case(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimensio
           and preferred_element_type is None and _is_nhwc_hwio(lhs, rhs, dimension_numbers))
 
 
-def rewrites_enabled() -> bool:
-  """Whether :func:`conv_general_dilated` rewrites convolutions: on the CPU backend only.
+def rewrites_enabled(rewrites: bool | None = None) -> bool:
+  """Whether :func:`conv_general_dilated` rewrites convolutions: ``rewrites``, or if ``None`` on the CPU only.
 
-  Read at trace time, from the default backend, which is where ``jax.jit``
-  compiles unless told otherwise.
+  The automatic choice is read at trace time, from the default backend,
+  which is where ``jax.jit`` compiles unless told otherwise.
   """
+  if rewrites is not None:
+    return bool(rewrites)
   return jax.default_backend() == "cpu"
 
 
@@ -88,13 +96,17 @@ def conv_general_dilated(
     batch_group_count: int = 1,
     precision: Any = None,
     preferred_element_type: Any = None,
+    *,
+    rewrites: bool | None = None,
 ) -> jax.Array:
   """``lax.conv_general_dilated`` with gradients on XLA:CPU's fast paths (see the module doc).
 
   Shapes in the fast case: ``lhs`` is ``(B, H, W, C_in)``, ``rhs`` is
   ``(kh, kw, C_in, C_out)``; the result is ``(B, H', W', C_out)``.
+  ``rewrites`` forces the rewrites on or off; ``None`` turns them on when
+  the default backend is the CPU (:func:`rewrites_enabled`).
   """
-  if rewrites_enabled() and _is_fast_case(lhs, rhs, window_strides, lhs_dilation, rhs_dilation,
+  if rewrites_enabled(rewrites) and _is_fast_case(lhs, rhs, window_strides, lhs_dilation, rhs_dilation,
                                           dimension_numbers, feature_group_count, batch_group_count,
                                           preferred_element_type):
     strides = (1, 1) if window_strides is None else tuple(int(s) for s in window_strides)
@@ -102,7 +114,7 @@ def conv_general_dilated(
       padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     if strides == (1, 1):
-      return _conv(lhs, rhs, pads, precision)
+      return _stride1_conv(lhs, rhs, pads, precision)
     if all(lo >= 0 and hi >= 0 for lo, hi in pads):
       return _strided(lhs, rhs, strides, pads, precision)
   return lax.conv_general_dilated(
@@ -123,7 +135,7 @@ def _strided(x: jax.Array, k: jax.Array, strides: tuple[int, int], pads, precisi
     \quad X^{(p)}_j = \bar x_{s j + p},\ K^{(p)}_m = k_{s m + p},
 
   per spatial axis: every term is a stride-1 'valid' convolution, whose
-  gradients take :func:`_conv`'s fast paths, where the strided convolution's
+  gradients take :func:`_stride1_conv`'s fast paths, where the strided convolution's
   input gradient is an input-dilated convolution that XLA:CPU runs as a
   generic loop. The same multiply-adds, in a different summation order.
   """
@@ -135,7 +147,7 @@ def _strided(x: jax.Array, k: jax.Array, strides: tuple[int, int], pads, precisi
     for q in range(min(sw, kw)):
       kpq = k[p::sh, q::sw]
       xpq = xp[:, p::sh, q::sw][:, :out_h + kpq.shape[0] - 1, :out_w + kpq.shape[1] - 1]
-      term = _conv(xpq, kpq, ((0, 0), (0, 0)), precision)
+      term = _stride1_conv(xpq, kpq, ((0, 0), (0, 0)), precision)
       y = term if y is None else y + term
   return y
 
@@ -145,15 +157,15 @@ def _plain(x: jax.Array, k: jax.Array, pads, precision) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x: jax.Array, k: jax.Array, pads, precision) -> jax.Array:
+def _stride1_conv(x: jax.Array, k: jax.Array, pads, precision) -> jax.Array:
   return _plain(x, k, pads, precision)
 
 
-def _conv_fwd(x, k, pads, precision):
+def _stride1_conv_fwd(x, k, pads, precision):
   return _plain(x, k, pads, precision), (x, k)
 
 
-def _conv_bwd(pads, precision, res, g):
+def _stride1_conv_bwd(pads, precision, res, g):
   x, k = res
   kh, kw = k.shape[:2]
   # A materialised (flipped, in/out-swapped) kernel: the barrier keeps XLA
@@ -169,7 +181,7 @@ def _conv_bwd(pads, precision, res, g):
   return dx, k_vjp(g)[0]
 
 
-_conv.defvjp(_conv_fwd, _conv_bwd)
+_stride1_conv.defvjp(_stride1_conv_fwd, _stride1_conv_bwd)
 
 
 def _opaque(*xs: jax.Array) -> tuple[jax.Array, ...]:
