@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from crp_jax import attacks, data
-from crp_jax.runner import diagnostics, evaluate, train
+from crp_jax.runner import evaluate, evaluators, train
 from crp_jax.models import get_model
 from crp_jax.runner import config as base
 
@@ -68,14 +68,10 @@ def mnist():
 
 def run_report(model, variables, test, cfg):
   mesh = train.make_mesh(jax.devices()[:2])
-  subset = evaluate.take(test, evaluate.subset_indices(test.num_examples, cfg.attack_subset))
-  key = jax.random.key(0)
-  fgsm = evaluate.evaluate_attacks(model, variables, subset, {"fgsm": evaluate.paper_attacks(cfg)["fgsm"]},
-                                   key, batch_size=cfg.batch_size, mesh=mesh, progress=False)
-  c = {**diagnostics.diagnose(model, variables, subset, cfg, key, mesh=mesh, progress=False), **fgsm}
-  c["clean"] = evaluate.evaluate_attacks(model, variables, subset, {"clean": None}, key,
-                                         batch_size=cfg.batch_size, mesh=mesh, progress=False)["clean"]
-  summary = diagnostics.summarize(c, cfg, 10)
+  plan = evaluators.build_plan(cfg)
+  measured = evaluators.measure(plan, evaluators.Model(model, variables, cfg, jax.random.key(0)), test,
+                                mesh=mesh, progress=False)
+  summary = next(e for e in plan if e.name == "strong").summarize(measured, 10)
   return summary, {ch["name"]: ch for ch in summary["checks"]}
 
 

@@ -75,3 +75,37 @@ def test_variable_epochs_differ():
 def test_rejects_k_below_one():
   with pytest.raises(ValueError, match="num_perturbations"):
     ball(W, num_perturbations=0)
+
+
+# ----------------------------------------------------------------------------- Eq. 8 and Eq. 9
+
+
+def test_ball_loss_is_the_mean_of_pair_losses_with_the_same_delta():
+  from crp_jax import pair_loss  # pylint: disable=g-import-not-at-top
+  for include_clean in (False, True):
+    draws = ([-1] if include_clean else []) + list(range(4))
+    pairs = np.mean([pair_loss(make_loss_fn(W), X, Y, key=KEY, example_ids=IDS,
+                               draw_ids=jnp.full(B, j), eps=0.3) for j in draws], axis=0)
+    np.testing.assert_allclose(ball(W, include_clean=include_clean), pairs, rtol=1e-6)
+
+
+@pytest.mark.parametrize("include_clean", [False, True])
+def test_full_epoch_pair_loss_mean_equals_the_mean_ball_loss(include_clean):
+  """The trainer's extended set (Eq. 9), one shuffled epoch of pairs, vs ball_loss over the split (Eq. 8)."""
+  from crp_jax import extended_set, pair_loss  # pylint: disable=g-import-not-at-top
+  k, m = 3, B
+  pairs = extended_set.epoch_pairs(0, 0, m, k, include_clean)
+  assert len(pairs.example_index) == m * (k + int(include_clean))
+  rows = pair_loss(make_loss_fn(W), X[pairs.example_index], Y[pairs.example_index], key=KEY,
+                   example_ids=IDS[pairs.example_index], draw_ids=jnp.asarray(pairs.draw_id), eps=0.3)
+  np.testing.assert_allclose(rows.mean(), ball(W, num_perturbations=k, include_clean=include_clean).mean(),
+                             rtol=1e-6)
+
+
+def test_has_aux_returns_the_loss_fns_aux_of_the_whole_call():
+  def loss_fn(x, y):
+    return make_loss_fn(W)(x, y), x.shape[0]
+  loss, rows = ball_loss(loss_fn, X, Y, key=KEY, example_ids=IDS, num_perturbations=4, eps=0.3,
+                         include_clean=True, has_aux=True)
+  np.testing.assert_array_equal(loss, ball(W, include_clean=True))
+  assert rows == 5 * B

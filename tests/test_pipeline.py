@@ -93,3 +93,35 @@ def test_default_job_runs_tiny_and_writes_its_outputs(tmp_path):
     for name in OUTPUTS:
       assert (tmp_path / method / name).exists(), (method, name)
   assert (tmp_path / "report.md").read_text().count("PGD-2") == 2
+
+
+def test_ball_loss_objective_is_a_user_loop_over_the_public_ball_loss(tmp_path):
+  """--config.objective=ball_loss trains exactly what a user's own optax loop over crp_jax.ball_loss does."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from crp_jax import ball_loss, extended_set  # pylint: disable=g-import-not-at-top
+  config = tiny(get_config("mnist5k"), method="crp", train_subset=64, objective="ball_loss")
+  split = data.load_split("mnist5k", "train")
+  model = get_model("lenet")
+  ours = train.fit(config, str(tmp_path), model, split, train.make_mesh(jax.devices()[:1]), progress=False,
+                   stop_at=2)
+  keys = train.run_keys(config.seed)
+  params = model.init(keys["init"], jnp.zeros((1, 28, 28, 1)), train=False)["params"]
+  tx = optax.adam(config.learning_rate)
+  opt_state = tx.init(params)
+  for _, pairs in extended_set.iterate_pairs(config.seed, 64, 0, True, config.batch_size, 0, 2):
+    i = pairs.example_index
+    x, y = data.to_float(split.images[i]), jnp.asarray(split.labels[i])
+
+    def loss(p):
+      ce = lambda xb, yb: optax.softmax_cross_entropy_with_integer_labels(
+          model.apply({"params": p}, xb, train=True), yb)
+      return ball_loss(ce, x, y, key=keys["perturbations"], example_ids=jnp.asarray(split.ids[i]),
+                       num_perturbations=config.num_perturbations, eps=config.perturbation_eps,
+                       include_clean=config.include_clean).mean()
+
+    updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+    params = optax.apply_updates(params, updates)
+  assert int(ours.step) == 2
+  for a, b in zip(jax.tree.leaves(ours.params), jax.tree.leaves(params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)

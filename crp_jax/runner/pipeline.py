@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from crp_jax import data
-from crp_jax.runner import checkpoint, config as config_lib, diagnostics, evaluate, atomic, report, train
+from crp_jax.runner import atomic, checkpoint, config as config_lib, evaluators, report, train
 from crp_jax.models import get_model
 
 
@@ -79,52 +79,12 @@ def train_one(config: ml_collections.ConfigDict, workdir: str, train_split: data
   return Trained(config, model, state.variables()), info
 
 
-def evaluate_one(trained: Trained, test: data.Split, *, mesh: jax.sharding.Mesh,
-                 progress: bool = True) -> dict[str, Any]:
-  """The paper's protocol, and (``eval.strong``) the strong protocol on the same subset.
-
-  Returns the JSON-able results plus ``_correct``: attack -> per-example bool.
-  """
-  cfg = trained.config.eval
-  key = train.run_keys(trained.config.seed)["eval"]
-  paper = evaluate.paper_protocol(trained.model, trained.variables, test, cfg, key, mesh=mesh,
-                                  progress=progress)
-  correct = paper.pop("correct")
-  if cfg.strong:
-    subset = evaluate.take(test, evaluate.subset_indices(test.num_examples, cfg.attack_subset))
-    correct.update(diagnostics.diagnose(trained.model, trained.variables, subset, cfg, key, mesh=mesh,
-                                        progress=progress))
-  return {"paper": paper, "_correct": correct}
-
-
-def transfer_correct(entries: dict[str, Trained], test: data.Split, *, mesh: jax.sharding.Mesh,
-                     progress: bool = True) -> dict[str, dict[str, np.ndarray]]:
-  """Black-box transfer: ``out[target][source]`` = per-example correctness of ``target``
-  on examples crafted against ``source`` (APGD-CE at the evaluation ε)."""
-  if len(entries) < 2:
-    return {}
-  first = next(iter(entries.values())).config.eval
-  subset = evaluate.take(test, evaluate.subset_indices(test.num_examples, first.attack_subset))
-  key = train.run_keys(next(iter(entries.values())).config.seed)["eval"]
-  return evaluate.transfer_matrix({n: (t.model, t.variables) for n, t in entries.items()}, subset,
-                                  diagnostics.strong_attacks(first)["apgd-ce"], key, mesh=mesh,
-                                  batch_size=first.batch_size, progress=progress)
-
-
-def finish(entries: dict[str, Trained], evaluations: dict[str, dict[str, Any]],
-           transfer: dict[str, dict[str, np.ndarray]], num_classes: int) -> dict[str, dict[str, Any]]:
-  """Adds the strong summary and masking checks (with transfer) to each evaluation."""
-  out = {}
-  for name, ev in evaluations.items():
-    ev = dict(ev)
-    correct = ev.pop("_correct")
-    cfg = entries[name].config.eval
-    if cfg.strong:
-      t = transfer.get(name, {})
-      ev["strong"] = diagnostics.summarize(correct, cfg, num_classes, t)
-      ev["strong"]["transfer"] = {src: float(v.mean()) for src, v in t.items()}
-    out[name] = ev
-  return out
+def evaluate_all(entries: dict[str, Trained], test: data.Split, *, mesh: jax.sharding.Mesh,
+                 progress: bool = True) -> dict[str, dict[str, Any]]:
+  """Each model's ``evaluation`` record: its config's evaluation plan, transfer between the models."""
+  models = {n: evaluators.Model(t.model, t.variables, t.config.eval, train.run_keys(t.config.seed)["eval"])
+            for n, t in entries.items()}
+  return evaluators.evaluate_models(models, test, mesh=mesh, progress=progress)
 
 
 def result_record(trained: Trained, training: dict[str, Any], evaluation: dict[str, Any],
@@ -154,13 +114,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   train_split, test = prepare(config, workdir, allow_config_change=allow_config_change)
   atomic.remove_stale_temps(workdir)
   mesh, train_mesh = train.make_mesh(), train.make_train_mesh()
-  entries, training, evaluations = {}, {}, {}
+  entries, training = {}, {}
   for m in methods_of(config):
     entries[m], training[m] = train_one(method_config(config, m), os.path.join(workdir, m), train_split,
                                         mesh=train_mesh, progress=progress)
-    evaluations[m] = evaluate_one(entries[m], test, mesh=mesh, progress=progress)
-  transfer = transfer_correct(entries, test, mesh=mesh, progress=progress) if config.eval.strong else {}
-  final = finish(entries, evaluations, transfer, test.num_classes)
+  final = evaluate_all(entries, test, mesh=mesh, progress=progress)
   results = {m: result_record(entries[m], training[m], final[m], command) for m in entries}
   for m in entries:
     write_outputs(os.path.join(workdir, m), {m: results[m]}, command)
@@ -195,7 +153,7 @@ def load_trained(workdir: str, eval_overrides: dict[str, Any] | None = None) -> 
   config_lib.validate(config)
   info = data.dataset_info(config.dataset)
   model = model_for(config, info.num_classes)
-  tx = train.make_optimizer(config, 1)
+  tx = train.make_optimizer(train.TrainSpec.from_config(config), 1)
   template = train.create_state(model, tx, train.run_keys(config.seed)["init"], info.image_shape)
   ckpt = checkpoint.Checkpointer(workdir, config.max_checkpoints)
   state = ckpt.restore_latest(template)
@@ -216,10 +174,7 @@ def evaluate_saved(workdirs: list[str], *, eval_overrides: dict[str, Any] | None
     raise config_lib.ConfigError(f"models of different datasets cannot be compared: {sorted(datasets)}")
   first = next(iter(entries.values())).config
   test = data.load_split(first.dataset, "test", data_dir=first.tfds_data_dir or None)
-  mesh = train.make_mesh()
-  evaluations = {n: evaluate_one(t, test, mesh=mesh, progress=progress) for n, t in entries.items()}
-  transfer = transfer_correct(entries, test, mesh=mesh, progress=progress) if first.eval.strong else {}
-  final = finish(entries, evaluations, transfer, test.num_classes)
+  final = evaluate_all(entries, test, mesh=train.make_mesh(), progress=progress)
   results = {n: result_record(entries[n], {"steps": None, "seconds": 0.0, "workdir": dirs[n]}, final[n], command)
              for n in entries}
   out = workdirs[0]

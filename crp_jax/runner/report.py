@@ -41,13 +41,11 @@ def accuracy_table(results: Results) -> str:
 
 
 def strong_rows(results: Results) -> str:
-  e = next(iter(results.values()))["config"]["eval"]
+  first = next(iter(results.values()))
   vals = lambda *p: [_get(r, "evaluation", "strong", *p) for r in results.values()]
-  out = f"| *Strong protocol (n={next(iter(results.values()))['evaluation']['paper']['num_attacked']})* |" + \
-      " |" * len(results) + "\n"
-  out += _row(f"APGD-CE ({e['apgd_steps']} steps)", vals("accuracy", "apgd-ce"))
-  out += _row(f"APGD-T ({e['apgd_steps']} steps, {e['num_targets']} targets)", vals("accuracy", "apgd-t"))
-  out += _row(f"Square ({e['square_queries']} queries)", vals("accuracy", "square"))
+  out = f"| *Strong protocol (n={first['evaluation']['paper']['num_attacked']})* |" + " |" * len(results) + "\n"
+  for key, label in first["evaluation"]["strong"]["labels"].items():
+    out += _row(label, vals("accuracy", key))
   out += _row("**Worst case (APGD-CE ∧ APGD-T ∧ Square)**", vals("worst_case"))
   out += _row("**Worst case over every attack at ε** (incl. paper's, sweeps, noise, transfer)",
               vals("all_attacks"))
@@ -130,15 +128,14 @@ def plot_curves(results: Results, path: str) -> None:
     return
   fig, (ax_eps, ax_steps) = plt.subplots(1, 2, figsize=(10, 4))
   for name, r in results.items():
-    e = r["config"]["eval"]
-    acc = _get(r, "evaluation", "strong", "accuracy") or {}
-    ax_eps.plot(e["eps_grid"], [100 * acc[f"pgd{e['eps_sweep_steps']}@{x:.4g}"] for x in e["eps_grid"]],
-                "o-", label=name)
-    ax_steps.plot(e["sweep_steps"], [100 * acc[f"pgd{n}@eps"] for n in e["sweep_steps"]], "o-",
-                  label=f"{name} PGD")
-    if e["sweep_apgd_steps"]:
-      ax_steps.plot(e["sweep_apgd_steps"], [100 * acc[f"apgd{n}@eps"] for n in e["sweep_apgd_steps"]],
-                    "s--", label=f"{name} APGD-CE")
+    curves = _get(r, "evaluation", "strong", "curves")
+    if curves is None:
+      continue
+    xs_ys = lambda points: ([x for x, _ in points], [100 * y for _, y in points])
+    ax_eps.plot(*xs_ys(curves["eps"]), "o-", label=name)
+    ax_steps.plot(*xs_ys(curves["pgd_steps"]), "o-", label=f"{name} PGD")
+    if curves["apgd_steps"]:
+      ax_steps.plot(*xs_ys(curves["apgd_steps"]), "s--", label=f"{name} APGD-CE")
   ax_eps.set(xlabel="ε (L∞)", ylabel="accuracy [%]", title="Accuracy vs ε (PGD)")
   ax_steps.set(xlabel="attack steps", ylabel="accuracy [%]", xscale="log", title="Accuracy vs steps at ε")
   for ax in (ax_eps, ax_steps):

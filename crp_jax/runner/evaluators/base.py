@@ -1,0 +1,36 @@
+"""What every evaluator provides: the attacks it needs and a summary of what they measured."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import ml_collections
+
+from crp_jax.attacks import AttackSpec
+from crp_jax.runner.evaluate import Measurements
+
+
+class Evaluator(Protocol):
+  """One entry of the evaluation plan (big_vision style: one module, one class).
+
+  The runner (:func:`crp_jax.runner.evaluators.measure`) runs the union of
+  every evaluator's :attr:`specs` once per model, the gradient statistics if
+  any evaluator asks for them, and the transfer attacks between models;
+  then each evaluator turns the :class:`~crp_jax.runner.evaluate.Measurements`
+  into the JSON section ``results["evaluation"][name]``. The train loop and
+  the pipeline never learn an attack's name.
+  """
+
+  #: The key of this evaluator's section in ``results.json``.
+  name: str
+  #: Attacks run on the attacked subset, each keyed by ``spec.key(eval key)``.
+  specs: tuple[AttackSpec, ...]
+  #: Crafted on every other model of a comparison, or ``None``.
+  transfer_spec: AttackSpec | None
+  #: Whether :func:`~crp_jax.runner.evaluate.gradient_stats` is needed.
+  needs_gradients: bool
+
+  def __init__(self, cfg: ml_collections.ConfigDict) -> None: ...
+
+  def summarize(self, m: Measurements, num_classes: int) -> dict[str, Any]:
+    """The JSON-able section of this evaluator."""

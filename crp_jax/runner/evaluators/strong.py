@@ -1,0 +1,66 @@
+"""The strong protocol (APGD-CE ∧ APGD-T ∧ Square, AutoAttack-style), the masking sweeps and checks, transfer."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from crp_jax.attacks import AttackSpec, strong_attacks
+from crp_jax.runner import diagnostics
+from crp_jax.runner.evaluate import Measurements
+from crp_jax.runner.evaluators.paper import paper_specs
+
+#: The strong protocol's attacks draw from ``fold_in(eval key, 7)``.
+STRONG_KEY = 7
+
+
+def _keyed(specs: tuple[AttackSpec, ...], first: int) -> tuple[AttackSpec, ...]:
+  """Gives the specs without a key path ``(STRONG_KEY, first), (STRONG_KEY, first + 1), ...`` in order."""
+  out, i = [], first
+  for s in specs:
+    if not s.key_path:
+      s, i = dataclasses.replace(s, key_path=(STRONG_KEY, i)), i + 1
+    out.append(s)
+  return tuple(out)
+
+
+class StrongProtocol:
+  """The strong protocol on the attacked subset, the sweeps and checks of
+  :mod:`crp_jax.runner.diagnostics`, and APGD-CE transfer from the other models."""
+
+  name = "strong"
+  needs_gradients = True
+
+  def __init__(self, cfg: ml_collections.ConfigDict):
+    self.cfg = cfg
+    table = strong_attacks(eps=cfg.eps, apgd_steps=cfg.apgd_steps, num_targets=cfg.num_targets,
+                           square_queries=cfg.square_queries)
+    self.apgd_ce, self.apgd_t, self.square = (dataclasses.replace(s, key_path=(STRONG_KEY, *s.key_path))
+                                              for s in table)
+    sweeps = diagnostics.sweep_specs(cfg, self.apgd_ce)
+    self.sweeps = sweeps.replace_all(_keyed(sweeps.all(), len(table)))
+    self.specs = (self.apgd_ce, self.apgd_t, self.square, *self.sweeps.all())
+    # Crafted with the evaluation key itself on every other model.
+    self.transfer_spec = dataclasses.replace(self.apgd_ce, key_path=())
+
+  def summarize(self, m: Measurements, num_classes: int) -> dict[str, Any]:
+    paper = paper_specs(self.cfg)
+    fgsm = next(s for s in paper if s.kind == "fgsm")
+    c = diagnostics.CheckInputs(self.sweeps, m.correct, m.correct[fgsm], m.correct[self.apgd_ce],
+                                m.correct[self.apgd_t], m.correct[self.square], m.gradients, m.transfer)
+    at_eps = (*paper, self.apgd_ce, self.apgd_t, self.square, *self.sweeps.at_eps())
+    every = np.logical_and.reduce([m.correct[s] for s in at_eps] + list(m.transfer.values()))
+    checks = diagnostics.masking_checks(c, self.cfg, num_classes)
+    acc = lambda s: float(m.correct[s].mean())
+    return {"accuracy": {s.name: acc(s) for s in (*paper, *self.specs)},
+            "labels": {s.name: s.label for s in (self.apgd_ce, self.apgd_t, self.square)},
+            "worst_case": float((c.apgd_ce & c.apgd_t & c.square).mean()), "all_attacks": float(every.mean()),
+            "checks": [{"name": ch.name, "passed": ch.passed, "detail": ch.detail} for ch in checks],
+            "num_flags": sum(not ch.passed for ch in checks),
+            "transfer": {src: float(v.mean()) for src, v in m.transfer.items()},
+            "curves": {"eps": [[s.eps, acc(s)] for s in self.sweeps.eps],
+                       "pgd_steps": [[s.steps, acc(s)] for s in self.sweeps.pgd_steps],
+                       "apgd_steps": [[s.steps, acc(s)] for s in self.sweeps.apgd_steps]}}
