@@ -1,1 +1,1 @@
-"""Throughput benchmarks (run as modules, e.g. ``python -m benchmarks.attack_throughput``)."""
+"""Throughput benchmarks: ``python -m benchmarks.run`` (the table), ``benchmarks.probes`` (the notes' probes)."""

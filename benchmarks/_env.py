@@ -1,12 +1,17 @@
-"""The benchmarks' description of the machine and versions.
+"""The benchmarks' process setup, command-line plumbing and description of the machine and versions.
 
 The process settings (huge pages for glibc's large blocks, Eigen instead of
 YNNPACK for single convolutions) are the entry points' own, defined and
 explained in :mod:`crp_jax.runner.process`; the harness re-executes itself with
 them, as ``python -m experiments.run`` does, unless ``--plain`` is given.
-The device count is set by :func:`experiments.cli.setup_devices`, as for
-the real command line. The benchmark's own addition is the allocator
-(:func:`allocator_preload`): tcmalloc when installed, for both contenders.
+The device count follows the real command line's rule (:func:`setup_devices`).
+The benchmark's own addition is the allocator (:func:`allocator_preload`):
+tcmalloc when installed, for both contenders.
+
+Every benchmark and probe is an absl program (``app.run``) whose bad flag
+or argument ends it with one line on stderr and status 2
+(:func:`parse_flags`, :func:`usage_error`), as ``experiments/cli.py`` does
+for the real command line; the benchmarks do not import ``experiments``.
 """
 
 from __future__ import annotations
@@ -14,9 +19,67 @@ from __future__ import annotations
 import glob
 import os
 import platform
-from typing import Mapping
+import sys
+from typing import Mapping, NoReturn, Sequence
 
+from absl import flags, logging
+
+from crp_jax.runner import process
 from crp_jax.runner.process import HUGETLB, XLA_CPU_FLAGS, reexec_tuned, tuned_env  # noqa: F401
+
+USAGE_EXIT = 2
+
+
+def usage_error(message: str) -> NoReturn:
+  """Prints ``error: message`` as one line on stderr and exits with status 2."""
+  print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+  sys.exit(USAGE_EXIT)
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """``app.run``'s parser: absl's flags from ``argv`` (program name first), a bad one in one line.
+
+  Returns the arguments that are not flags, program name first. absl
+  logging goes to warnings unless ``--verbosity`` is given (``app.run``
+  would log at INFO, and orbax and tfds chatter there).
+  """
+  try:
+    rest = flags.FLAGS(list(argv))
+  except flags.Error as e:
+    usage_error(str(e).splitlines()[0])
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  return rest
+
+
+def cpu_device_count(override: str | None) -> int:
+  """``override`` (``CRP_CPU_DEVICES``) as a positive integer, else the largest power of two <= the cores.
+
+  The rule of ``experiments/cli.py``, which the benchmarks may not import:
+  the benchmarks must run crp_jax on the devices the real command line uses.
+  """
+  if override is None:
+    return 1 << ((os.cpu_count() or 1).bit_length() - 1)
+  try:
+    count = int(override)
+  except ValueError:
+    count = 0
+  if count < 1:
+    usage_error(f"CRP_CPU_DEVICES={override!r}: must be an integer >= 1")
+  return count
+
+
+def setup_devices() -> None:
+  """As many XLA CPU devices as the real command line gets (:func:`cpu_device_count`); before JAX starts."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_num_cpu_devices", cpu_device_count(os.environ.get("CRP_CPU_DEVICES")))
+
+
+def setup_process(module: str) -> None:
+  """What a probe sets first in its main, as the real command line does: tuned re-exec, devices, compilation cache."""
+  reexec_tuned(module, sys.argv[1:])
+  setup_devices()
+  process.setup_compilation_cache()
 
 
 TCMALLOC_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",

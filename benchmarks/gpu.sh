@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu.sh            # needs jax[cuda], torch with CUDA, and the .[bench] extra
 #
 # 1. the benchmark table (every row but the host-RSS one, plus WRN-28-10 bf16 MFU);
-# 2. the crp step of WRN-28-10 with crp_jax.models._conv's CPU rewrites forced on and off,
+# 2. the crp step of WRN-28-10 with crp_jax.models.conv's CPU rewrites forced on and off,
 #    which is why they are off on accelerators;
 # 3. WRN-28-10 variants (no dropout, rbg dropout key, batch 256 and 512) and their MFU;
 # 4. where a WRN-28-10 step's time goes (per-kernel times from a profiler trace).
@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limi
 status=0
 timeout "${RUN_TIMEOUT:-600}" "$py" -m benchmarks.run --plain --out=benchmarks/results-gpu.md || status=$?
 for probe in "rewrites --model=wrn" "wrn" "trace --model=wrn"; do
-  echo "== python -m benchmarks.train_probe $probe"
-  CRP_PLAIN_PROCESS=1 timeout "${PROBE_TIMEOUT:-300}" "$py" -m benchmarks.train_probe $probe || status=$?
+  echo "== python -m benchmarks.probes.train_probe $probe"
+  CRP_PLAIN_PROCESS=1 timeout "${PROBE_TIMEOUT:-300}" "$py" -m benchmarks.probes.train_probe $probe || status=$?
 done
 exit $status

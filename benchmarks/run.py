@@ -3,7 +3,7 @@ r"""crp_jax against a PyTorch reference on this machine: ``python -m benchmarks.
   python -m benchmarks.run                              # every row; writes benchmarks/results.md
   python -m benchmarks.run --rows=lenet,attacks --repeats=9
   python -m benchmarks.run --plain --devices=1          # no process tuning, one device
-  python -m benchmarks.run --tiny --no-torch --out=/tmp/r.md   # smoke size (the test)
+  python -m benchmarks.run --tiny --notorch --out=/tmp/r.md    # smoke size (the test)
 
 Rows (each contender on the same architecture, batch and dtype, timed
 alternately A B A B … in this one process, medians of ``--repeats`` after a
@@ -31,9 +31,10 @@ the reference runs on ``cuda``, synchronised before each timer stops, and
 each repeat runs more steps (:func:`sizes`).
 
 crp_jax runs as ``python -m experiments.run`` does: one XLA CPU device per
-core (:func:`experiments.cli.setup_devices`), attack batches sharded over a
-``data`` mesh of all of them, train steps (:func:`crp_jax.train.jit_train_step`)
-on :func:`crp_jax.train.make_train_mesh` (one device per process on a CPU).
+core (:func:`benchmarks._env.setup_devices`, the command line's rule),
+attack batches sharded over a ``data`` mesh of all of them, train steps
+(:func:`crp_jax.runner.train.jit_train_step`) on
+:func:`crp_jax.runner.train.make_train_mesh` (one device per process on a CPU).
 Unless ``--plain``, the process re-executes itself once with the settings of
 :mod:`benchmarks._env` (huge pages for glibc's large blocks, Eigen
 convolutions); both contenders run under them. PyTorch and torchattacks come
@@ -43,7 +44,6 @@ so and the crp_jax columns are still measured.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
@@ -53,12 +53,12 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import _env, _flops, _timing
@@ -73,6 +73,8 @@ END = "<!-- benchmarks.run: end -->"
 NO_TORCH = "not measured: torch not installed"
 FAILED = "FAILED"
 NO_GPU = "not measured in a CPU run: see `benchmarks/results-gpu.md`"
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md")
+FLAGS = flags.FLAGS
 
 
 @dataclasses.dataclass
@@ -137,8 +139,8 @@ def load_torch(enabled: bool) -> Any | None:
   except ImportError:
     return None
   torch.set_num_threads(os.cpu_count() or 1)
-  from benchmarks import _torch_ref  # pylint: disable=g-import-not-at-top
-  return _torch_ref
+  from reference import torch_models  # pylint: disable=g-import-not-at-top
+  return torch_models
 
 
 def torch_device() -> str:
@@ -188,12 +190,6 @@ def ratio_row(name: str, workload: str, times: dict[str, list[float]], items: in
 # ----------------------------------------------------------------------------- crp_jax train step
 
 
-def train_config(method: str, eps: float) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      method=method, clip_perturbed=True, perturbation_eps=eps, distribution="uniform",
-      optimizer="adam", learning_rate=1e-3, weight_decay=0.0, lr_schedule="constant", momentum=0.9))
-
-
 @dataclasses.dataclass
 class Data:
   """A few host batches of the extended set (uint8 images, ids, draw ids) and their δ."""
@@ -217,20 +213,26 @@ def make_data(shape: tuple[int, ...], batch: int, *, num_batches: int = 4, k: in
 
 
 class JaxTrainer:
-  """crp_jax's jitted train step on a mesh, run ``steps`` times per call."""
+  """crp_jax's jitted train step on a mesh, run ``steps`` times per call.
+
+  The step is the library's (:func:`crp_jax.runner.train.make_train_step`)
+  for a :class:`~crp_jax.runner.train.TrainSpec` with ``method`` and radius
+  ``eps`` and every other field at its default: Adam at 1e-3, uniform δ,
+  clipped, the extended-set objective.
+  """
 
   def __init__(self, model, shape: tuple[int, ...], data: Data, mesh, *, method: str, eps: float,
                dropout_key: jax.Array | None = None):
-    config = train_config(method, eps)
-    tx = train.make_optimizer(config, 1000)
+    spec = train.TrainSpec(method=method, perturbation_eps=eps)
+    tx = train.make_optimizer(spec, 1000)
     keys = train.run_keys(0)
     if dropout_key is not None:
       keys["dropout"] = dropout_key
     self.perturbation_key = keys["perturbations"]
     state = train.create_state(model, tx, keys["init"], shape)
     self.state = jax.device_put(state, NamedSharding(mesh, P()))
-    perturb_fn = train.make_perturb_fn(config, keys["perturbations"], shape, 100)
-    step = train.jit_train_step(train.make_train_step(model, tx, perturb_fn, keys["dropout"]), mesh)
+    objective = train.make_objective(spec, keys["perturbations"], shape, 100)
+    step = train.jit_train_step(train.make_train_step(model, tx, objective, keys["dropout"]), mesh)
     sharding = NamedSharding(mesh, P("data"))
     self.batches = [jax.device_put(data.batch(i), sharding) for i in range(len(data.image))]
     start = time.perf_counter()
@@ -463,14 +465,15 @@ def markdown_table(rows: list[Row]) -> str:
                         for r in rows)
 
 
-def devices_line(args: argparse.Namespace) -> str:
+def devices_line(args: Args) -> str:
   """What crp_jax ran on: the CPU mesh and how it was sized, or the accelerator's name."""
   count, backend = jax.device_count(), jax.default_backend()
   if backend != "cpu":
     return f"- crp_jax: {count} × {jax.devices()[0].device_kind} ({backend}), batch sharded over a `data` mesh"
   how = "`--devices`" if args.devices else "`jax_num_cpu_devices`, as `experiments/cli.py` sets it"
   return (f"- crp_jax: {count} XLA CPU device(s) ({how}); attack batches sharded over all of them, train "
-          f"steps on {train.make_train_mesh().devices.size} (`crp_jax.train.make_train_mesh`), as the pipeline runs them")
+          f"steps on {train.make_train_mesh().devices.size} (`crp_jax.runner.train.make_train_mesh`), "
+          "as the pipeline runs them")
 
 
 def allocator_line() -> str:
@@ -489,7 +492,7 @@ def torch_line() -> str:
   return f"- torch threads: {os.cpu_count()} (`torch.set_num_threads(os.cpu_count())`)"
 
 
-def report(rows: list[Row], args: argparse.Namespace, started: str, seconds: float) -> str:
+def report(rows: list[Row], args: Args, started: str, seconds: float) -> str:
   mem = _env.memory_gib()
   lines = [
       f"Generated by `{' '.join(['python -m benchmarks.run', *args.argv])}`.",
@@ -527,31 +530,63 @@ def write_results(path: str, text: str) -> None:
   os.replace(path + ".tmp", path)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--rows", default="", help=f"comma-separated subset of {','.join(ROWS)} "
-                      "(default: all but wrn on a CPU, all but memory on an accelerator)")
-  parser.add_argument("--repeats", type=int, default=5, help="timed repeats per contender (≥ 5 for the record)")
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md"))
-  parser.add_argument("--tiny", action="store_true", help="smoke-test sizes")
-  parser.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch reference")
-  parser.add_argument("--plain", action="store_true", help="no process tuning (see benchmarks/_env.py)")
-  parser.add_argument("--allocator", choices=["auto", "tcmalloc", "glibc"], default="auto",
-                      help="malloc of the process, both contenders (auto: tcmalloc if installed; "
-                      "see benchmarks/_env.allocator_preload)")
-  parser.add_argument("--devices", type=int, default=None,
-                      help="XLA CPU devices (default: one per core, as experiments.run)")
-  args = parser.parse_args(argv)
-  args.argv = list(sys.argv[1:] if argv is None else argv)
-  unknown = set(args.rows.split(",")) - set(ROWS) - {""}
+@dataclasses.dataclass(frozen=True)
+class Args:
+  """The parsed command line; ``argv`` is what followed the program name (quoted in the report)."""
+  rows: str
+  repeats: int
+  out: str
+  tiny: bool
+  torch: bool
+  plain: bool
+  allocator: str
+  devices: int | None
+  argv: tuple[str, ...]
+
+
+def define_flags() -> None:
+  """The absl flags of ``python -m benchmarks.run``; idempotent, so tests can call :func:`main` in-process."""
+  if "rows" in FLAGS:
+    return
+  flags.DEFINE_string("rows", "", f"Comma-separated subset of {','.join(ROWS)} "
+                      "(default: all but wrn on a CPU, all but memory on an accelerator).")
+  flags.DEFINE_integer("repeats", 5, "Timed repeats per contender (>= 5 for the record).")
+  flags.DEFINE_string("out", DEFAULT_OUT, "Markdown file whose generated block is rewritten.")
+  flags.DEFINE_bool("tiny", False, "Smoke-test sizes.")
+  flags.DEFINE_bool("torch", True, "Measure the PyTorch reference (--notorch skips it).")
+  flags.DEFINE_bool("plain", False, "No process tuning (see benchmarks/_env.py).")
+  flags.DEFINE_enum("allocator", "auto", ["auto", "tcmalloc", "glibc"],
+                    "malloc of the process, both contenders (auto: tcmalloc if installed; "
+                    "see benchmarks/_env.allocator_preload).")
+  flags.DEFINE_integer("devices", None, "XLA CPU devices (default: one per core, as experiments.run).")
+
+
+def parse_args(argv: Sequence[str]) -> Args:
+  """The command line ``argv`` (program name first) as :class:`Args`; a bad flag exits in one line.
+
+  Each call starts from the defaults, so in-process calls (the tests) do
+  not inherit each other's flags.
+  """
+  define_flags()
+  names = [f.name for f in dataclasses.fields(Args) if f.name != "argv"]
+  for name in names:
+    FLAGS[name].unparse()
+  rest = _env.parse_flags(argv)
+  if len(rest) > 1:
+    _env.usage_error(f"unexpected arguments: {' '.join(rest[1:])}")
+  unknown = set(FLAGS.rows.split(",")) - set(ROWS) - {""}
   if unknown:
-    parser.error(f"unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}")
-  return args
+    _env.usage_error(f"--rows: unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}")
+  return Args(**{name: FLAGS[name].value for name in names}, argv=tuple(argv[1:]))
 
 
-def main(argv: list[str] | None = None) -> str:
+def main(argv: Sequence[str]) -> str:
+  """Runs the rows of the command line ``argv`` (program name first); returns the generated text."""
+  return run_rows(parse_args(argv))
+
+
+def run_rows(args: Args) -> str:
   """Runs the rows, prints the table and writes ``--out``; returns the generated text."""
-  args = parse_args(argv)
   started, t0 = _env.load_average(), time.perf_counter()
   s = sizes(args.tiny, on_accelerator())
   wanted = args.rows.split(",") if args.rows else default_rows()
@@ -606,12 +641,15 @@ def guarded(name: str, measure: Callable[[], Row | list[Row]]) -> list[Row]:
   return out if isinstance(out, list) else [out]
 
 
+def _command_line(args: Args) -> None:
+  """``python -m benchmarks.run``: the tuned process (unless ``--plain``) on the command line's devices."""
+  if not args.plain:
+    _env.reexec_tuned("benchmarks.run", list(args.argv), _env.allocator_env(args.allocator))
+  if args.devices:
+    os.environ["CRP_CPU_DEVICES"] = str(args.devices)
+  _env.setup_devices()
+  run_rows(args)
+
+
 if __name__ == "__main__":
-  _args = parse_args(None)
-  if not _args.plain:
-    _env.reexec_tuned("benchmarks.run", sys.argv[1:], _env.allocator_env(_args.allocator))
-  if _args.devices:
-    os.environ["CRP_CPU_DEVICES"] = str(_args.devices)
-  from experiments import cli  # pylint: disable=g-import-not-at-top
-  cli.setup_devices()
-  main()
+  app.run(_command_line, flags_parser=parse_args)

@@ -22,7 +22,8 @@ from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables, max_pool
 
 def test_smoke_without_torch(tmp_path):
   out = tmp_path / "results.md"
-  text = run.main(["--tiny", "--no-torch", "--rows=lenet,attacks,compile", "--repeats=1", f"--out={out}"])
+  text = run.main(["benchmarks.run", "--tiny", "--notorch", "--rows=lenet,attacks,compile", "--repeats=1",
+                   f"--out={out}"])
   written = out.read_text()
   assert text in written and written.startswith("# Benchmarks")
   assert "| row | workload | crp_jax | reference | ours/ref |" in written
@@ -38,10 +39,22 @@ def test_a_failing_row_is_recorded_and_fails_the_run(tmp_path, monkeypatch):
   monkeypatch.setattr(run, "perturbation_row", broken)
   out = tmp_path / "results.md"
   with pytest.raises(SystemExit, match="rows failed: perturbation"):
-    run.main(["--tiny", "--no-torch", "--rows=perturbation,lenet", "--repeats=1", f"--out={out}"])
+    run.main(["benchmarks.run", "--tiny", "--notorch", "--rows=perturbation,lenet", "--repeats=1", f"--out={out}"])
   written = out.read_text()
   assert "| perturbation | failed | failed: ValueError: boom |" in written and "| FAILED |" in written
   assert "| lenet |" in written          # the rows after it still ran
+
+
+def test_flags_start_from_their_defaults_and_a_bad_one_is_one_line(capsys):
+  assert run.parse_args(["benchmarks.run", "--tiny", "--notorch"]).tiny
+  args = run.parse_args(["benchmarks.run"])     # an earlier in-process call leaves nothing behind
+  assert (args.tiny, args.torch, args.repeats, args.out, args.argv) == (False, True, 5, run.DEFAULT_OUT, ())
+  for argv, error in ((["--rows=lenet,bogus"], "error: --rows: unknown rows ['bogus']; choose from "
+                       + ",".join(run.ROWS)), (["--no-torch"], "error: Unknown command line flag 'no-torch'")):
+    with pytest.raises(SystemExit) as exit_:
+      run.parse_args(["benchmarks.run", *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(error) and err.count("\n") == 1, err
 
 
 def test_allocator_choice(tmp_path):
@@ -66,7 +79,7 @@ def test_model_flops_match_the_analytic_counts():
   lenet = 2 * (28 * 28 * 32 * 25 * 1 + 14 * 14 * 64 * 25 * 32 + 7 * 7 * 64 * 1024 + 1024 * 10)
   assert _flops.forward_flops(LeNet(), (28, 28, 1)) == lenet == 27_767_808
   # WRN-28-10 on 32x32: 5.25 GMACs, the figure its paper and model zoos give; the strided
-  # convolutions count once whatever form _conv computes them in.
+  # convolutions count once whatever form crp_jax.models.conv computes them in.
   assert _flops.forward_flops(WideResNet(), (32, 32, 3)) / 2e9 == pytest.approx(5.248, abs=0.005)
 
 
@@ -146,27 +159,27 @@ def test_max_pool_gradient_matches_autodiff_with_ties():
 @pytest.mark.parity
 def test_torch_lenet_is_the_same_network():
   torch = pytest.importorskip("torch")
-  from benchmarks import _torch_ref  # pylint: disable=g-import-not-at-top
+  from reference import torch_models  # pylint: disable=g-import-not-at-top
   variables = init_variables(LeNet(), jax.random.key(0), (28, 28, 1))
   x = np.asarray(jax.random.uniform(jax.random.key(1), (4, 28, 28, 1)))
-  net = _torch_ref.lenet_from_flax(variables).eval()
+  net = torch_models.lenet_from_flax(variables).eval()
   with torch.no_grad():
     ours = np.asarray(LeNet().apply(variables, x))
-    ref = net(_torch_ref.to_nchw(x)).numpy()
+    ref = net(torch_models.to_nchw(x)).numpy()
   np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parity
 def test_torch_resnet18_is_the_same_network():
   torch = pytest.importorskip("torch")
-  from benchmarks import _torch_ref  # pylint: disable=g-import-not-at-top
+  from reference import torch_models  # pylint: disable=g-import-not-at-top
   model = ResNet18()
   variables = jax.jit(lambda k: init_variables(model, k, (32, 32, 3)))(jax.random.key(0))
   x = np.asarray(jax.random.uniform(jax.random.key(1), (2, 32, 32, 3)))
-  net = _torch_ref.resnet18_from_flax(variables).eval()
+  net = torch_models.resnet18_from_flax(variables).eval()
   with torch.no_grad():
     ours = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
-    ref = net(_torch_ref.to_nchw(x)).numpy()
+    ref = net(torch_models.to_nchw(x)).numpy()
   np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
   params = sum(p.numel() for p in net.parameters())
   assert params == 11_173_962

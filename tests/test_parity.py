@@ -1,4 +1,4 @@
-"""Parity of crp_jax's attacks with torchattacks (issue 4); see ``experiments/parity.py``.
+"""Parity of crp_jax's attacks with torchattacks (issue 4); see ``tools/parity.py``.
 
 The end-to-end comparison is marked ``parity`` (excluded from the default
 run, about 10 minutes on 2 CPU cores) and is skipped without torch and
@@ -7,14 +7,20 @@ torchattacks (the ``.[bench]`` extra)::
     pytest -m parity tests/test_parity.py
 """
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from crp_jax import attacks
-from experiments import parity
+from crp_jax.runner import train
+from tools import parity
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _N = 8
 
 
@@ -50,11 +56,24 @@ def test_worst_case_needs_clean_and_every_attack():
   np.testing.assert_array_equal(parity.worst_case(outcomes, clean), [True, False, False, False])
 
 
-def test_batch_order_is_seeded_and_covers_each_epoch():
-  order = parity.batch_order(10, 6, 4, seed=3)
-  assert order.shape == (6, 4)
-  np.testing.assert_array_equal(order, parity.batch_order(10, 6, 4, seed=3))
-  assert sorted(order.reshape(-1)[:10]) == list(range(10))  # the first epoch, once each
+def test_train_config_lasts_the_steps_on_the_library_trainer():
+  # 5000 digits at batch 128 is 39 steps an epoch: 300 steps need 8 epochs of standard training.
+  config = parity.train_config(300, 5000, batch_size=128, learning_rate=1e-3, seed=0)
+  assert (config.method, config.compare_with, config.dataset, config.model) == ("standard", "", "mnist5k", "lenet")
+  spe, total = train.num_train_steps(train.TrainSpec.from_config(config), 5000)
+  assert (spe, config.epochs) == (39, 8) and total >= 300 > total - spe
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--examples=2000", "error: --examples must be in [1, 1000], got 2000"),
+    ("--apgd_steps=0", "error: --apgd_steps must be >= 1, got 0"),
+    ("--eps=0", "error: need 0 < --eps <= 1 and --tolerance >= 0, got 0.0 and 1.0"),
+    ("--examples=many", "error: flag --examples=many: invalid literal for int() with base 10: 'many'"),
+])
+def test_a_bad_flag_is_one_line_and_exit_2(flag, message):
+  proc = subprocess.run([sys.executable, "-m", "tools.parity", flag], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 2 and proc.stderr.strip() == message, proc.stderr
 
 
 @pytest.mark.parity

@@ -23,7 +23,7 @@ import pytest
 
 from crp_jax.runner import checkpoint, atomic, pipeline
 from crp_jax.runner.checkpoint import Checkpointer, CheckpointError
-from experiments import kill_resume
+from tools import kill_resume
 from experiments.configs import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +75,7 @@ def run_copy(finished, tmp_path) -> str:
 
 
 def _kill_resume(kills: int, tmp_path) -> subprocess.CompletedProcess:
-  cmd = [sys.executable, "-m", "experiments.kill_resume", f"--kills={kills}", "--seed=0", "--jobs=2",
+  cmd = [sys.executable, "-m", "tools.kill_resume", f"--kills={kills}", "--seed=0", "--jobs=2",
          f"--root={tmp_path}"]
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
 
@@ -325,8 +325,8 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, m
   assert os.listdir(tmp_path) == ["results.json"]
 
 
-SOURCES = [p for d in ("crp_jax", "experiments") for p in glob.glob(os.path.join(ROOT, d, "**", "*.py"),
-                                                                    recursive=True)]
+SOURCES = [p for d in ("crp_jax", "experiments", "tools") for p in glob.glob(os.path.join(ROOT, d, "**", "*.py"),
+                                                                             recursive=True)]
 # Writes that bypass crp_jax/runner/atomic.py's atomic helpers.
 NON_ATOMIC = re.compile(r"open\([^)]*['\"][wax]b?\+?['\"]|\.write_text\(|\.write_bytes\(|json\.dump\(|"
                         r"np\.save|savefig\((?!buf)|\.to_csv\(|shutil\.copy")

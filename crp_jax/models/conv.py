@@ -114,7 +114,7 @@ def conv_general_dilated(
       padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     if strides == (1, 1):
-      return _stride1_conv(lhs, rhs, pads, precision)
+      return _conv_stride1(lhs, rhs, pads, precision)
     if all(lo >= 0 and hi >= 0 for lo, hi in pads):
       return _strided(lhs, rhs, strides, pads, precision)
   return lax.conv_general_dilated(
@@ -135,7 +135,7 @@ def _strided(x: jax.Array, k: jax.Array, strides: tuple[int, int], pads, precisi
     \quad X^{(p)}_j = \bar x_{s j + p},\ K^{(p)}_m = k_{s m + p},
 
   per spatial axis: every term is a stride-1 'valid' convolution, whose
-  gradients take :func:`_stride1_conv`'s fast paths, where the strided convolution's
+  gradients take :func:`_conv_stride1`'s fast paths, where the strided convolution's
   input gradient is an input-dilated convolution that XLA:CPU runs as a
   generic loop. The same multiply-adds, in a different summation order.
   """
@@ -147,7 +147,7 @@ def _strided(x: jax.Array, k: jax.Array, strides: tuple[int, int], pads, precisi
     for q in range(min(sw, kw)):
       kpq = k[p::sh, q::sw]
       xpq = xp[:, p::sh, q::sw][:, :out_h + kpq.shape[0] - 1, :out_w + kpq.shape[1] - 1]
-      term = _stride1_conv(xpq, kpq, ((0, 0), (0, 0)), precision)
+      term = _conv_stride1(xpq, kpq, ((0, 0), (0, 0)), precision)
       y = term if y is None else y + term
   return y
 
@@ -157,15 +157,15 @@ def _plain(x: jax.Array, k: jax.Array, pads, precision) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _stride1_conv(x: jax.Array, k: jax.Array, pads, precision) -> jax.Array:
+def _conv_stride1(x: jax.Array, k: jax.Array, pads, precision) -> jax.Array:
   return _plain(x, k, pads, precision)
 
 
-def _stride1_conv_fwd(x, k, pads, precision):
+def _conv_stride1_fwd(x, k, pads, precision):
   return _plain(x, k, pads, precision), (x, k)
 
 
-def _stride1_conv_bwd(pads, precision, res, g):
+def _conv_stride1_bwd(pads, precision, res, g):
   x, k = res
   kh, kw = k.shape[:2]
   # A materialised (flipped, in/out-swapped) kernel: the barrier keeps XLA
@@ -181,7 +181,7 @@ def _stride1_conv_bwd(pads, precision, res, g):
   return dx, k_vjp(g)[0]
 
 
-_stride1_conv.defvjp(_stride1_conv_fwd, _stride1_conv_bwd)
+_conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
 
 
 def _opaque(*xs: jax.Array) -> tuple[jax.Array, ...]:

@@ -1,8 +1,9 @@
-"""The PyTorch reference of the benchmarks: the same LeNet and ResNet-18, Flax weights copied in.
+"""The PyTorch reference of the benchmarks and the parity tool: the same LeNet and ResNet-18, Flax weights copied in.
 
 Imported only when ``torch`` is installed (the optional ``.[bench]`` extra).
 The modules mirror :mod:`crp_jax.models` layer for layer, so a copied
-network computes the same logits (``tests/test_benchmarks.py`` checks it).
+network computes the same logits (``tests/test_benchmarks.py`` checks it, and
+``python -m tools.parity`` before each comparison).
 
 Layouts: Flax convolution kernels are HWIO and torch's are OIHW; Flax dense
 kernels are ``(in, out)`` and torch's ``(out, in)``; and LeNet flattens its
@@ -88,18 +89,18 @@ def _t(a: Any) -> torch.Tensor:
   return torch.from_numpy(np.array(a, np.float32, order="C"))  # a writable copy
 
 
-def _conv(conv: nn.Conv2d, p: dict[str, Any]) -> None:
+def _load_conv2d(conv: nn.Conv2d, p: dict[str, Any]) -> None:
   conv.weight.data.copy_(_t(np.transpose(np.asarray(p["kernel"]), (3, 2, 0, 1))))  # HWIO -> OIHW
   if conv.bias is not None:
     conv.bias.data.copy_(_t(p["bias"]))
 
 
-def _dense(dense: nn.Linear, p: dict[str, Any]) -> None:
+def _load_dense(dense: nn.Linear, p: dict[str, Any]) -> None:
   dense.weight.data.copy_(_t(np.asarray(p["kernel"]).T))
   dense.bias.data.copy_(_t(p["bias"]))
 
 
-def _batch_norm(bn: nn.BatchNorm2d, p: dict[str, Any], stats: dict[str, Any]) -> None:
+def _load_batch_norm(bn: nn.BatchNorm2d, p: dict[str, Any], stats: dict[str, Any]) -> None:
   bn.weight.data.copy_(_t(p["scale"]))
   bn.bias.data.copy_(_t(p["bias"]))
   bn.running_mean.copy_(_t(stats["mean"]))
@@ -110,14 +111,14 @@ def lenet_from_flax(variables: dict[str, Any]) -> LeNet:
   """A torch :class:`LeNet` holding the Flax LeNet ``variables``."""
   p = variables["params"]
   net = LeNet(num_classes=np.asarray(p["Dense_1"]["bias"]).shape[0])
-  _conv(net.conv0, p["Conv_0"])
-  _conv(net.conv1, p["Conv_1"])
+  _load_conv2d(net.conv0, p["Conv_0"])
+  _load_conv2d(net.conv1, p["Conv_1"])
   kernel = np.asarray(p["Dense_0"]["kernel"])                 # rows in (h, w, c) order
   h = w = 7
   c = kernel.shape[0] // (h * w)
   kernel = kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(h * w * c, -1)  # -> (c, h, w)
-  _dense(net.dense0, {"kernel": kernel, "bias": p["Dense_0"]["bias"]})
-  _dense(net.dense1, p["Dense_1"])
+  _load_dense(net.dense0, {"kernel": kernel, "bias": p["Dense_0"]["bias"]})
+  _load_dense(net.dense1, p["Dense_1"])
   return net
 
 
@@ -125,18 +126,18 @@ def resnet18_from_flax(variables: dict[str, Any]) -> ResNet18:
   """A torch :class:`ResNet18` holding the Flax ResNet-18 ``variables`` (params and BN stats)."""
   p, s = variables["params"], variables["batch_stats"]
   net = ResNet18(num_classes=np.asarray(p["Dense_0"]["bias"]).shape[0])
-  _conv(net.conv, p["Conv_0"])
-  _batch_norm(net.bn, p["BatchNorm_0"], s["BatchNorm_0"])
+  _load_conv2d(net.conv, p["Conv_0"])
+  _load_batch_norm(net.bn, p["BatchNorm_0"], s["BatchNorm_0"])
   for i, block in enumerate(net.blocks):
     bp, bs = p[f"BasicBlock_{i}"], s[f"BasicBlock_{i}"]
-    _conv(block.conv0, bp["Conv_0"])
-    _batch_norm(block.bn0, bp["BatchNorm_0"], bs["BatchNorm_0"])
-    _conv(block.conv1, bp["Conv_1"])
-    _batch_norm(block.bn1, bp["BatchNorm_1"], bs["BatchNorm_1"])
+    _load_conv2d(block.conv0, bp["Conv_0"])
+    _load_batch_norm(block.bn0, bp["BatchNorm_0"], bs["BatchNorm_0"])
+    _load_conv2d(block.conv1, bp["Conv_1"])
+    _load_batch_norm(block.bn1, bp["BatchNorm_1"], bs["BatchNorm_1"])
     if block.shortcut is not None:
-      _conv(block.shortcut[0], bp["Conv_2"])
-      _batch_norm(block.shortcut[1], bp["BatchNorm_2"], bs["BatchNorm_2"])
-  _dense(net.dense, p["Dense_0"])
+      _load_conv2d(block.shortcut[0], bp["Conv_2"])
+      _load_batch_norm(block.shortcut[1], bp["BatchNorm_2"], bs["BatchNorm_2"])
+  _load_dense(net.dense, p["Dense_0"])
   return net
 
 

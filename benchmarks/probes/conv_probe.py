@@ -1,14 +1,14 @@
 r"""Convolution weight gradients on the CPU: XLA's convolution vs patches × matmul vs shifted dots vs torch.
 
-The evidence behind two choices in :mod:`benchmarks._env` and the models:
+The evidence behind two choices in :mod:`crp_jax.runner.process` and the models:
 XLA's YNNPACK convolution is slow at weight gradients of 3x3 kernels over
 large maps, Eigen's (``-individual_convolution``) is not, and building the
 patches explicitly and multiplying (im2col) never beats Eigen here, because
 writing the patches costs more memory traffic than the GEMM saves. Run it
 under each setting and compare the columns of one process only::
 
-  python -m benchmarks._conv_probe
-  XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution python -m benchmarks._conv_probe
+  python -m benchmarks.probes.conv_probe
+  XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution python -m benchmarks.probes.conv_probe
 
 The ``fwd`` column is the forward convolution, for scale; ``shifted`` sums
 k·k dots of shifted input windows. Shapes are per device at a global batch of 128 on 2 devices (64 each): the
@@ -24,7 +24,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app
 from jax import lax
+
+from benchmarks import _env
 
 DN = ("NHWC", "HWIO", "NHWC")
 SHAPES = ((28, 1, 32, 5), (14, 32, 64, 5), (32, 64, 64, 3), (16, 128, 128, 3), (8, 256, 256, 3), (4, 512, 512, 3))
@@ -70,7 +73,8 @@ def _time(fn, n: int = 2) -> float:
   return (time.perf_counter() - start) / n
 
 
-def main(batch: int = 64, repeats: int = 3) -> None:
+def probe(batch: int = 64, repeats: int = 3) -> None:
+  """Prints one line per shape: milliseconds of each weight-gradient form, in this process's XLA_FLAGS."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(os.cpu_count() or 1)
@@ -104,5 +108,12 @@ def main(batch: int = 64, repeats: int = 3) -> None:
     print(f"{h:2d}x{h:<2d} {ci:3d}->{co:3d} {k}x{k}: {cols}", flush=True)
 
 
+def main(argv: list[str]) -> None:
+  # No process tuning: the XLA flags under test are the ones the command line gives.
+  if len(argv) > 1:
+    _env.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+  probe()
+
+
 if __name__ == "__main__":
-  main()
+  app.run(main, flags_parser=_env.parse_flags)

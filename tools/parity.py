@@ -1,14 +1,16 @@
 r"""Parity of crp_jax's attacks with torchattacks on the same LeNet (issue 4).
 
-Trains a standard LeNet on the offline ``mnist5k`` train split (Adam 1e-3,
-batch 128, deterministic), copies its weights into the torch LeNet of
-:mod:`benchmarks._torch_ref` and checks that both compute the same logits,
+Trains a standard LeNet on the offline ``mnist5k`` train split with the
+library's trainer (:func:`crp_jax.runner.train.fit`: Adam 1e-3, batch 128,
+deterministic), copies its weights into the torch LeNet of
+:mod:`reference.torch_models` and checks that both compute the same logits,
 then attacks the first ``--examples`` test digits at the same L∞ radius with
 
-* ours: :func:`~crp_jax.attacks.apgd` (CE), :func:`~crp_jax.attacks.apgd_targeted`,
-  :func:`~crp_jax.attacks.square` and their per-example worst case; on batch
-  ``i`` this is exactly what :func:`~crp_jax.attacks.strong_eval` computes
-  with key ``fold_in(key, i)`` (``tests/test_parity.py`` checks it);
+* ours: the library's strong table (:func:`~crp_jax.attacks.strong_attacks`:
+  APGD-CE, APGD-T, Square), each run by :func:`~crp_jax.attacks.run_attack`,
+  and their per-example worst case; on batch ``i`` this is exactly what
+  :func:`~crp_jax.attacks.strong_eval` computes with key ``fold_in(key, i)``
+  (``tests/test_parity.py`` checks it);
 * theirs: ``torchattacks.APGD`` (CE), ``APGDT``, ``Square`` at the same
   budgets and their worst case, and ``AutoAttack(version="standard",
   norm="Linf")``: as shipped at the default budgets, else its four attacks
@@ -21,8 +23,8 @@ worst case of torchattacks' own APGD-CE, APGD-T and Square at the same
 budgets (like for like: the same three attacks, other random draws).
 Exit status 1 on FAIL::
 
-    python -m experiments.parity --examples=1000 --eps=0.3
-    python -m experiments.parity --examples=200 --eps=0.1 --apgd_steps=20 --num_targets=3 \
+    python -m tools.parity --examples=1000 --eps=0.3
+    python -m tools.parity --examples=200 --eps=0.1 --apgd_steps=20 --num_targets=3 \
         --square_queries=300 --batch_size=200   # what tests/test_parity.py runs
 
 Budgets: torchattacks' ``AutoAttack(version="standard")`` builds APGD-CE,
@@ -46,19 +48,23 @@ query budgets ours tends to be a few points stronger.
 
 from __future__ import annotations
 
-import argparse
+import functools
+import math
 import os
 import sys
+import tempfile
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, NoReturn
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
+from absl import app, flags, logging
 
 from crp_jax import attacks, data
 from crp_jax.models import LeNet
+from crp_jax.runner import config as config_lib, train
 
 Variables = dict[str, Any]
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -128,35 +134,38 @@ class Report(NamedTuple):
 # ----------------------------------------------------------------------------- model
 
 
-def batch_order(num_examples: int, num_steps: int, batch_size: int, seed: int) -> np.ndarray:
-  """``(num_steps, batch_size)`` example indices: successive seeded permutations, no repeats per epoch."""
-  rng = np.random.default_rng(seed)
-  epochs = -(-num_steps * batch_size // num_examples)
-  order = np.concatenate([rng.permutation(num_examples) for _ in range(epochs)])
-  return order[:num_steps * batch_size].reshape(num_steps, batch_size).astype(np.int32)
+def train_config(num_steps: int, num_examples: int, *, batch_size: int, learning_rate: float,
+                 seed: int) -> ml_collections.ConfigDict:
+  """The run config of a standard LeNet on ``mnist5k`` that lasts at least ``num_steps`` steps.
+
+  ``epochs`` is rounded up so that :func:`train_lenet` can stop at exactly
+  ``num_steps``; one metrics fetch and one checkpoint, at the end.
+  """
+  c = config_lib.base_config()
+  c.dataset, c.model, c.method, c.compare_with = "mnist5k", "lenet", "standard", ""
+  c.batch_size, c.learning_rate, c.seed = batch_size, learning_rate, seed
+  spe, _ = train.num_train_steps(train.TrainSpec.from_config(c), num_examples)
+  c.epochs = max(1, math.ceil(num_steps / max(spe, 1)))
+  c.log_every_steps = c.checkpoint_every_steps = num_steps
+  return c
 
 
 def train_lenet(num_steps: int, *, batch_size: int = 128, learning_rate: float = 1e-3,
                 seed: int = 0) -> Variables:
-  """A standard (unperturbed) LeNet trained on ``mnist5k`` train: Adam, cross-entropy, deterministic."""
+  """A standard (unperturbed) LeNet trained on ``mnist5k`` train by the library's trainer.
+
+  :func:`crp_jax.runner.train.fit` on the train mesh, in a temporary workdir,
+  stopped at ``num_steps``: the same Adam, batch order and init as
+  ``python -m experiments.run --config.method=standard`` would use, so the
+  network under attack is one the library itself trains.
+  """
   split = data.load_split("mnist5k", "train")
-  images, labels = data.to_float(jnp.asarray(split.images)), jnp.asarray(split.labels)
-  model, tx = LeNet(), optax.adam(learning_rate)
-  params = model.init(jax.random.key(seed), images[:1])["params"]
-
-  @jax.jit
-  def step(params: Variables, opt_state: optax.OptState, index: jax.Array):
-    def loss_fn(p: Variables) -> jax.Array:
-      logits = model.apply({"params": p}, images[index])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels[index]).mean()
-    grads = jax.grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-  opt_state = tx.init(params)
-  for index in batch_order(split.num_examples, num_steps, batch_size, seed):
-    params, opt_state = step(params, opt_state, index)
-  return {"params": params}
+  config = train_config(num_steps, split.num_examples, batch_size=batch_size,
+                        learning_rate=learning_rate, seed=seed)
+  with tempfile.TemporaryDirectory(prefix="parity-") as workdir:
+    state = train.fit(config, workdir, LeNet(), split, train.make_train_mesh(), progress=False,
+                      stop_at=num_steps)
+  return state.variables()
 
 
 def attack_examples(num_examples: int) -> tuple[jax.Array, jax.Array]:
@@ -177,17 +186,21 @@ def logits_fn_of(variables: Variables) -> LogitsFn:
 
 
 def our_attacks(eps: float, budget: Budget) -> dict[str, OurAttack]:
-  """Our attacks, keyed as :func:`~crp_jax.attacks.strong_eval` keys them (``fold_in(key, a)``)."""
-  fold = jax.random.fold_in
-  return {
-      "apgd-ce": lambda f, x, y, k: attacks.apgd(f, x, y, key=fold(k, 0), eps=eps, loss="ce",
-                                                 num_steps=budget.apgd_steps),
-      "apgd-t": lambda f, x, y, k: attacks.apgd_targeted(
-          f, x, y, key=fold(k, 1), eps=eps, num_steps=budget.apgd_steps,
-          num_targets=budget.num_targets),
-      "square": lambda f, x, y, k: attacks.square(f, x, y, key=fold(k, 2), eps=eps,
-                                                  num_queries=budget.square_queries),
-  }
+  """The library's strong table at ``budget``, by spec name (``apgd-ce``, ``apgd-t``, ``square``).
+
+  Each attack runs as :func:`~crp_jax.attacks.strong_eval` runs it: with the
+  spec's own key ``spec.key(k)`` (``fold_in(k, a)`` for attack ``a``), so the
+  two cannot drift apart.
+  """
+  table = attacks.strong_attacks(eps=eps, apgd_steps=budget.apgd_steps,
+                                 num_targets=budget.num_targets,
+                                 square_queries=budget.square_queries)
+  return {spec.name: functools.partial(_run_spec, spec) for spec in table}
+
+
+def _run_spec(spec: attacks.AttackSpec, f: LogitsFn, x: jax.Array, y: jax.Array,
+              k: jax.Array) -> jax.Array:
+  return attacks.run_attack(spec, f, x, y, key=spec.key(k))
 
 
 def _chunks(n: int, batch_size: int) -> list[slice]:
@@ -275,11 +288,11 @@ def torch_setup(variables: Variables, x: jax.Array, y: jax.Array, seed: int) -> 
   Also uses every core and seeds torch's global RNG (torchattacks draws from it).
   """
   import torch  # pylint: disable=g-import-not-at-top
-  from benchmarks import _torch_ref  # pylint: disable=g-import-not-at-top
+  from reference import torch_models  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(seed)
-  net = _torch_ref.lenet_from_flax(variables).eval()
-  return net, _torch_ref.to_nchw(x), torch.from_numpy(np.asarray(y, np.int64))
+  net = torch_models.lenet_from_flax(variables).eval()
+  return net, torch_models.to_nchw(x), torch.from_numpy(np.asarray(y, np.int64))
 
 
 def logit_gap(logits_fn: LogitsFn, net: Any, x: jax.Array, x_torch: Any) -> float:
@@ -373,41 +386,67 @@ def format_report(report: Report, budget: Budget, autoattack_label: str) -> str:
   return "\n".join(_table(rows) + [verdict])
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  """Flags; ``--examples`` and the budgets set the run time (AutoAttack is cheap when examples fall)."""
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--examples", type=int, default=1000, help="test digits attacked (<= 1000)")
-  p.add_argument("--eps", type=float, default=0.3, help="L-inf radius")
-  p.add_argument("--train_steps", type=int, default=300, help="Adam steps of batch 128")
-  p.add_argument("--apgd_steps", type=int, default=Budget().apgd_steps)
-  p.add_argument("--num_targets", type=int, default=Budget().num_targets)
-  p.add_argument("--square_queries", type=int, default=Budget().square_queries)
-  p.add_argument("--batch_size", type=int, default=250, help="examples per attack call")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--tolerance", type=float, default=1.0, help="points our worst case may exceed theirs")
-  args = p.parse_args(argv)
-  if not 0 < args.examples <= 1000:
-    p.error(f"--examples must be in [1, 1000], got {args.examples}")
+def define_flags() -> None:
+  """The command-line flags; defined only when run as a script, so tests can import this module.
+
+  ``--examples`` and the budgets set the run time (AutoAttack is cheap when examples fall).
+  """
+  flags.DEFINE_integer("examples", 1000, "Test digits attacked (<= 1000).")
+  flags.DEFINE_float("eps", 0.3, "L-inf radius.")
+  flags.DEFINE_integer("train_steps", 300, "Adam steps of batch 128.")
+  flags.DEFINE_integer("apgd_steps", Budget().apgd_steps, "APGD-CE steps, and APGD-T steps per target.")
+  flags.DEFINE_integer("num_targets", Budget().num_targets, "APGD-T target classes.")
+  flags.DEFINE_integer("square_queries", Budget().square_queries, "Square's query budget.")
+  flags.DEFINE_integer("batch_size", 250, "Examples per attack call.")
+  flags.DEFINE_integer("seed", 0, "Seed of the training run and of both sides' attacks.")
+  flags.DEFINE_float("tolerance", 1.0, "Points our worst case may exceed theirs.")
+
+
+def flag_problem(f: flags.FlagValues) -> str | None:
+  """The first bad flag value, in the words argparse's ``p.error`` used, or ``None``."""
+  if not 0 < f.examples <= 1000:
+    return f"--examples must be in [1, 1000], got {f.examples}"
   for name in ("train_steps", "apgd_steps", "num_targets", "square_queries", "batch_size"):
-    if getattr(args, name) < 1:
-      p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-  if not 0 < args.eps <= 1 or args.tolerance < 0:
-    p.error(f"need 0 < --eps <= 1 and --tolerance >= 0, got {args.eps} and {args.tolerance}")
-  return args
+    if f[name].value < 1:
+      return f"--{name} must be >= 1, got {f[name].value}"
+  if not 0 < f.eps <= 1 or f.tolerance < 0:
+    return f"need 0 < --eps <= 1 and --tolerance >= 0, got {f.eps} and {f.tolerance}"
+  return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = parse_args(argv)
-  budget = Budget(args.apgd_steps, args.num_targets, args.square_queries)
+def parse_flags(argv: list[str]) -> list[str]:
+  """``app.run``'s parser: a bad flag, value or extra argument ends the run with one line and status 2."""
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    _usage_error(str(e).splitlines()[0])
+  problem = flag_problem(flags.FLAGS) or (
+      f"unexpected arguments: {' '.join(rest[1:])}" if len(rest) > 1 else None)
+  if problem:
+    _usage_error(problem)
+  return rest
+
+
+def _usage_error(message: str) -> NoReturn:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def main(argv: list[str]) -> int:
+  del argv  # parse_flags refused any positional argument
+  f = flags.FLAGS
+  budget = Budget(f.apgd_steps, f.num_targets, f.square_queries)
   start = time.perf_counter()
-  report, label = run_parity(examples=args.examples, eps=args.eps, train_steps=args.train_steps,
-                             budget=budget, batch_size=args.batch_size, seed=args.seed,
-                             tolerance=args.tolerance / 100)
-  print(f"\nparity at eps={args.eps} (L-inf) on {args.examples} mnist5k test digits, "
+  report, label = run_parity(examples=f.examples, eps=f.eps, train_steps=f.train_steps,
+                             budget=budget, batch_size=f.batch_size, seed=f.seed,
+                             tolerance=f.tolerance / 100)
+  print(f"\nparity at eps={f.eps} (L-inf) on {f.examples} mnist5k test digits, "
         f"total {time.perf_counter() - start:.0f} s")
   print(format_report(report, budget, label))
   return 0 if report.passed else 1
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  define_flags()
+  logging.set_verbosity(logging.ERROR)  # orbax's INFO lines would bury the table
+  app.run(main, flags_parser=parse_flags)

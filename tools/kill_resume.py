@@ -1,6 +1,6 @@
 r"""Kills a small training run anywhere, resumes it, and checks it ends bit-identical.
 
-  python -m experiments.kill_resume --kills=10 --seed=0
+  python -m tools.kill_resume --kills=10 --seed=0
 
 First a reference run (``python -m experiments.run`` with a tiny config: 16
 steps, a checkpoint every 2) and an uninterrupted rerun, which must already

@@ -1,7 +1,7 @@
 """One PGD step on LeNet in and out of ``lax.fori_loop`` (the loop slow path of XLA:CPU).
 
-    python -m benchmarks.loop_probe            # the LeNet of crp_jax (forward-conv input gradient)
-    python -m benchmarks.loop_probe --plain    # the same LeNet with lax.conv_general_dilated
+    python -m benchmarks.probes.loop_probe            # the LeNet of crp_jax (forward-conv input gradient)
+    python -m benchmarks.probes.loop_probe --plain    # the same LeNet with lax.conv_general_dilated
 
 Prints milliseconds per step (median of 5) for a single jitted step, a host
 loop of jitted steps, ``fori_loop`` and a fully unrolled loop, batch 128 on
@@ -10,21 +10,20 @@ the CLI's CPU devices, with the CLI's process settings.
 
 from __future__ import annotations
 
-import sys
+from absl import app, flags
 
-from benchmarks import _timing
+from benchmarks import _env, _timing
 
 
-def main(plain: bool) -> None:
+def probe(plain: bool) -> None:
+  """Prints the four cases; ``plain``: LeNet with the CPU convolution rewrites off (``conv_rewrites=False``)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  import crp_jax.models.lenet as lenet  # pylint: disable=g-import-not-at-top
+  from crp_jax.models import LeNet  # pylint: disable=g-import-not-at-top
   from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
   from crp_jax.attacks import _core  # pylint: disable=g-import-not-at-top
-  if plain:
-    lenet.conv_general_dilated = jax.lax.conv_general_dilated
-  model = lenet.LeNet()
+  model = LeNet(conv_rewrites=False if plain else None)
   mesh = train.make_mesh()
   data, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   v = jax.device_put(model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))), rep)
@@ -52,7 +51,19 @@ def main(plain: bool) -> None:
     ms = 1e3 * _timing.median(times[name]) / steps
     print(f"{'plain' if plain else 'crp_jax'} LeNet, {name:12s}: {ms:6.1f} ms per step")
 
+
+def define_flags() -> None:
+  """The flags; defined only when run as a script, so tests can import this module."""
+  flags.DEFINE_bool("plain", False, "LeNet with lax.conv_general_dilated (the rewrites off).")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _env.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+  _env.setup_process("benchmarks.probes.loop_probe")
+  probe(flags.FLAGS.plain)
+
+
 if __name__ == "__main__":
-  from experiments import cli  # pylint: disable=g-import-not-at-top
-  cli.setup_process("benchmarks.loop_probe")
-  main("--plain" in sys.argv[1:])
+  define_flags()
+  app.run(main, flags_parser=_env.parse_flags)

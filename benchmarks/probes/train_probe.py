@@ -1,14 +1,14 @@
 """Where the LeNet train step's time goes on the CPU mesh (the numbers in benchmarks/results.md).
 
-    python -m benchmarks.train_probe variants                  # crp_jax's step, with parts removed
-    CRP_CPU_DEVICES=1 python -m benchmarks.train_probe adam    # a minimal Flax+optax step, 1 device
-    CRP_CPU_DEVICES=2 python -m benchmarks.train_probe adam    # ... and on 2 devices
-    python -m benchmarks.train_probe trace                     # per-thunk times from jax.profiler
-    CRP_CPU_DEVICES=1 python -m benchmarks.train_probe trace --model=resnet18
-    CRP_CPU_DEVICES=1 python -m benchmarks.train_probe interference   # crp_jax after torch steps
-    python -m benchmarks.train_probe rewrites --model=wrn     # _conv's CPU rewrites on vs off
-    python -m benchmarks.train_probe wrn                      # WRN-28-10 bf16: batch, dropout, MFU (GPU)
-    python -m benchmarks.train_probe mesh --model=lenet       # the step on one device vs all of them
+    python -m benchmarks.probes.train_probe variants                  # crp_jax's step, with parts removed
+    CRP_CPU_DEVICES=1 python -m benchmarks.probes.train_probe adam    # a minimal Flax+optax step, 1 device
+    CRP_CPU_DEVICES=2 python -m benchmarks.probes.train_probe adam    # ... and on 2 devices
+    python -m benchmarks.probes.train_probe trace                     # per-thunk times from jax.profiler
+    CRP_CPU_DEVICES=1 python -m benchmarks.probes.train_probe trace --model=resnet18
+    CRP_CPU_DEVICES=1 python -m benchmarks.probes.train_probe interference   # crp_jax after torch steps
+    python -m benchmarks.probes.train_probe rewrites --model=wrn     # the CPU conv rewrites on vs off
+    python -m benchmarks.probes.train_probe wrn                      # WRN-28-10 bf16: batch, dropout, MFU (GPU)
+    python -m benchmarks.probes.train_probe mesh --model=lenet       # the step on one device vs all of them
 
 Batch 128 of random uint8 images, the CLI's process settings; variants run
 interleaved, 10 rounds of 4 steps, median ms per step.
@@ -16,7 +16,6 @@ interleaved, 10 rounds of 4 steps, median ms per step.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import functools
 import glob
@@ -27,7 +26,9 @@ import resource
 import tempfile
 from typing import Any, Callable
 
-from benchmarks import _timing
+from absl import app, flags
+
+from benchmarks import _env, _timing
 
 
 def _interleaved(runs: dict[str, Callable[[int], None]], rounds: int = 10, steps: int = 4) -> None:
@@ -66,7 +67,7 @@ def variants() -> None:
   batches = [jax.device_put(data.batch(i), NamedSharding(mesh, P("data"))) for i in range(4)]
 
   def make(finite: bool, metrics: bool, barrier: bool):
-    tx = train.make_optimizer(bench.train_config("standard", 0.3), 1000)
+    tx = train.make_optimizer(train.TrainSpec(method="standard", perturbation_eps=0.3), 1000)
     state = jax.device_put(train.create_state(model, tx, train.run_keys(0)["init"], (28, 28, 1)),
                            NamedSharding(mesh, P()))
 
@@ -119,11 +120,16 @@ def adam() -> None:
   _interleaved({"flax + optax.adam": _runner(jax.jit(step, donate_argnums=0), state, [batch])})
 
 
-def _trainer(model_name: str):
-  """crp_jax's crp step as ``benchmarks.run`` times it: ``(trainer, data, shape, ε, steps per repeat)``."""
+def _trainer(model_name: str, conv_rewrites: bool | None = None):
+  """crp_jax's crp step as ``benchmarks.run`` times it: ``(trainer, data, shape, ε, steps per repeat)``.
+
+  ``conv_rewrites`` is the model's switch of the CPU convolution rewrites
+  (``None``: the default, on the CPU backend only).
+  """
   from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
   from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
   model, shape, eps, steps, _ = bench.train_workload(model_name, bench.sizes(False, bench.on_accelerator()))
+  model = model.clone(conv_rewrites=conv_rewrites)
   data = bench.make_data(shape, 128)
   return bench.JaxTrainer(model, shape, data, train.make_train_mesh(), method="crp", eps=eps), data, shape, eps, steps
 
@@ -135,23 +141,20 @@ def _rates(runs: dict[str, tuple[Any, int, int]], repeats: int) -> dict[str, tup
 
 
 def rewrites(model_name: str, repeats: int = 5) -> None:
-  """The crp step with :mod:`crp_jax.models._conv`'s rewrites forced on and off, on this backend.
+  """The crp step with :mod:`crp_jax.models.conv`'s rewrites forced on and off, on this backend.
 
-  They are on by default on the CPU only (``_conv.rewrites_enabled``); this
-  shows what they gain there and would cost on an accelerator.
+  They are on by default on the CPU only (``conv.rewrites_enabled()``); the
+  model's ``conv_rewrites`` attribute forces them, which shows what they gain
+  there and would cost on an accelerator.
   """
-  from crp_jax.models import _conv  # pylint: disable=g-import-not-at-top
-  default, runs = _conv.rewrites_enabled, {}
+  from crp_jax.models import conv  # pylint: disable=g-import-not-at-top
+  runs = {}
   for on in (True, False):
-    _conv.rewrites_enabled = lambda on=on: on   # read while the trainer traces its step
-    try:
-      trainer, _, _, _, steps = _trainer(model_name)
-    finally:
-      _conv.rewrites_enabled = default
+    trainer, _, _, _, steps = _trainer(model_name, conv_rewrites=on)
     runs[f"rewrites {'on' if on else 'off'}"] = (trainer, steps, 128)
     print(f"rewrites {'on' if on else 'off':3s}: compiled in {trainer.compile_s:.1f} s", flush=True)
   for name, (images, _) in _rates(runs, repeats).items():
-    print(f"{name:13s} {images:9.1f} img/s (default here: {'on' if default() else 'off'})")
+    print(f"{name:13s} {images:9.1f} img/s (default here: {'on' if conv.rewrites_enabled() else 'off'})")
 
 
 def wrn(repeats: int = 5) -> None:
@@ -302,25 +305,33 @@ def interference(model_name: str, repeats: int = 4) -> None:
             f"system time {_timing.median(sys_s[key][-repeats:]):5.2f} s per step", flush=True)
 
 
+#: ``command -> probe(model)``; each probe's default model is the one its notes measured.
+COMMANDS: dict[str, Callable[[str | None], None]] = {
+    "variants": lambda model: variants(),
+    "adam": lambda model: adam(),
+    "trace": lambda model: trace(model or "lenet"),
+    "interference": lambda model: interference(model or "resnet18"),
+    "rewrites": lambda model: rewrites(model or "resnet18"),
+    "wrn": lambda model: wrn(),
+    "mesh": lambda model: mesh(model or "lenet"),
+}
+
+
+def define_flags() -> None:
+  """The flags; defined only when run as a script, so ``benchmarks.run`` and the tests can import this module."""
+  flags.DEFINE_enum("model", None, ["lenet", "resnet18", "wrn"],
+                    "trace, mesh: lenet (default); interference, rewrites: resnet18 (default).")
+
+
+def main(argv: list[str]) -> None:
+  """``argv``: the program name and one command of :data:`COMMANDS`."""
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    _env.usage_error(f"usage: python -m benchmarks.probes.train_probe {{{','.join(COMMANDS)}}} [--model=...]; "
+                     f"got {' '.join(argv[1:]) or 'no command'}")
+  _env.setup_process("benchmarks.probes.train_probe")
+  COMMANDS[argv[1]](flags.FLAGS.model)
+
+
 if __name__ == "__main__":
-  from experiments import cli  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("command", choices=["variants", "adam", "trace", "interference", "rewrites", "wrn", "mesh"])
-  parser.add_argument("--model", choices=["lenet", "resnet18", "wrn"], default=None,
-                      help="trace: lenet (default); interference, rewrites: resnet18 (default)")
-  args = parser.parse_args()
-  cli.setup_process("benchmarks.train_probe")
-  if args.command == "variants":
-    variants()
-  elif args.command == "adam":
-    adam()
-  elif args.command == "trace":
-    trace(args.model or "lenet")
-  elif args.command == "rewrites":
-    rewrites(args.model or "resnet18")
-  elif args.command == "wrn":
-    wrn()
-  elif args.command == "mesh":
-    mesh(args.model or "lenet")
-  else:
-    interference(args.model or "resnet18")
+  define_flags()
+  app.run(main, flags_parser=_env.parse_flags)
