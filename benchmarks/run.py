@@ -131,7 +131,7 @@ class Row:
 
 
 def load_torch(enabled: bool) -> Any | None:
-  """The reference module, or ``None`` when torch is missing or ``--no-torch``."""
+  """The reference module, or ``None`` when torch is missing or ``--notorch``."""
   if not enabled:
     return None
   try:
