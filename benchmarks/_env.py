@@ -4,7 +4,7 @@ The process settings (huge pages for glibc's large blocks, Eigen instead of
 YNNPACK for single convolutions) are the entry points' own, defined and
 explained in :mod:`crp_jax.runner.process`; the harness re-executes itself with
 them, as ``python -m experiments.run`` does, unless ``--plain`` is given.
-The device count follows the real command line's rule (:func:`setup_devices`).
+The device count is the real command line's (:func:`crp_jax.runner.process.setup_devices`).
 The benchmark's own addition is the allocator (:func:`allocator_preload`):
 tcmalloc when installed, for both contenders.
 
@@ -52,31 +52,16 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   return rest
 
 
-def cpu_device_count(override: str | None) -> int:
-  """``override`` (``CRP_CPU_DEVICES``) as a positive integer, else the largest power of two <= the cores.
-
-  The rule of ``experiments/cli.py``, which the benchmarks may not import:
-  the benchmarks must run crp_jax on the devices the real command line uses.
-  """
-  if override is None:
-    return 1 << ((os.cpu_count() or 1).bit_length() - 1)
-  try:
-    count = int(override)
-  except ValueError:
-    count = 0
-  if count < 1:
-    usage_error(f"CRP_CPU_DEVICES={override!r}: must be an integer >= 1")
-  return count
-
-
 def setup_devices() -> None:
-  """As many XLA CPU devices as the real command line gets (:func:`cpu_device_count`); before JAX starts."""
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_num_cpu_devices", cpu_device_count(os.environ.get("CRP_CPU_DEVICES")))
+  """The command line's devices (:func:`crp_jax.runner.process.setup_devices`); a bad value in one line."""
+  try:
+    process.setup_devices()
+  except ValueError as e:
+    usage_error(str(e))
 
 
 def setup_process(module: str) -> None:
-  """What a probe sets first in its main, as the real command line does: tuned re-exec, devices, compilation cache."""
+  """What a probe sets first in its main, as the command line does: tuned re-exec, devices, compile cache."""
   reexec_tuned(module, sys.argv[1:])
   setup_devices()
   process.setup_compilation_cache()

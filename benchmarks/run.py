@@ -31,7 +31,7 @@ the reference runs on ``cuda``, synchronised before each timer stops, and
 each repeat runs more steps (:func:`sizes`).
 
 crp_jax runs as ``python -m experiments.run`` does: one XLA CPU device per
-core (:func:`benchmarks._env.setup_devices`, the command line's rule),
+core (:func:`crp_jax.runner.process.setup_devices`, as the command line),
 attack batches sharded over a ``data`` mesh of all of them, train steps
 (:func:`crp_jax.runner.train.jit_train_step`) on
 :func:`crp_jax.runner.train.make_train_mesh` (one device per process on a CPU).
@@ -470,7 +470,8 @@ def devices_line(args: Args) -> str:
   count, backend = jax.device_count(), jax.default_backend()
   if backend != "cpu":
     return f"- crp_jax: {count} × {jax.devices()[0].device_kind} ({backend}), batch sharded over a `data` mesh"
-  how = "`--devices`" if args.devices else "`jax_num_cpu_devices`, as `experiments/cli.py` sets it"
+  how = ("`--devices`" if args.devices
+         else "`jax_num_cpu_devices`, as `crp_jax.runner.process.setup_devices` sets it")
   return (f"- crp_jax: {count} XLA CPU device(s) ({how}); attack batches sharded over all of them, train "
           f"steps on {train.make_train_mesh().devices.size} (`crp_jax.runner.train.make_train_mesh`), "
           "as the pipeline runs them")

@@ -45,28 +45,12 @@ def setup_process(module: str) -> None:
 
 
 def setup_devices() -> None:
-  """One XLA CPU device per core (rounded down to a power of two), so the batch is sharded.
-
-  The power of two keeps the usual batch sizes divisible on, say, a 6-core
-  machine. It only affects the CPU backend (an accelerator stays the default
-  device) and must run before JAX initialises; ``CRP_CPU_DEVICES`` overrides
-  it exactly.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_num_cpu_devices", cpu_device_count(os.environ.get("CRP_CPU_DEVICES")))
-
-
-def cpu_device_count(override: str | None) -> int:
-  """``override`` as a positive integer, else the largest power of two <= the cores."""
-  if override is None:
-    return 1 << ((os.cpu_count() or 1).bit_length() - 1)
+  """:func:`crp_jax.runner.process.setup_devices`, with a bad ``CRP_CPU_DEVICES`` as a one-line error."""
+  from crp_jax.runner import process  # pylint: disable=g-import-not-at-top
   try:
-    count = int(override)
-  except ValueError:
-    count = 0
-  if count < 1:
-    fail(f"CRP_CPU_DEVICES={override!r}: must be an integer >= 1")
-  return count
+    process.setup_devices()
+  except ValueError as e:
+    fail(str(e))
 
 
 def pre_parse(argv: list[str], datasets: tuple[str, ...], presets: tuple[str, ...]) -> tuple[str, str]:

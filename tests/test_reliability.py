@@ -302,7 +302,7 @@ def test_a_crash_during_evaluation_leaves_the_previous_results_intact(run_copy, 
   def crash(*args, **kwargs):
     raise RuntimeError("evaluation crashed")
 
-  monkeypatch.setattr(pipeline, "evaluate_one", crash)
+  monkeypatch.setattr(pipeline, "evaluate_all", crash)
   with pytest.raises(RuntimeError, match="evaluation crashed"):
     pipeline.run(tiny_config(), run_copy, progress=False)
   assert {p: (open(p, "rb").read(), os.stat(p).st_mtime_ns) for p in outputs} == before

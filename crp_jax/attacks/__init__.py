@@ -34,7 +34,7 @@ classes) run as one batch of ``runs·B`` rows, example-major, so memory grows
 with them.
 
 LeNet's convolutions have an input gradient written as a forward
-convolution (``crp_jax/models/_conv.py``): XLA:CPU otherwise runs it on a
+convolution (``crp_jax/models/conv.py``): XLA:CPU otherwise runs it on a
 slow generic path inside loops, 2.9x slower per step.
 """
 

@@ -72,6 +72,34 @@ def reexec_tuned(module: str, argv: list[str], extra: Mapping[str, str] | None =
   os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
 
 
+def cpu_device_count(override: str | None) -> int:
+  """``override`` (``CRP_CPU_DEVICES``) as a positive integer, else the largest power of two <= the cores.
+
+  The power of two keeps the usual batch sizes divisible on, say, a 6-core
+  machine. Raises ``ValueError`` with a one-line message on a bad override.
+  """
+  if override is None:
+    return 1 << ((os.cpu_count() or 1).bit_length() - 1)
+  try:
+    count = int(override)
+  except ValueError:
+    count = 0
+  if count < 1:
+    raise ValueError(f"CRP_CPU_DEVICES={override!r}: must be an integer >= 1")
+  return count
+
+
+def setup_devices(environ: Mapping[str, str] = os.environ) -> None:
+  """One XLA CPU device per core (:func:`cpu_device_count`), so the batch is sharded; before JAX starts.
+
+  It only affects the CPU backend (an accelerator stays the default
+  device). The entry points and the benchmarks both call it, so both run
+  on the same devices.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_num_cpu_devices", cpu_device_count(environ.get("CRP_CPU_DEVICES")))
+
+
 def compilation_cache_dir(environ: Mapping[str, str]) -> str | None:
   """``CRP_COMPILATION_CACHE`` (empty: off), else ``$XDG_CACHE_HOME/crp_jax/jax`` or ``~/.cache/...``."""
   if environ.get(PLAIN) == "1":

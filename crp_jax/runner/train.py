@@ -106,7 +106,7 @@ def make_train_mesh() -> Mesh:
   convolutions over all of them; two devices add an all-reduce and a second
   copy of the Adam update. On 2 cores a ResNet-18 crp step ran 9–11% faster
   on one device than sharded over two, LeNet's 3–7%
-  (``python -m benchmarks.train_probe mesh --model=resnet18``). Attacks, with
+  (``python -m benchmarks.probes.train_probe mesh --model=resnet18``). Attacks, with
   many steps per batch and no optimizer, stay on :func:`make_mesh`.
   """
   if jax.default_backend() != "cpu":
