@@ -231,7 +231,7 @@ class JaxTrainer:
     self.perturbation_key = keys["perturbations"]
     state = train.create_state(model, tx, keys["init"], shape)
     self.state = jax.device_put(state, NamedSharding(mesh, P()))
-    objective = train.make_objective(spec, keys["perturbations"], shape, 100)
+    objective = train.make_objective(spec, keys["perturbations"], 100)
     step = train.jit_train_step(train.make_train_step(model, tx, objective, keys["dropout"]), mesh)
     sharding = NamedSharding(mesh, P("data"))
     self.batches = [jax.device_put(data.batch(i), sharding) for i in range(len(data.image))]

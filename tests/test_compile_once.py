@@ -59,7 +59,7 @@ def test_train_step_compiles_once():
   keys = train.run_keys(0)
   state = jax.device_put(train.create_state(model, tx, keys["init"], shape), NamedSharding(mesh, P()))
   step = train.jit_train_step(
-      train.make_train_step(model, tx, train.make_objective(config, keys["perturbations"], shape, 10),
+      train.make_train_step(model, tx, train.make_objective(config, keys["perturbations"], 10),
                             keys["dropout"]), mesh)
   batch_size = 2 * len(mesh.devices.flat)
   rng = np.random.default_rng(0)

@@ -162,8 +162,7 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Ar
   return init(key)
 
 
-def make_objective(spec: TrainSpec, key: jax.Array, image_shape: tuple[int, ...],
-                   steps_per_epoch: int) -> Objective:
+def make_objective(spec: TrainSpec, key: jax.Array, steps_per_epoch: int) -> Objective:
   """The training method as ``objective(point_loss, x, batch, step) -> ((batch,) losses, aux)``.
 
   * ``standard``: the point loss of the clean inputs (Table 7 A);
@@ -175,9 +174,8 @@ def make_objective(spec: TrainSpec, key: jax.Array, image_shape: tuple[int, ...]
   :func:`~crp_jax.losses.pair_loss` (draw −1 is the clean example); with
   ``"ball_loss"`` each row is an example and its loss is
   :func:`~crp_jax.losses.ball_loss` over its K draws (and the clean copy
-  with ``include_clean``). ``image_shape`` is that of one example.
+  with ``include_clean``). δ takes the shape of the batch's rows.
   """
-  del image_shape  # δ takes the shape of the batch's rows
   if spec.method == "standard":
     return lambda point_loss, x, batch, step: point_loss(x, batch["label"])
   common = dict(key=key, eps=spec.perturbation_eps, distribution=spec.distribution,
@@ -324,7 +322,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, model: nn.Module, split
   start = int(state.step)
   _truncate_metrics(workdir, start)
   state = jax.device_put(state, NamedSharding(mesh, P()))
-  objective = make_objective(spec, keys["perturbations"], split.image_shape, spe)
+  objective = make_objective(spec, keys["perturbations"], spe)
   step_fn = jit_train_step(make_train_step(model, tx, objective, keys["dropout"]), mesh)
   logger = _Logger(workdir, spe, ckpt)
   bar = tqdm(total=total, initial=start, disable=not progress, desc=f"train {config.method}",
