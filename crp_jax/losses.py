@@ -1,4 +1,4 @@
-"""The CRP objective: the per-pair loss of the extended set (Eq. 9) and the ball loss (Eq. 5–8).
+r"""The CRP objective: the per-pair loss of the extended set (Eq. 9) and the ball loss (Eq. 5–8).
 
 Both are built on one function, :func:`pair_loss`: the point loss of
 ``x_i + δ_ij`` for a row's pair ``(i, j)``, with δ from
