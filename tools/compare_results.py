@@ -39,7 +39,7 @@ def numbers(tree: Any, prefix: str = "") -> dict[str, Any]:
 def _evaluated(result: dict[str, Any]) -> dict[str, Any]:
   """The per-model records of a results file (one model, or a comparison of several)."""
   models = result if "evaluation" not in result else {"": result}
-  return {f"{name}.": {"evaluation": r["evaluation"], "steps": r["training"]["steps"]}
+  return {f"{name}." if name else "": {"evaluation": r["evaluation"], "steps": r["training"]["steps"]}
           for name, r in models.items()}
 
 
