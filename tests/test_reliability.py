@@ -363,3 +363,16 @@ def test_the_scanners_catch_what_they_look_for(tmp_path):
                  "z = eval(text)\nnet = net.eval()\n")
   assert len(_offending(UNSAFE_LOAD, [str(bad)])) == 4
   assert len(_offending(NON_ATOMIC, [str(bad)])) == 2
+
+
+def test_a_run_saved_before_a_field_existed_resumes_with_its_default(tmp_path):
+  workdir = tmp_path / "old"
+  workdir.mkdir()
+  config = tiny_config()
+  saved = config.to_dict()
+  del saved["objective"]                       # a config.json written before config.objective existed
+  atomic.write_json(str(workdir / "config.json"), saved)
+  checkpoint.check_config(str(workdir), config)   # the default (extended_set) is the old behaviour
+  config.objective = "ball_loss"
+  with pytest.raises(CheckpointError, match="objective: 'extended_set' -> 'ball_loss'"):
+    checkpoint.check_config(str(workdir), config)

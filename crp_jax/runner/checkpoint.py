@@ -25,7 +25,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from crp_jax.runner import atomic
-from crp_jax.runner.config import SAFE_TO_CHANGE
+from crp_jax.runner.config import SAFE_TO_CHANGE, base_config
 
 #: The integrity manifest inside each step folder.
 MANIFEST_NAME = "crp_manifest.json"
@@ -99,7 +99,24 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, *,
     raise CheckpointError(f"cannot read {path}: {e}") from None
   if not isinstance(saved, dict):
     raise CheckpointError(f"cannot read {path}: not a JSON object")
-  _refuse_changes(workdir, config_diff(saved, config.to_dict()), allow_config_change)
+  _refuse_changes(workdir, config_diff(with_new_fields(saved), config.to_dict()), allow_config_change)
+
+
+def with_new_fields(saved: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+  """``saved`` plus the schema's fields it lacks, at their defaults.
+
+  A field the schema gained after a run was saved (``objective``, say) has
+  a default that keeps the old behaviour, so a run saved without it is the
+  same run.
+  """
+  schema = base_config().to_dict() if schema is None else schema
+  out = dict(saved)
+  for key, default in schema.items():
+    if key not in out:
+      out[key] = default
+    elif isinstance(default, dict) and isinstance(out[key], dict):
+      out[key] = with_new_fields(out[key], default)
+  return out
 
 
 def _refuse_changes(workdir: str, diffs: list[str], allow_config_change: bool) -> None:
