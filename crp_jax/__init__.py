@@ -1,13 +1,41 @@
 """crp_jax: Constant Random Perturbations in JAX.
 
 The public API: the stateless perturbation set, the ball loss, compiled
-attacks and the paper's models.
+attacks and the paper's models. Names load on first use (PEP 562), so
+``import crp_jax.runner.process``, which the entry points run before they
+re-execute themselves with tuned settings, does not import JAX twice.
 """
 
-from crp_jax import attacks, models, perturbations
-from crp_jax.losses import ball_loss, pair_loss
-from crp_jax.models import get_model
-from crp_jax.perturbations import make_delta, perturb
+from __future__ import annotations
 
-__all__ = ["attacks", "ball_loss", "get_model", "make_delta", "models", "pair_loss", "perturb", "perturbations"]
+import importlib
+from typing import Any
+
+#: public name -> (module, attribute or None for the module itself)
+_EXPORTS: dict[str, tuple[str, str | None]] = {
+    "attacks": ("crp_jax.attacks", None),
+    "models": ("crp_jax.models", None),
+    "perturbations": ("crp_jax.perturbations", None),
+    "ball_loss": ("crp_jax.losses", "ball_loss"),
+    "pair_loss": ("crp_jax.losses", "pair_loss"),
+    "get_model": ("crp_jax.models", "get_model"),
+    "make_delta": ("crp_jax.perturbations", "make_delta"),
+    "perturb": ("crp_jax.perturbations", "perturb"),
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'crp_jax' has no attribute {name!r}")
+  module, attr = _EXPORTS[name]
+  value = importlib.import_module(module)
+  value = value if attr is None else getattr(value, attr)
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted([*globals(), *_EXPORTS])

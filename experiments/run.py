@@ -19,15 +19,25 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
-from experiments.configs import DATASETS, PRESETS, get_config
 
-flags.DEFINE_enum("dataset", "mnist5k", DATASETS, "Dataset; picks the config file.")
-flags.DEFINE_enum("preset", "small", PRESETS, "small: sized for a CPU; paper: the paper's settings.")
-flags.DEFINE_string("method", None, "Shorthand for --config.method (standard, crp, variable).")
-flags.DEFINE_string("workdir", None, "Output folder; default runs/<dataset>-<methods>-seed<seed>.")
-flags.DEFINE_string("tfds_data_dir", None, "Folder of prepared tfds datasets (shorthand for --config.tfds_data_dir).")
-flags.DEFINE_bool("allow_config_change", False, "Resume although eval-only fields of the config changed.")
-flags.DEFINE_bool("progress", True, "Show progress bars.")
+
+def define_flags(argv: list[str]) -> None:
+  """The flags, with ``--config`` built from ``--dataset`` and ``--preset``.
+
+  Called after :func:`cli.setup_process`: the configs import the library
+  (JAX, tfds), which the process should load once, after its re-exec.
+  """
+  from experiments.configs import DATASETS, PRESETS, get_config  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_enum("dataset", "mnist5k", DATASETS, "Dataset; picks the config file.")
+  flags.DEFINE_enum("preset", "small", PRESETS, "small: sized for a CPU; paper: the paper's settings.")
+  flags.DEFINE_string("method", None, "Shorthand for --config.method (standard, crp, variable).")
+  flags.DEFINE_string("workdir", None, "Output folder; default runs/<dataset>-<methods>-seed<seed>.")
+  flags.DEFINE_string("tfds_data_dir", None,
+                      "Folder of prepared tfds datasets (shorthand for --config.tfds_data_dir).")
+  flags.DEFINE_bool("allow_config_change", False, "Resume although eval-only fields of the config changed.")
+  flags.DEFINE_bool("progress", True, "Show progress bars.")
+  dataset, preset = cli.pre_parse(argv, DATASETS, PRESETS)
+  config_flags.DEFINE_config_dict("config", get_config(dataset, preset), lock_config=True)
 
 
 def main(argv: list[str]) -> None:
@@ -46,6 +56,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   cli.setup_process("experiments.run")
-  dataset, preset = cli.pre_parse(sys.argv, DATASETS, PRESETS)
-  config_flags.DEFINE_config_dict("config", get_config(dataset, preset), lock_config=True)
+  define_flags(sys.argv)
   cli.run(main)
