@@ -61,10 +61,11 @@ def setup_devices() -> None:
 
 
 def setup_process(module: str) -> None:
-  """What a probe sets first in its main, as the command line does: tuned re-exec, devices, compile cache."""
-  reexec_tuned(module, sys.argv[1:])
-  setup_devices()
-  process.setup_compilation_cache()
+  """What a probe sets first in its main, as the command line does (:func:`process.setup_entry_point`)."""
+  try:
+    process.setup_entry_point(module, sys.argv[1:])
+  except ValueError as e:
+    usage_error(str(e))
 
 
 TCMALLOC_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",

@@ -32,23 +32,10 @@ def fail(message: str, code: int = USAGE_EXIT) -> NoReturn:
 
 
 def setup_process(module: str) -> None:
-  """Everything an entry point sets before JAX starts (call it first in ``__main__``).
-
-  Re-executes ``python -m module`` once with the CPU settings of
-  :mod:`crp_jax.runner.process`, then sets the device count and the
-  persistent compilation cache.
-  """
-  from crp_jax.runner import process  # pylint: disable=g-import-not-at-top
-  process.reexec_tuned(module, sys.argv[1:])
-  setup_devices()
-  process.setup_compilation_cache()
-
-
-def setup_devices() -> None:
-  """:func:`crp_jax.runner.process.setup_devices`, with a bad ``CRP_CPU_DEVICES`` as a one-line error."""
+  """:func:`crp_jax.runner.process.setup_entry_point` (call it first in ``__main__``), errors in one line."""
   from crp_jax.runner import process  # pylint: disable=g-import-not-at-top
   try:
-    process.setup_devices()
+    process.setup_entry_point(module, sys.argv[1:])
   except ValueError as e:
     fail(str(e))
 

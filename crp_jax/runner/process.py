@@ -133,3 +133,16 @@ def setup_compilation_cache(environ: Mapping[str, str] = os.environ) -> str | No
   # Programs that take under half a second to compile are not worth a file.
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   return path
+
+
+def setup_entry_point(module: str, argv: list[str]) -> None:
+  """Everything a command (``python -m module argv``) sets before JAX starts; call it first.
+
+  Re-executes the command once with :func:`tuned_env`, then sets the CPU
+  device count (:func:`setup_devices`) and the persistent compilation
+  cache. The entry points and the benchmarks both start here, so both run
+  under the same settings. Raises ``ValueError`` on a bad ``CRP_CPU_DEVICES``.
+  """
+  reexec_tuned(module, argv)
+  setup_devices()
+  setup_compilation_cache()

@@ -23,6 +23,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
+from crp_jax.attacks import AttackSpec
 from crp_jax.data import Split
 from crp_jax.runner import evaluate
 from crp_jax.runner.evaluators.base import Evaluator
@@ -57,11 +58,12 @@ def measure(plan: tuple[Evaluator, ...], model: Model, test: Split, *, mesh: Mes
   subset = evaluate.take(test, indices)
   common = dict(batch_size=cfg.batch_size, mesh=mesh, progress=progress)
   specs = {s: None for e in plan for s in e.specs}
-  clean = next(s for s in specs if s.kind == "clean")
+  # Clean accuracy is measured once on the whole split; the subset's is a slice of it.
+  clean = AttackSpec("clean", name="clean", label="No attack")
   full = evaluate.run_specs(model.module, model.variables, test, (clean,), model.key, **common)[clean]
   correct = evaluate.run_specs(model.module, model.variables, subset,
                                tuple(s for s in specs if s.kind != "clean"), model.key, **common)
-  correct[clean] = full[indices]
+  correct.update({s: full[indices] for s in specs if s.kind == "clean"})
   gradients = None
   if any(e.needs_gradients for e in plan):
     gradients = evaluate.map_batches(evaluate.gradient_stats(model.module), model.variables, subset.images,
