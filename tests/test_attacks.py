@@ -1,5 +1,6 @@
 """Tests of FGSM, PGD and the accuracy helpers (crp_jax.attacks)."""
 
+import dataclasses
 import functools
 
 import jax
@@ -215,3 +216,76 @@ def test_pgd_shards_over_data_mesh(tiny):
   sharded = attack(shard(x), shard(y))
   assert sharded.sharding.spec[0] == "data"
   np.testing.assert_allclose(sharded, attack(x, y), atol=1e-6)
+
+
+def bump_problem():
+  """One pixel, label 0, logits ``(0, 1 − 10·|x − ½|)``: misclassified only for x in (0.4, 0.6).
+
+  From x = 0.32 with ε = 0.3, η = 0.2 and no random start the iterates are
+  0.32 → 0.52 (misclassified) → 0.32 (correct again).
+  """
+  logits_fn = lambda x: jnp.stack([jnp.zeros(len(x)), 1.0 - 10.0 * jnp.abs(x[:, 0] - 0.5)], axis=1)
+  return logits_fn, jnp.array([[0.32]]), jnp.array([0])
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_last_iterate_returns_x_n_not_the_best_iterate(jit, restarts):
+  logits_fn, x, y = bump_problem()
+
+  def attack(x, y, last_iterate):
+    return attacks.pgd(logits_fn, x, y, key=jax.random.key(0), eps=0.3, step_size=0.2, num_steps=2,
+                       restarts=restarts, random_start=False, last_iterate=last_iterate)
+
+  run = jax.jit(attack, static_argnums=2) if jit else attack
+  best, last = run(x, y, False), run(x, y, True)
+  np.testing.assert_allclose(best, [[0.52]], atol=1e-6)
+  assert not np.any(attacks.correct(logits_fn, best, y))
+  np.testing.assert_allclose(last, [[0.32]], atol=1e-6)
+  assert np.all(attacks.correct(logits_fn, last, y))
+
+
+def test_attack_spec_passes_last_iterate_through():
+  logits_fn, x, y = bump_problem()
+  spec = attacks.AttackSpec("pgd", eps=0.3, steps=2, step_size=0.2, random_start=False, last_iterate=True)
+  run = jax.jit(lambda x, y, k: attacks.run_attack(spec, logits_fn, x, y, key=k))
+  np.testing.assert_allclose(run(x, y, jax.random.key(0)), [[0.32]], atol=1e-6)
+  best = dataclasses.replace(spec, last_iterate=False)
+  np.testing.assert_allclose(attacks.run_attack(best, logits_fn, x, y, key=jax.random.key(0)), [[0.52]],
+                             atol=1e-6)
+
+
+def _confident():
+  """Logits ``(30, 0)`` at x = (1, 0): softmax of the true class rounds to 1 in float32."""
+  w = jnp.array([[30.0, 0.0], [0.0, 30.0]])
+  return (lambda x: x @ w), jnp.array([[1.0, 0.0]]), jnp.array([0])
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_prob_ce_gradient_is_exactly_zero_on_a_confident_model(jit):
+  logits_fn, x, y = _confident()
+  assert float(jax.nn.softmax(logits_fn(x))[0, 0]) > 1 - 1e-7
+
+  def grad(loss):
+    return _core.loss_and_grad(logits_fn, _core.LOSSES[loss], x, y)[2]
+
+  grad = jax.jit(grad, static_argnums=0) if jit else grad
+  assert np.all(np.asarray(grad("prob_ce")) == 0.0)
+  assert np.any(np.asarray(grad("ce")) != 0.0)
+  # FGSM on prob_ce does not move; on ce it does.
+  np.testing.assert_array_equal(attacks.fgsm(logits_fn, x, y, eps=0.1, loss="prob_ce"), x)
+  assert np.any(attacks.fgsm(logits_fn, x, y, eps=0.1) != x)
+
+
+def test_prob_ce_is_ce_where_not_clipped():
+  logits = jnp.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
+  y = jnp.array([0, 2])
+  np.testing.assert_allclose(_core.prob_ce_loss(logits, y), _core.ce_loss(logits, y), rtol=1e-5)
+
+
+def test_attack_spec_passes_the_loss_to_fgsm():
+  logits_fn, x, y = _confident()
+  spec = attacks.AttackSpec("fgsm", eps=0.1, loss="prob_ce")
+  np.testing.assert_array_equal(attacks.run_attack(spec, logits_fn, x, y, key=jax.random.key(0)), x)
+  moved = attacks.run_attack(dataclasses.replace(spec, loss="ce"), logits_fn, x, y, key=jax.random.key(0))
+  assert np.any(moved != x)

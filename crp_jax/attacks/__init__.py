@@ -29,7 +29,9 @@ Steps run in ``lax.while_loop``, so the compile time does not grow with the
 number of steps. A loop stops as soon as every row has found a misclassified
 point, which changes nothing in the result (each row keeps its first such
 point) and saves most of the work on a non-robust model; ``early_stop=False``
-runs every step (fixed work, for timing). Restarts (and APGD-T's target
+runs every step (fixed work, for timing), as does PGD with
+``last_iterate=True`` (the paper's variant, which returns the last iterate
+whether or not an earlier one was misclassified). Restarts (and APGD-T's target
 classes) run as one batch of ``runs·B`` rows, example-major, so memory grows
 with them.
 

@@ -74,7 +74,31 @@ def dlr_targeted_loss(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax
   return (_true_logit(logits, target) - _true_logit(logits, y)) / scale
 
 
-LOSSES: dict[str, LogitsLossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}
+#: Keras' ``epsilon()``: the probability clip of :func:`prob_ce_loss`.
+_PROB_CLIP = 1e-7
+
+
+def prob_ce_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
+  r"""Cross-entropy computed in probability space, the Keras ``categorical_crossentropy`` way.
+
+  .. math::
+    \ell(z, y) = -\log \mathrm{clip}\big(\mathrm{softmax}(z)_y,\ 10^{-7},\ 1 - 10^{-7}\big),
+
+  ``(B, C), (B,) -> (B,)``. Where the model is confident,
+  ``softmax(z)_y > 1 − 10⁻⁷``, the clip is flat and the input gradient is
+  exactly zero, so a gradient attack on this loss does not move such
+  examples even though :func:`ce_loss` still has a gradient there.
+
+  It exists only to reproduce a suspected bug of the paper's evaluation (an
+  attack on Keras probabilities whose gradient saturates); do not use it
+  to evaluate a model.
+  """
+  p_true = _true_logit(jax.nn.softmax(logits, axis=-1), y)
+  return -jnp.log(jnp.clip(p_true, _PROB_CLIP, 1.0 - _PROB_CLIP))
+
+
+LOSSES: dict[str, LogitsLossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss,
+                                   "prob_ce": prob_ce_loss}
 
 
 def get_loss(name: str) -> LogitsLossFn:

@@ -15,18 +15,22 @@ def fgsm(
     y: jax.Array,
     *,
     eps: float | jax.Array,
+    loss: str = "ce",
     clip: Clip = (0.0, 1.0),
 ) -> jax.Array:
   r"""Fast gradient sign method (Goodfellow et al. 2014; Eq. 3 of the paper).
 
   .. math::
-    x_{adv} = \mathrm{clip}\big(x + \epsilon\,\mathrm{sign}(\nabla_x \ell_{CE}(f(x), y))\big).
+    x_{adv} = \mathrm{clip}\big(x + \epsilon\,\mathrm{sign}(\nabla_x \ell(f(x), y))\big).
 
   Args:
     logits_fn: ``(B, *shape) -> (B, C)`` logits.
     x: ``(B, *shape)`` inputs inside ``clip``.
     y: ``(B,)`` integer labels.
     eps: L∞ radius ε.
+    loss: ``ℓ``, a name of ``LOSSES``: ``"ce"`` (cross-entropy of the
+      logits), ``"margin"``, ``"dlr"`` or ``"prob_ce"`` (only to reproduce
+      a saturated Keras loss, see :func:`~crp_jax.attacks._core.prob_ce_loss`).
     clip: pixel range ``(lo, hi)``, or ``None``.
 
   Returns:
@@ -44,26 +48,33 @@ def fgsm(
     Examples*, ICLR 2015.
   """
   eps = _core.as_scalar(eps, x)
-  _, _, grad = _core.loss_and_grad(logits_fn, _core.ce_loss, x, y)
+  _, _, grad = _core.loss_and_grad(logits_fn, _core.get_loss(loss), x, y)
   return _core.project(x + eps * jnp.sign(grad), x, eps, "linf", clip)
 
 
 def _pgd_run(logits_fn: LogitsFn, loss_fn: LogitsLossFn, x: jax.Array, y: jax.Array,
              x_start: jax.Array, eps: jax.Array, step_size: jax.Array, num_steps: int,
-             norm: Norm, clip: Clip, early_stop: bool) -> Best:
-  """PGD from ``x_start`` around ``x``; per row the best of the ``num_steps + 1`` iterates."""
-  def body(_, carry):
-    x_k, best = carry
-    loss, logits, grad = _core.loss_and_grad(logits_fn, loss_fn, x_k, y)
-    best = _core.update_best(best, Best(x_k, loss, _core.misclassified(logits, y)))
-    x_next = x_k + step_size * _core.ascent_direction(grad, norm)
-    return _core.project(x_next, x, eps, norm, clip), best
+             norm: Norm, clip: Clip, early_stop: bool, last_iterate: bool) -> Best:
+  """PGD from ``x_start`` around ``x``: per row the last iterate, or the best of the ``num_steps + 1``."""
+  def step(x_k: jax.Array, grad: jax.Array) -> jax.Array:
+    return _core.project(x_k + step_size * _core.ascent_direction(grad, norm), x, eps, norm, clip)
 
-  x_last, best = _core.steps_until_done(num_steps, body, (x_start, Best.empty(x)),
-                                        lambda carry: carry[1].adv, early_stop)
+  if last_iterate:
+    # No best point and no early stop: a later iterate may be classified correctly again.
+    x_last = jax.lax.fori_loop(
+        0, num_steps, lambda _, x_k: step(x_k, _core.loss_and_grad(logits_fn, loss_fn, x_k, y)[2]), x_start)
+  else:
+    def body(_, carry):
+      x_k, best = carry
+      loss, logits, grad = _core.loss_and_grad(logits_fn, loss_fn, x_k, y)
+      return step(x_k, grad), _core.update_best(best, Best(x_k, loss, _core.misclassified(logits, y)))
+
+    x_last, best = _core.steps_until_done(num_steps, body, (x_start, Best.empty(x)),
+                                          lambda carry: carry[1].adv, early_stop)
   # The last iterate needs only a forward pass.
   logits = logits_fn(x_last)
-  return _core.update_best(best, Best(x_last, loss_fn(logits, y), _core.misclassified(logits, y)))
+  last = Best(x_last, loss_fn(logits, y), _core.misclassified(logits, y))
+  return last if last_iterate else _core.update_best(best, last)
 
 
 def pgd(
@@ -81,20 +92,34 @@ def pgd(
     norm: Norm = "linf",
     clip: Clip = (0.0, 1.0),
     early_stop: bool = True,
+    last_iterate: bool = False,
 ) -> jax.Array:
   r"""Projected gradient ascent (Madry et al. 2018; Eq. 4 of the paper).
 
-  From a random start in the ball, ``num_steps`` times
+  From a random start in the ball (or from ``x``: BIM), ``num_steps`` times
 
   .. math::
     x^{(k+1)} = \Pi_{B_\epsilon(x) \cap [lo, hi]^d}\big(x^{(k)} + \alpha\, d(\nabla \ell(x^{(k)}))\big),
 
-  with ``d(g) = sign(g)`` for L∞ and ``g/‖g‖₂`` for L2. Per example the run
-  returns the first misclassified iterate, else the one of highest loss
-  (not just the last). Restart ``r`` starts from a draw with key
-  ``fold_in(key, r)``; across restarts each example keeps the first
-  adversarial point, else the highest-loss one, so more restarts never give
-  a worse point. The restarts run as one batch of ``restarts·B`` rows.
+  with ``d(g) = sign(g)`` for L∞ and ``g/‖g‖₂`` for L2. Two variants say
+  which iterate a run returns:
+
+  * ``last_iterate=False`` (the default, the strong protocol's): per example
+    the first misclassified iterate of ``x^(0) … x^(n)``, else the one of
+    highest loss. This is the attacker's best point: an example counts as
+    broken if any iterate broke it, so the reported accuracy is an upper
+    bound that does not depend on where the run happened to stop.
+  * ``last_iterate=True`` (the paper's protocol): the last iterate
+    ``x^(n)``, as Eq. 4 is written and as reference PGD code returns it.
+    Every step runs (``early_stop`` is ignored), since an example
+    misclassified at step ``k`` may be classified correctly again later;
+    such examples count as correct, so on the same run this accuracy is
+    at least the default variant's.
+
+  Restart ``r`` starts from a draw with key ``fold_in(key, r)``; across
+  restarts each example keeps the first adversarial run's point (its best
+  or last iterate), else the highest-loss one. The restarts run as one
+  batch of ``restarts·B`` rows.
 
   Jit it with the model closed over, e.g.
   ``jax.jit(lambda x, y, k: pgd(f, x, y, key=k, eps=0.3, step_size=0.01, num_steps=40))``.
@@ -108,13 +133,16 @@ def pgd(
     step_size: step α.
     num_steps: number of gradient steps (static).
     restarts: number of runs (static).
-    random_start: start at a uniform point of the ball; else at ``x``.
-    loss: ``"ce"`` (cross-entropy) or ``"margin"`` (``max_{j≠y} z_j − z_y``).
+    random_start: start at a uniform point of the ball; else at ``x``
+      (BIM, "PGD without the random starts").
+    loss: ``"ce"`` (cross-entropy), ``"margin"`` (``max_{j≠y} z_j − z_y``),
+      ``"dlr"``, or ``"prob_ce"`` (only to reproduce a saturated Keras loss).
     norm: ``"linf"`` or ``"l2"``.
     clip: pixel range ``(lo, hi)``, or ``None``.
     early_stop: stop once every row is misclassified. The result is the
       same (a row keeps its first misclassified point); ``False`` runs all
-      ``num_steps`` (fixed work, for timing).
+      ``num_steps`` (fixed work, for timing). Ignored with ``last_iterate``.
+    last_iterate: return each run's last iterate instead of its best point.
 
   Returns:
     ``(B, *shape)`` adversarial inputs inside the ball and ``clip``.
@@ -131,6 +159,8 @@ def pgd(
   References:
     Madry, Makelov, Schmidt, Tsipras, Vladu, *Towards Deep Learning Models
     Resistant to Adversarial Attacks*, ICLR 2018.
+    Kurakin, Goodfellow, Bengio, *Adversarial Examples in the Physical
+    World*, 2016 (BIM).
   """
   _core.check_norm(norm)
   loss_fn = _core.get_loss(loss)
@@ -138,6 +168,6 @@ def pgd(
 
   x_runs, y_runs = _core.repeat_runs(x, restarts), _core.repeat_runs(y, restarts)
   start = _core.starts(key, x, eps, norm, clip, restarts, random_start)
-  best = _pgd_run(logits_fn, loss_fn, x_runs, y_runs, start, eps, step_size, num_steps, norm, clip,
-                  early_stop)
-  return _core.merge_runs(best, restarts).x
+  runs = _pgd_run(logits_fn, loss_fn, x_runs, y_runs, start, eps, step_size, num_steps, norm, clip,
+                  early_stop, last_iterate)
+  return _core.merge_runs(runs, restarts).x

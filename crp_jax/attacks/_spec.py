@@ -33,12 +33,16 @@ class AttackSpec:
       or samples (noise).
     step_size: PGD's step η (unused by the others).
     restarts: PGD/APGD runs; each example keeps its best.
-    loss: ``ce``, ``margin`` or ``dlr`` (PGD, APGD).
+    loss: ``ce``, ``margin``, ``dlr`` or ``prob_ce`` (FGSM, PGD, APGD; see
+      :data:`~crp_jax.attacks._core.LOSSES`).
     random_start: PGD/APGD start at a uniform point of the ball, else at x.
+    last_iterate: PGD returns each run's last iterate (the paper's Eq. 4),
+      else its first misclassified or highest-loss iterate.
     num_targets: APGD-T's target classes.
     norm: ``linf`` or ``l2``.
     name: unique key of the spec's results in ``results.json``.
-    label: the row name in reports, e.g. ``PGD-20 (η=0.01, random start)``.
+    label: the row name in reports, e.g.
+      ``PGD-20 (η=0.01, random start, last iterate)``.
     key_path: the attack's key is ``fold_in(root, *key_path)`` of the
       evaluation's root key, so a spec fixes its randomness.
   """
@@ -49,6 +53,7 @@ class AttackSpec:
   restarts: int = 1
   loss: str = "ce"
   random_start: bool = True
+  last_iterate: bool = False
   num_targets: int = 0
   norm: str = "linf"
   name: str = ""
@@ -79,7 +84,8 @@ Runner = Callable[..., jax.Array]
 
 def _pgd_spec(s: AttackSpec, f: LogitsFn, x: jax.Array, y: jax.Array, k: jax.Array, **opts) -> jax.Array:
   return _pgd.pgd(f, x, y, key=k, eps=s.eps, step_size=s.step_size, num_steps=s.steps,
-                  restarts=s.restarts, random_start=s.random_start, loss=s.loss, norm=s.norm, **opts)
+                  restarts=s.restarts, random_start=s.random_start, loss=s.loss, norm=s.norm,
+                  last_iterate=s.last_iterate, **opts)
 
 
 def _apgd_spec(s: AttackSpec, f: LogitsFn, x: jax.Array, y: jax.Array, k: jax.Array, **opts) -> jax.Array:
@@ -95,7 +101,7 @@ def _apgd_t_spec(s: AttackSpec, f: LogitsFn, x: jax.Array, y: jax.Array, k: jax.
 
 _RUNNERS: dict[str, Runner] = {
     "clean": lambda s, f, x, y, k, **opts: x,
-    "fgsm": lambda s, f, x, y, k, clip, early_stop: _pgd.fgsm(f, x, y, eps=s.eps, clip=clip),
+    "fgsm": lambda s, f, x, y, k, clip, early_stop: _pgd.fgsm(f, x, y, eps=s.eps, loss=s.loss, clip=clip),
     "pgd": _pgd_spec,
     "apgd": _apgd_spec,
     "apgd_t": _apgd_t_spec,
