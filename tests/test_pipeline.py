@@ -93,7 +93,14 @@ def test_default_job_runs_tiny_and_writes_its_outputs(tmp_path):
   for method in ("standard", "crp"):
     for name in OUTPUTS:
       assert (tmp_path / method / name).exists(), (method, name)
-  assert (tmp_path / "report.md").read_text().count("PGD-2") == 2
+  text = (tmp_path / "report.md").read_text()
+  # White-box at the paper's η and at the extra η, and black-box at the paper's η (§4.1).
+  assert text.count("PGD-2 (") == 3
+  assert "paper protocol PGD: random start, last iterate" in text
+  assert "| Black-box from the other models, FGSM |" in text
+  assert "| Black-box from the other models, PGD-2 (η=0.003922, random start, last iterate) |" in text
+  result = json.loads((tmp_path / "crp" / "results.json").read_text())["evaluation"]["paper"]
+  assert set(result["black_box"]) == {"fgsm", "pgd2"} and set(result["transfer"]["pgd2"]) == {"standard"}
 
 
 def test_ball_loss_objective_is_a_user_loop_over_the_public_ball_loss(tmp_path):

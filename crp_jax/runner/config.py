@@ -80,9 +80,12 @@ def eval_config(*, eps: float, step_size: float) -> ml_collections.ConfigDict:
   e.eps = eps
   e.step_size = step_size  # the paper's PGD step η
   e.pgd_steps = (20, 100)
-  e.random_start = False  # the paper's PGD starts at x (Eq. 4)
+  # The paper's PGD is Madry et al.'s, with a random start: §2 calls BIM "PGD without the random
+  # starts", and Eq. 4 takes the gradient at x + δ. False runs BIM (PGD from x). Either way the
+  # paper's PGD returns its last iterate (AttackSpec.last_iterate).
+  e.random_start = True
   e.restarts = 1
-  e.extra_step_size = 0.0  # > 0: also run PGD with this η and a random start
+  e.extra_step_size = 0.0  # > 0: also run PGD with this η (random start, last iterate)
   e.batch_size = 256  # a power of two: divisible by any power-of-two device count
   e.attack_subset = 1000  # test examples attacked (clean accuracy uses the whole split)
   # The strong protocol (AutoAttack-style worst case) and the masking checks.

@@ -102,7 +102,12 @@ def sweep_specs(cfg: ml_collections.ConfigDict, apgd_ce: AttackSpec) -> Sweeps:
 
 
 class CheckInputs(NamedTuple):
-  """Per-example results (``(n,)`` bool, still correct) the checks read."""
+  """Per-example results (``(n,)`` bool, still correct) the checks read.
+
+  ``transfer`` maps each other model to the strong protocol's own transfer
+  attack (APGD-CE crafted on that model; check 4b), its entry of
+  :attr:`~crp_jax.runner.evaluate.Measurements.transfer`.
+  """
   sweeps: Sweeps
   correct: dict[AttackSpec, np.ndarray]
   fgsm: np.ndarray

@@ -35,13 +35,14 @@ class Measurements(NamedTuple):
     correct: spec -> ``(n,)`` bool, still correct after the attack, on the
       attacked subset of ``n`` examples.
     gradients: ``(n, 3)`` :func:`gradient_stats` on the subset, or ``None``.
-    transfer: source model -> ``(n,)`` bool under examples crafted on it.
+    transfer: spec -> source model -> ``(n,)`` bool, still correct under
+      the spec's examples crafted on that source (empty with one model).
   """
   clean_full: np.ndarray
   num_test: int
   correct: dict[AttackSpec, np.ndarray]
   gradients: np.ndarray | None = None
-  transfer: dict[str, np.ndarray] = {}
+  transfer: dict[AttackSpec, dict[str, np.ndarray]] = {}
 
 
 def subset_indices(num_examples: int, size: int) -> np.ndarray:
@@ -151,7 +152,8 @@ def transfer_matrix(models: dict[str, tuple[nn.Module, Any]], split: Split, spec
   out: dict[str, dict[str, np.ndarray]] = {t: {} for t in models}
   for s_name, (s_model, s_vars) in models.items():
     x_adv = map_batches(_crafter(s_model, spec), s_vars, split.images, split.labels, key,
-                        batch_size=batch_size, mesh=mesh, desc=f"craft on {s_name}", progress=progress)
+                        batch_size=batch_size, mesh=mesh, desc=f"{spec.name} on {s_name}",
+                        progress=progress)
     for t_name, (t_model, t_vars) in models.items():
       if t_name != s_name:
         out[t_name][s_name] = map_batches(_correct_on_float(t_model), t_vars, x_adv, split.labels, key,

@@ -35,9 +35,26 @@ def accuracy_table(results: Results) -> str:
   out += f"| *Paper protocol (n={n})* |" + " |" * len(names) + "\n"
   for key, label in paper["labels"].items():
     out += _row(label, [_get(r, "evaluation", "paper", "accuracy", key) for r in results.values()])
+  out += black_box_rows(results)
   if _get(first, "evaluation", "strong") is not None:
     out += strong_rows(results)
   return out
+
+
+def black_box_rows(results: Results) -> str:
+  """The paper's black-box rows (§4.1): per attack, each model's mean accuracy over the other models' examples."""
+  labels = next(iter(results.values()))["evaluation"]["paper"]["labels"]
+  keys = [k for k in labels if any(_get(r, "evaluation", "paper", "black_box", k) is not None
+                                   for r in results.values())]
+  return "".join(_row(f"Black-box from the other models, {labels[k]}",
+                      [_get(r, "evaluation", "paper", "black_box", k) for r in results.values()])
+                 for k in keys)
+
+
+def paper_pgd(eval_cfg: dict[str, Any]) -> str:
+  """The paper protocol's PGD in words: its start and the iterate it returns."""
+  start = "random start" if eval_cfg.get("random_start") else "no random start (BIM)"
+  return f"paper protocol PGD: {start}, last iterate"
 
 
 def strong_rows(results: Results) -> str:
@@ -110,7 +127,7 @@ def markdown_report(results: Results, command: str) -> str:
   first = next(iter(results.values()))
   e = first["config"]["eval"]
   lines = [f"# Robustness report: {first['config']['dataset']}", "", f"Command: `{command}`", "",
-           f"White-box attacks at L∞ ε = {e['eps']:.4g}; accuracy in %. Device: "
+           f"White-box attacks at L∞ ε = {e['eps']:.4g}; {paper_pgd(e)}; accuracy in %. Device: "
            f"{first['device_count']} × {first['device_kind']}.", ""]
   lines += [f"- **{name}**: {describe_run(r)}" for name, r in results.items()]
   lines += ["", accuracy_table(results), checks_section(results), verdict(results), ""]

@@ -5,13 +5,16 @@ declares the :class:`~crp_jax.attacks.AttackSpec` s it needs and turns
 what they measured into its section of ``results.json``. Adding an
 evaluation is one module here and its name in :data:`EVALUATORS`:
 
-* ``paper`` (:mod:`.paper`): clean accuracy, FGSM and PGD-n as in §4.1;
+* ``paper`` (:mod:`.paper`): clean accuracy, FGSM and PGD-n as in §4.1,
+  white-box and black-box (FGSM and PGD-n crafted on the other models);
 * ``strong`` (:mod:`.strong`, with ``eval.strong``): APGD-CE, APGD-T,
-  Square and their worst case, the masking sweeps and checks, transfer.
+  Square and their worst case, the masking sweeps and checks, APGD-CE
+  transfer.
 
 :func:`evaluate_models` runs a plan: every spec once per model on the
 attacked subset (specs shared by evaluators run once), the gradient
-statistics, the transfer attacks between models, then each summary.
+statistics, every evaluator's transfer attacks between models
+(:func:`transfer`), then each summary.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Callable, NamedTuple
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh
 
 from crp_jax.attacks import AttackSpec
@@ -71,16 +75,39 @@ def measure(plan: tuple[Evaluator, ...], model: Model, test: Split, *, mesh: Mes
   return evaluate.Measurements(full, int(test.num_examples), correct, gradients)
 
 
+Transfer = dict[str, dict[AttackSpec, dict[str, np.ndarray]]]
+
+
 def transfer(plan: tuple[Evaluator, ...], models: dict[str, Model], test: Split, *, mesh: Mesh,
-             progress: bool = True) -> dict[str, dict[str, Any]]:
-  """``out[target][source]``: per-example correctness under each plan's transfer attack (first model's settings)."""
-  spec = next((e.transfer_spec for e in plan if e.transfer_spec is not None), None)
-  if spec is None or len(models) < 2:
+             progress: bool = True) -> Transfer:
+  """Black-box accuracy among ``models``: every transfer spec of ``plan``, from every model to every other.
+
+  Each distinct spec of the evaluators' ``transfer_specs`` is crafted once
+  per source model (key ``spec.key(first model's key)``) on the first
+  model's attacked subset of ``test`` and evaluated on every other model
+  (:func:`~crp_jax.runner.evaluate.transfer_matrix`): §4.1's setting of
+  attacking each model with examples crafted on the others. Usable on its
+  own, e.g. for the black-box matrix among seeds without the white-box
+  attacks. ``plan`` is the first model's (:func:`build_plan` of its config).
+
+  Returns:
+    ``out[target][spec][source]``: ``(n,)`` bool, ``target`` still correct on
+    the ``n`` examples crafted on ``source``; ``{}`` with fewer than two
+    models or no transfer spec.
+  """
+  specs = tuple(dict.fromkeys(s for e in plan for s in e.transfer_specs))
+  if not specs or len(models) < 2:
     return {}
   first = next(iter(models.values()))
   subset = evaluate.take(test, evaluate.subset_indices(test.num_examples, first.cfg.attack_subset))
-  return evaluate.transfer_matrix({n: (m.module, m.variables) for n, m in models.items()}, subset, spec,
-                                  first.key, mesh=mesh, batch_size=first.cfg.batch_size, progress=progress)
+  pairs = {n: (m.module, m.variables) for n, m in models.items()}
+  out: Transfer = {t: {} for t in models}
+  for spec in specs:
+    matrix = evaluate.transfer_matrix(pairs, subset, spec, first.key, mesh=mesh,
+                                      batch_size=first.cfg.batch_size, progress=progress)
+    for target, by_source in matrix.items():
+      out[target][spec] = by_source
+  return out
 
 
 def evaluate_models(models: dict[str, Model], test: Split, *, mesh: Mesh,

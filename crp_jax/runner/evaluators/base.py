@@ -25,8 +25,9 @@ class Evaluator(Protocol):
   name: str
   #: Attacks run on the attacked subset, each keyed by ``spec.key(eval key)``.
   specs: tuple[AttackSpec, ...]
-  #: Crafted on every other model of a comparison, or ``None``.
-  transfer_spec: AttackSpec | None
+  #: Each crafted once on every model of a comparison and evaluated on every
+  #: other (:func:`crp_jax.runner.evaluators.transfer`); may be empty.
+  transfer_specs: tuple[AttackSpec, ...]
   #: Whether :func:`~crp_jax.runner.evaluate.gradient_stats` is needed.
   needs_gradients: bool
 

@@ -45,14 +45,16 @@ class StrongProtocol:
     self.specs = (self.apgd_ce, self.apgd_t, self.square, *self.sweeps.all())
     # Crafted with the evaluation key itself on every other model.
     self.transfer_spec = dataclasses.replace(self.apgd_ce, key_path=())
+    self.transfer_specs = (self.transfer_spec,)
 
   def summarize(self, m: Measurements, num_classes: int) -> dict[str, Any]:
     paper = paper_specs(self.cfg)
     fgsm = next(s for s in paper if s.kind == "fgsm")
+    transfer = m.transfer.get(self.transfer_spec, {})  # source -> (n,) bool under APGD-CE transfer
     c = diagnostics.CheckInputs(self.sweeps, m.correct, m.correct[fgsm], m.correct[self.apgd_ce],
-                                m.correct[self.apgd_t], m.correct[self.square], m.gradients, m.transfer)
+                                m.correct[self.apgd_t], m.correct[self.square], m.gradients, transfer)
     at_eps = (*paper, self.apgd_ce, self.apgd_t, self.square, *self.sweeps.at_eps())
-    every = np.logical_and.reduce([m.correct[s] for s in at_eps] + list(m.transfer.values()))
+    every = np.logical_and.reduce([m.correct[s] for s in at_eps] + list(transfer.values()))
     checks = diagnostics.masking_checks(c, self.cfg, num_classes)
     acc = lambda s: float(m.correct[s].mean())
     return {"accuracy": {s.name: acc(s) for s in (*paper, *self.specs)},
@@ -60,7 +62,7 @@ class StrongProtocol:
             "worst_case": float((c.apgd_ce & c.apgd_t & c.square).mean()), "all_attacks": float(every.mean()),
             "checks": [{"name": ch.name, "passed": ch.passed, "detail": ch.detail} for ch in checks],
             "num_flags": sum(not ch.passed for ch in checks),
-            "transfer": {src: float(v.mean()) for src, v in m.transfer.items()},
+            "transfer": {src: float(v.mean()) for src, v in transfer.items()},
             "curves": {"eps": [[s.eps, acc(s)] for s in self.sweeps.eps],
                        "pgd_steps": [[s.steps, acc(s)] for s in self.sweeps.pgd_steps],
                        "apgd_steps": [[s.steps, acc(s)] for s in self.sweeps.apgd_steps]}}
