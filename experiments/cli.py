@@ -40,27 +40,37 @@ def setup_process(module: str) -> None:
     fail(str(e))
 
 
-def pre_parse(argv: list[str], datasets: tuple[str, ...], presets: tuple[str, ...]) -> tuple[str, str]:
+def flag_value(argv: list[str], name: str) -> str | None:
+  """The value of ``--name=v`` or ``--name v`` in ``argv`` (the last one wins), before flags are defined."""
+  value = None
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith(f"--{name}="):
+      value = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def pre_parse(argv: list[str], datasets: tuple[str, ...], presets: tuple[str, ...], *,
+              default_dataset: str = "mnist5k", config_fn=None) -> tuple[str, str]:
   """Reads ``--dataset`` and ``--preset`` before the config flag is defined from them.
 
   Also refuses an empty ``--workdir=`` and checks that every ``--config.``
-  override names a field of that config.
+  override names a field of that config (``config_fn(dataset, preset)``,
+  default :func:`experiments.configs.get_config`).
   """
-  values = {"dataset": "mnist5k", "preset": "small"}
-  for i, arg in enumerate(argv[1:], 1):
-    for name in values:
-      if arg.startswith(f"--{name}="):
-        values[name] = arg.split("=", 1)[1]
-      elif arg == f"--{name}" and i + 1 < len(argv):
-        values[name] = argv[i + 1]
+  given = {name: flag_value(argv, name) for name in ("dataset", "preset")}
+  values = {"dataset": default_dataset if given["dataset"] is None else given["dataset"],
+            "preset": "small" if given["preset"] is None else given["preset"]}
   for name, choices in (("dataset", datasets), ("preset", presets)):
     if values[name] not in choices:
       fail(f"--{name}={values[name]!r}: unknown; choose one of {', '.join(choices)}")
   if any(arg == "--workdir=" or (arg == "--workdir" and argv[i + 1:i + 2] == [""])
          for i, arg in enumerate(argv)):
     fail("--workdir='': empty (an unset shell variable?); give a folder, or omit the flag for the default")
-  from experiments.configs import get_config  # pylint: disable=g-import-not-at-top
-  check_config_overrides(argv, get_config(values["dataset"], values["preset"]))
+  if config_fn is None:
+    from experiments.configs import get_config as config_fn  # pylint: disable=g-import-not-at-top
+  check_config_overrides(argv, config_fn(values["dataset"], values["preset"]))
   return values["dataset"], values["preset"]
 
 
@@ -72,9 +82,25 @@ def apply_shorthands(config, **values):
   return config
 
 
-def default_workdir(config) -> str:
+def default_workdir(config, preset_config, preset: str = "small") -> str:
+  """``runs/<dataset>-<methods>-seed<seed>[-<preset>][-<changed fields>]``.
+
+  Every training field that differs from ``preset_config`` (the preset the
+  run started from) is in the name, as ``field=value`` or, when that gets
+  long, as the training fingerprint; so runs that differ in training never
+  share a default workdir (K = 1, 5, 10, or uniform vs Gaussian, say).
+  """
+  from crp_jax.runner import checkpoint  # pylint: disable=g-import-not-at-top
   methods = f"{config.method}-vs-{config.compare_with}" if config.compare_with else config.method
-  return os.path.join("runs", f"{config.dataset}-{methods}-seed{config.seed}")
+  named = ("dataset", "method", "compare_with", "seed")
+  ours, ref = checkpoint.training_fields(config.to_dict()), checkpoint.training_fields(preset_config.to_dict())
+  changed = [f"{k}={ours[k]}" for k in ours if k not in named and ours.get(k) != ref.get(k)]
+  suffix = "-".join(changed)
+  if len(suffix) > 60 or not all(c.isalnum() or c in "=._-" for c in suffix):
+    suffix = checkpoint.training_fingerprint(config.to_dict())
+  parts = [f"{config.dataset}-{methods}-seed{config.seed}"] + ([preset] if preset != "small" else []) + (
+      [suffix] if suffix else [])
+  return os.path.join("runs", "-".join(parts))
 
 
 @contextlib.contextmanager

@@ -5,8 +5,10 @@ r"""Train and evaluate CRP models: ``python -m experiments.run [flags]``.
   python -m experiments.run --dataset=cifar10 --method=variable --config.include_clean=False
   python -m experiments.run --config.epochs=2 --config.eval.pgd_steps='(10,20)'
 
-The workdir defaults to ``runs/<dataset>-<methods>-seed<seed>``; running the
-same command again resumes from its checkpoints.
+The workdir defaults to ``runs/<dataset>-<methods>-seed<seed>``, followed by
+the preset (unless ``small``) and every training field that differs from the
+preset (e.g. ``-distribution=gaussian``); running the same command again
+resumes from its checkpoints.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def define_flags(argv: list[str]) -> None:
   flags.DEFINE_enum("dataset", "mnist5k", DATASETS, "Dataset; picks the config file.")
   flags.DEFINE_enum("preset", "small", PRESETS, "small: sized for a CPU; paper: the paper's settings.")
   flags.DEFINE_string("method", None, "Shorthand for --config.method (standard, crp, variable).")
-  flags.DEFINE_string("workdir", None, "Output folder; default runs/<dataset>-<methods>-seed<seed>.")
+  flags.DEFINE_string("workdir", None, "Output folder; default runs/<dataset>-<methods>-seed<seed>[-<preset>][-<changed fields>].")
   flags.DEFINE_string("tfds_data_dir", None,
                       "Folder of prepared tfds datasets (shorthand for --config.tfds_data_dir).")
   flags.DEFINE_bool("allow_config_change", False, "Resume although eval-only fields of the config changed.")
@@ -45,7 +47,9 @@ def main(argv: list[str]) -> None:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = cli.apply_shorthands(flags.FLAGS.config, method=flags.FLAGS.method,
                                 tfds_data_dir=flags.FLAGS.tfds_data_dir)
-  workdir = flags.FLAGS.workdir or cli.default_workdir(config)
+  from experiments.configs import get_config  # pylint: disable=g-import-not-at-top
+  preset_config = get_config(flags.FLAGS.dataset, flags.FLAGS.preset)
+  workdir = flags.FLAGS.workdir or cli.default_workdir(config, preset_config, flags.FLAGS.preset)
   command = "python -m experiments.run " + shlex.join(sys.argv[1:])
   from crp_jax.runner import pipeline  # pylint: disable=g-import-not-at-top
   with cli.user_errors():

@@ -41,7 +41,7 @@ slow generic path inside loops, 2.9x slower per step.
 """
 
 from crp_jax.attacks._apgd import apgd, apgd_targeted
-from crp_jax.attacks._core import LogitsFn, accuracy, correct, rows_like, steps_until_done
+from crp_jax.attacks._core import LOSSES, LogitsFn, accuracy, correct, get_loss, rows_like, steps_until_done
 from crp_jax.attacks._noise import random_noise
 from crp_jax.attacks._pgd import fgsm, pgd
 from crp_jax.attacks._spec import KINDS, AttackSpec, run_attack, strong_attacks
@@ -50,6 +50,7 @@ from crp_jax.attacks._strong import strong_eval
 
 __all__ = [
     "KINDS",
+    "LOSSES",
     "AttackSpec",
     "LogitsFn",
     "accuracy",
@@ -57,6 +58,7 @@ __all__ = [
     "apgd_targeted",
     "correct",
     "fgsm",
+    "get_loss",
     "pgd",
     "random_noise",
     "rows_like",

@@ -16,6 +16,7 @@ named.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from typing import Any, Iterable
@@ -50,6 +51,23 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     else:
       out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
   return out
+
+
+def training_fields(config: dict[str, Any]) -> dict[str, Any]:
+  """The flattened fields of ``config`` that shape the trained weights (all but :data:`SAFE_TO_CHANGE`)."""
+  return {k: v for k, v in sorted(flatten(config).items()) if not k.startswith(SAFE_TO_CHANGE)}
+
+
+def training_fingerprint(config: dict[str, Any], length: int = 8) -> str:
+  """A short hex digest of :func:`training_fields`: equal exactly when the training runs are the same.
+
+  Two configs that differ in any field outside :data:`SAFE_TO_CHANGE` get
+  different digests (up to a hash collision, 1 in 16**length); configs that
+  differ only in evaluation or logging fields share one, so they share a
+  workdir and its trained weights.
+  """
+  text = json.dumps(training_fields(with_new_fields(config)), sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

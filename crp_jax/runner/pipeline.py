@@ -141,6 +141,19 @@ def model_dirs(workdir: str) -> dict[str, str]:
   return found
 
 
+def named_model_dirs(workdirs: list[str]) -> dict[str, str]:
+  """Every model folder under ``workdirs``, each under a distinct name.
+
+  A model is named by its folder (``crp``), or by its path where two share
+  a folder name (``runs/a/crp`` and ``runs/b/crp``), so no model is dropped.
+  The same folder given twice is one model.
+  """
+  found = [os.path.normpath(d) for w in workdirs for d in model_dirs(w).values()]
+  found = list(dict.fromkeys(found))
+  base = [os.path.basename(d) for d in found]
+  return {(b if base.count(b) == 1 else d): d for b, d in zip(base, found)}
+
+
 def load_trained(workdir: str, eval_overrides: dict[str, Any] | None = None) -> Trained:
   """The latest checkpoint of the model in ``workdir``, with its saved config.
 
@@ -167,7 +180,7 @@ def evaluate_saved(workdirs: list[str], *, eval_overrides: dict[str, Any] | None
                    progress: bool = True, command: str = "") -> str:
   """Re-evaluates saved models (paper + strong protocol, masking checks, transfer
   between them) and writes ``evaluation.json``/``.md``/``.png`` beside the first."""
-  dirs = {name: d for w in workdirs for name, d in model_dirs(w).items()}
+  dirs = named_model_dirs(workdirs)
   entries = {name: load_trained(d, eval_overrides) for name, d in dirs.items()}
   datasets = {t.config.dataset for t in entries.values()}
   if len(datasets) > 1:

@@ -1,0 +1,89 @@
+r"""Reproduce a table or figure of the paper: ``python -m experiments.study --study=NAME [flags]``.
+
+  python -m experiments.study --list
+  python -m experiments.study --study=table1 --dataset=mnist5k            # small preset, offline
+  python -m experiments.study --study=table3 --preset=paper               # CIFAR-10, 5 WRN-28-10 runs
+  python -m experiments.study --study=table4 --dataset=mnist5k --seeds=3
+
+A study is a list of ordinary ``experiments.run`` runs (one per setting and
+seed, in ``--runs_dir``, shared between studies and reused when finished;
+an interrupted study resumes where it stopped) plus an aggregation written
+to ``<out>/<study>/<dataset>-<preset>/``: ``table.md`` (the paper's numbers
+beside ours), ``study.json`` (every per-seed number) and the figures.
+``--config.field=value`` overrides the base config of every run.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import cli
+
+
+def define_flags(argv: list[str]) -> None:
+  """The flags; ``--config`` is the study's base config for ``--dataset`` (default: the study's) and ``--preset``."""
+  from crp_jax.runner.studies import STUDIES  # pylint: disable=g-import-not-at-top
+  from experiments.configs import DATASETS, PRESETS, study_config  # pylint: disable=g-import-not-at-top
+  name = cli.flag_value(argv, "study")
+  if name is not None and name not in STUDIES:
+    cli.fail(f"--study={name!r}: unknown; choose one of {', '.join(STUDIES)} (or --list)")
+  flags.DEFINE_enum("study", None, list(STUDIES), "The table or figure to reproduce (see --list).")
+  flags.DEFINE_bool("list", False, "List the studies and exit.")
+  flags.DEFINE_enum("dataset", None, DATASETS, "Dataset; default: the paper's dataset of the study.")
+  flags.DEFINE_enum("preset", "small", PRESETS, "small: sized for a CPU; paper: the paper's settings.")
+  flags.DEFINE_integer("seeds", 5, "Perturbation sets (seeds 0..n-1) per setting; the paper uses 5.", lower_bound=1)
+  flags.DEFINE_string("runs_dir", "runs/studies", "Where the runs live (<runs_dir>/<dataset>-<preset>/<run>).")
+  flags.DEFINE_string("out", "results", "Where the tables go (<out>/<study>/<dataset>-<preset>/).")
+  flags.DEFINE_bool("progress", False, "Show the runs' progress bars (the per-run lines are always shown).")
+  default = STUDIES[name].dataset if name else "mnist5k"
+  dataset, preset = cli.pre_parse(argv, DATASETS, PRESETS, default_dataset=default, config_fn=study_config)
+  config_flags.DEFINE_config_dict("config", study_config(dataset, preset), lock_config=True)
+
+
+def list_studies() -> None:
+  from crp_jax.runner.studies import STUDIES  # pylint: disable=g-import-not-at-top
+  for s in STUDIES.values():
+    status = f"  [waits: {s.waits_for}]" if s.waits_for else ""
+    print(f"{s.name:<11} {s.title} (paper dataset: {s.dataset}){status}")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if flags.FLAGS.list:
+    list_studies()
+    return
+  if not flags.FLAGS.study:
+    cli.fail("--study is required (or --list to see the studies)")
+  from crp_jax.runner import study as study_lib  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner.studies import STUDIES  # pylint: disable=g-import-not-at-top
+  study, base = STUDIES[flags.FLAGS.study], flags.FLAGS.config
+  if study.waits_for:
+    cli.fail(f"--study={study.name}: {study.waits_for}")
+  where = f"{base.dataset}-{flags.FLAGS.preset}"
+  command = "python -m experiments.study " + shlex.join(sys.argv[1:])
+  start = time.perf_counter()
+  with cli.user_errors():
+    runs = study.runs(base, flags.FLAGS.seeds)
+    study_lib.validate_runs(runs)
+    root = os.path.join(flags.FLAGS.runs_dir, where)
+    done = study_lib.execute(study, runs, root=root, progress=flags.FLAGS.progress, command=command)
+    ctx = study_lib.Context(study, base, done, cache_dir=os.path.join(root, "_measurements"),
+                            progress=flags.FLAGS.progress)
+    outcome = study.aggregate(ctx)
+    out_dir = os.path.join(flags.FLAGS.out, study.name, where)
+    print(study_lib.write_outputs(out_dir, study, ctx, outcome, command=command,
+                                  seconds=time.perf_counter() - start))
+    print(f"wrote {out_dir}/table.md, study.json" + "".join(f", {f}" for f in outcome.figures))
+
+
+if __name__ == "__main__":
+  cli.setup_process("experiments.study")
+  define_flags(sys.argv)
+  cli.run(main)

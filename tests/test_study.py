@@ -1,0 +1,166 @@
+"""The study driver: workdirs, resumption, aggregation, the CLI end to end (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from crp_jax.runner import aggregate, atomic, checkpoint, pipeline, study as study_lib, studies
+from experiments import cli
+from experiments.configs import get_config, study_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_configs_that_differ_in_any_training_field_never_share_a_workdir():
+  base = study_config("mnist5k")
+  names = {study_lib.run_name(base)}
+  for field, value in checkpoint.flatten(base.to_dict()).items():
+    if field.startswith(checkpoint.SAFE_TO_CHANGE):
+      continue
+    c = ml_collections.ConfigDict(base.to_dict())
+    new = (not value if isinstance(value, bool) else value + 1 if isinstance(value, (int, float))
+           else list(value) + [1] if isinstance(value, list) else value + "x")
+    c[field] = new
+    names.add(study_lib.run_name(c))
+  trained = [f for f in checkpoint.flatten(base.to_dict()) if not f.startswith(checkpoint.SAFE_TO_CHANGE)]
+  assert len(names) == len(trained) + 1
+
+
+def test_identical_training_configs_share_a_workdir_whatever_their_evaluation():
+  a, b = study_config("mnist5k"), study_config("mnist5k")
+  b.eval.attack_subset, b.eval.pgd_steps, b.log_every_steps = 7, (3,), 9
+  assert study_lib.run_name(a) == study_lib.run_name(b)
+  # Table 1's uniform runs are Table 4's K = 10, Table 7's G and flatness' G.
+  t1 = {study_lib.run_name(r.config) for r in studies.table1_runs(a, 2) if r.group.startswith("U")}
+  t4 = {study_lib.run_name(r.config) for r in studies.k_runs(a, 2) if r.group == "K=10"}
+  t7 = {study_lib.run_name(r.config) for r in studies.table7_runs(a, 2) if r.group == "G"}
+  assert t1 == t4 == t7 and len(t1) == 2
+
+
+def test_default_workdir_names_every_changed_training_field():
+  preset = get_config("mnist5k")
+  assert cli.default_workdir(preset, preset) == "runs/mnist5k-crp-vs-standard-seed0"
+  gauss = ml_collections.ConfigDict(preset.to_dict())
+  gauss.distribution = "gaussian"
+  k1 = ml_collections.ConfigDict(preset.to_dict())
+  k1.num_perturbations = 1
+  names = {cli.default_workdir(c, preset) for c in (preset, gauss, k1)}
+  assert len(names) == 3 and "runs/mnist5k-crp-vs-standard-seed0-distribution=gaussian" in names
+  assert cli.default_workdir(preset, preset, "paper").endswith("-paper")
+
+
+def _fake_results(config, clean, fgsm, pgd):
+  return {"config": config.to_dict(), "training": {"steps": 1, "seconds": 0.0},
+          "evaluation": {"paper": {"clean_accuracy": clean, "num_attacked": 10, "accuracy":
+                                   {"clean": clean, "fgsm": fgsm, "pgd20": pgd, "pgd100": pgd},
+                                   "labels": {}},
+                         "strong": {"worst_case": 0.0, "num_flags": 1, "checks": [], "all_attacks": 0.0}}}
+
+
+def test_killed_study_resumes_without_retraining_finished_runs(tmp_path, monkeypatch):
+  base = study_config("mnist5k")
+  runs = studies.k_runs(base, 2)
+  calls = []
+
+  def fake_run(config, workdir, **kw):
+    calls.append(workdir)
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    atomic.write_json(os.path.join(workdir, "results.json"), _fake_results(config, 0.9, 0.5, 0.1))
+
+  monkeypatch.setattr(pipeline, "run", fake_run)
+  study = studies.STUDIES["table4"]
+  with pytest.raises(KeyboardInterrupt):
+    study_lib.execute(study, runs, root=str(tmp_path), log=lambda s: None)
+  assert len(calls) == 3
+  lines = []
+  done = study_lib.execute(study, runs, root=str(tmp_path), log=lines.append)
+  assert len(calls) == 3 + 4  # the two finished runs are not run again
+  assert [d.reused for d in done] == [True, True, False, False, False, False]
+  assert "reused" in lines[0] and "ETA" in lines[2] and "4 left" in lines[1]
+  again = study_lib.execute(study, runs, root=str(tmp_path), log=lambda s: None)
+  assert all(d.reused for d in again) and len(calls) == 7
+
+
+def test_aggregation_matches_hand_computed_mean_std_and_best():
+  s = aggregate.stat([0.50, 0.60, 0.70, 0.40, 0.80])
+  assert s.mean == pytest.approx(0.60)
+  assert s.std == pytest.approx(np.sqrt(((0.1 ** 2) * 2 + (0.2 ** 2) * 2) / 4))
+  assert s.text() == "60.00 ± 15.81"
+  assert aggregate.best_index([0.3, 0.9, 0.9, 0.1]) == 1
+  base = study_config("mnist5k")
+  base.eval.pgd_steps = (20, 100)
+  runs = studies.k_runs(base, 3)
+  pgd = {1: [0.1, 0.3, 0.2], 5: [0.4, 0.5, 0.9], 10: [0.7, 0.6, 0.8]}
+  done = [study_lib.Done(r, "", _fake_results(r.config, 0.9 + 0.01 * r.seed, 0.5, pgd[r.config.num_perturbations][r.seed]),
+                         0.0, False) for r in runs]
+  ctx = study_lib.Context(studies.STUDIES["table4"], base, done, cache_dir="")
+  outcome = studies.k_table(ctx)
+  t = outcome.tables[0]
+  assert t.cells[("PGD-100", "5")].ours.text() == "60.00 ± 26.46"
+  assert t.cells[("PGD-100", "5")].paper == "96.24±0.39"  # Table 4 as printed
+  assert t.cells[("No attack", "1")].ours.text() == "91.00 ± 1.00"
+  assert t.cells[(studies.FLAGS_ROW, "10")].text() == "1, 1, 1"
+  assert "accuracy_vs_k.png" in outcome.figures and outcome.figures["accuracy_vs_k.png"][:4] == b"\x89PNG"
+  g = [d for d in done if d.run.config.num_perturbations == 5]
+  assert studies.best(g, base).run.seed == 2
+
+
+def test_evaluate_saved_keeps_models_that_share_a_folder_name(tmp_path):
+  dirs = []
+  for parent in ("a", "b", "c"):
+    d = tmp_path / "runs" / parent / "crp"
+    (d / "checkpoints").mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    dirs.append(str(d))
+  named = pipeline.named_model_dirs(dirs + [dirs[0]])
+  assert sorted(named.values()) == sorted(dirs) and len(named) == 3
+  solo = pipeline.named_model_dirs([dirs[0]])
+  assert list(solo) == ["crp"]
+
+
+TINY = ["--config.train_subset=96", "--config.batch_size=64", "--config.eval.attack_subset=16",
+        "--config.eval.batch_size=16", "--config.eval.pgd_steps=(2,)", "--config.eval.apgd_steps=2",
+        "--config.eval.num_targets=1", "--config.eval.square_queries=4", "--config.eval.sweep_steps=(2,)",
+        "--config.eval.sweep_restarts=1", "--config.eval.eps_sweep_steps=1", "--config.eval.unbounded_steps=2",
+        "--config.eval.noise_samples=2", "--config.eval.eps_grid=(0.3,)", "--config.log_every_steps=1000"]
+
+
+def _study(tmp_path, *args):
+  cmd = [sys.executable, "-m", "experiments.study", "--dataset=mnist5k", "--seeds=2",
+         f"--runs_dir={tmp_path}/runs", f"--out={tmp_path}/results", *TINY, *args]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_tiny_study_through_the_cli_writes_table_json_and_figure(tmp_path):
+  p = _study(tmp_path, "--study=table2")  # Table 2's layout (white-box, best, black-box) on mnist5k
+  assert p.returncode == 0, p.stderr[-3000:]
+  out = tmp_path / "results" / "table2" / "mnist5k-small"
+  table = (out / "table.md").read_text()
+  assert "Best of 2" in table and "Black-box" in table and studies.STRONG_ROW in table, table
+  assert "[table2 2/2]" in p.stdout
+  record = json.loads((out / "study.json").read_text())
+  assert [r["seed"] for r in record["runs"]] == [0, 1] and record["runs"][0]["config"]["num_perturbations"] == 10
+  black = record["extras"][record["runs"][0]["group"]]["black_box"]
+  assert set(black) == {"fgsm", "pgd2"} and len(black["fgsm"]) == 2
+  # Fig. 3 reads the same G models: reused, not retrained.
+  p = _study(tmp_path, "--study=fig3")
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "G, seed 0: reused" in p.stdout and "G, seed 1: reused" in p.stdout
+  assert (tmp_path / "results" / "fig3" / "mnist5k-small" / "fig3.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_study_bad_input_is_one_line_and_writes_nothing(tmp_path):
+  for args, message in ((["--study=tabel1"], "unknown"), (["--study=table9"], "issue 14"),
+                        (["--study=table1", "--config.epochs=0"], "config.epochs=0")):
+    p = _study(tmp_path, *args)
+    assert p.returncode == 2, (args, p.stderr)
+    assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+  assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
