@@ -38,6 +38,8 @@ def define_flags(argv: list[str]) -> None:
   flags.DEFINE_enum("dataset", None, DATASETS, "Dataset; default: the paper's dataset of the study.")
   flags.DEFINE_enum("preset", "small", PRESETS, "small: sized for a CPU; paper: the paper's settings.")
   flags.DEFINE_integer("seeds", 5, "Perturbation sets (seeds 0..n-1) per setting; the paper uses 5.", lower_bound=1)
+  flags.DEFINE_list("groups", [], "Only these settings of the study, by short name (e.g. U for table1's "
+                    "U(−0.3, 0.3), A,K=10 for saturation); default: all.")
   flags.DEFINE_string("runs_dir", "runs/studies", "Where the runs live (<runs_dir>/<dataset>-<preset>/<run>).")
   flags.DEFINE_string("out", "results", "Where the tables go (<out>/<study>/<dataset>-<preset>/).")
   flags.DEFINE_bool("progress", False, "Show the runs' progress bars (the per-run lines are always shown).")
@@ -67,17 +69,18 @@ def main(argv: list[str]) -> None:
   if study.waits_for:
     cli.fail(f"--study={study.name}: {study.waits_for}")
   where = f"{base.dataset}-{flags.FLAGS.preset}"
+  part = f"-groups-{'-'.join(flags.FLAGS.groups)}" if flags.FLAGS.groups else ""
   command = "python -m experiments.study " + shlex.join(sys.argv[1:])
   start = time.perf_counter()
   with cli.user_errors():
-    runs = study.runs(base, flags.FLAGS.seeds)
+    runs = study_lib.select_groups(study.runs(base, flags.FLAGS.seeds), flags.FLAGS.groups)
     study_lib.validate_runs(runs)
     root = os.path.join(flags.FLAGS.runs_dir, where)
     done = study_lib.execute(study, runs, root=root, progress=flags.FLAGS.progress, command=command)
     ctx = study_lib.Context(study, base, done, cache_dir=os.path.join(root, "_measurements"),
                             progress=flags.FLAGS.progress)
     outcome = study.aggregate(ctx)
-    out_dir = os.path.join(flags.FLAGS.out, study.name, where)
+    out_dir = os.path.join(flags.FLAGS.out, study.name, where + part)
     print(study_lib.write_outputs(out_dir, study, ctx, outcome, command=command,
                                   seconds=time.perf_counter() - start))
     print(f"wrote {out_dir}/table.md, study.json" + "".join(f", {f}" for f in outcome.figures))

@@ -260,7 +260,8 @@ def table7(ctx: Context) -> Outcome:
   """Rows A–G and G-best; columns: the paper's attacks, the strong worst case, the FLAGs."""
   rows = attack_rows(ctx.base)
   groups = dict(ctx.groups())
-  groups["G-best"] = [best(groups["G"], ctx.base)]
+  if "G" in groups:
+    groups["G-best"] = [best(groups["G"], ctx.base)]
   cells = {}
   for g, done in groups.items():
     for label, key in rows:
@@ -269,7 +270,8 @@ def table7(ctx: Context) -> Outcome:
   title = _caption("table7", ctx, f"Constant (G) vs variable (B–E) perturbations, ε_t = "
                    f"{ctx.base.perturbation_eps:.4g}, attacks at ε = {ctx.base.eval.eps:.4g}")
   t = Table(title, "Training", tuple(groups), tuple(r for r, _ in rows) + (STRONG_ROW, FLAGS_ROW), cells)
-  return Outcome((t,), {}, {"G_best_seed": groups["G-best"][0].run.seed}, _protocol_notes(ctx) + (
+  extras = {"G_best_seed": groups["G-best"][0].run.seed} if "G-best" in groups else {}
+  return Outcome((t,), {}, extras, _protocol_notes(ctx) + (
       "A: standard; B: variable U, perturbed only; C: variable U + clean; D: variable N, perturbed only; "
       "E: variable N + clean (one fresh draw per example per epoch); G: constant U, K = 10 + clean.",))
 

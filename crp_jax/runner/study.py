@@ -224,6 +224,23 @@ def write_outputs(out_dir: str, study: Study, ctx: Context, outcome: Outcome, *,
   return text
 
 
+def group_key(group: str) -> str:
+  """The short name ``--groups`` selects a group by: its label up to any bracket (``U(−0.3, 0.3)`` -> ``U``)."""
+  return group.split("(")[0].strip()
+
+
+def select_groups(runs: list[Run], keys: list[str]) -> list[Run]:
+  """The runs of the groups named by ``keys`` (all for none); an unknown key raises :class:`ConfigError`."""
+  if not keys:
+    return runs
+  known = list(dict.fromkeys(group_key(r.group) for r in runs))
+  unknown = [k for k in keys if k not in known]
+  if unknown:
+    raise config_lib.ConfigError(f"--groups={','.join(keys)}: no group {unknown[0]!r}; this study has "
+                                 f"{', '.join(known)}")
+  return [r for r in runs if group_key(r.group) in keys]
+
+
 def validate_runs(runs: list[Run]) -> None:
   """Every run's config checked before anything is written (:class:`~crp_jax.runner.config.ConfigError`)."""
   for r in runs:
