@@ -164,3 +164,11 @@ def test_study_bad_input_is_one_line_and_writes_nothing(tmp_path):
     assert p.returncode == 2, (args, p.stderr)
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
   assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_groups_select_settings_by_short_name():
+  runs = studies.table1_runs(study_config("mnist5k"), 2)
+  assert {r.group for r in study_lib.select_groups(runs, ["U"])} == {"U(−0.3, 0.3)"}
+  assert len(study_lib.select_groups(runs, [])) == 4
+  with pytest.raises(study_lib.config_lib.ConfigError, match="no group 'G'; this study has U, N"):
+    study_lib.select_groups(runs, ["G"])

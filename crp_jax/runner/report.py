@@ -156,6 +156,7 @@ def plot_curves(results: Results, path: str) -> None:
   ax_eps.set(xlabel="ε (L∞)", ylabel="accuracy [%]", title="Accuracy vs ε (PGD)")
   ax_steps.set(xlabel="attack steps", ylabel="accuracy [%]", xscale="log", title="Accuracy vs steps at ε")
   for ax in (ax_eps, ax_steps):
+    ax.set_ylim(0, 100)  # an accuracy axis: a flat 0 % line must read as 0 %, not as noise around it
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   buf = io.BytesIO()
