@@ -164,9 +164,10 @@ def _protocol_notes(ctx: Context) -> tuple[str, ...]:
           "(FGSM, PGD-n, same settings), accuracy averaged over the sources, then mean ± std over the models.",
           "Best of N: the seed with the highest accuracy under PGD with the most steps, picked on the test "
           "set (as the paper does, so it is optimistic).",
-          f"Strong protocol: APGD-CE ({e.apgd_steps} steps), APGD-T ({e.num_targets} targets), Square "
-          f"({e.square_queries} queries); worst case per example. FLAGs: masking checks that failed "
-          "(report.md of each run lists them).")
+          (f"Strong protocol: APGD-CE ({e.apgd_steps} steps), APGD-T ({e.num_targets} target classes), "
+           f"Square ({e.square_queries} queries); worst case per example. FLAGs: masking checks that failed "
+           "(report.md of each run lists them).") if e.strong else
+          "Strong protocol: not run (eval.strong=False), so nothing here is evidence of robustness.")
 
 
 def attack_table(ctx: Context, kind: str, columns: dict[str, str], title: str) -> Table:
