@@ -139,7 +139,7 @@ def table1(ctx: Context) -> Outcome:
   t, extras = white_black_table(ctx, "table1", with_best=False,
                                 title=_caption("table1", ctx, f"Uniform vs Gaussian constant perturbations, "
                                                f"ε = {ctx.base.eval.eps:.4g}"))
-  return Outcome((t,), {}, extras, _protocol_notes(ctx))
+  return Outcome((t,), {}, extras, _protocol_notes(ctx, black_box=True))
 
 
 def table23_runs(base: ml_collections.ConfigDict, seeds: int) -> list[Run]:
@@ -151,19 +151,21 @@ def table23(ctx: Context) -> Outcome:
   t, extras = white_black_table(ctx, "white_black", with_best=True,
                                 title=_caption("white_black", ctx, f"Constant perturbations {_uniform(ctx.base)}, "
                                                f"K = 10, ε = {ctx.base.eval.eps:.4g}"))
-  return Outcome((t,), {}, extras, _protocol_notes(ctx))
+  return Outcome((t,), {}, extras, _protocol_notes(ctx, black_box=True, best_of=True))
 
 
-def _protocol_notes(ctx: Context) -> tuple[str, ...]:
+def _protocol_notes(ctx: Context, *, black_box: bool = False, best_of: bool = False) -> tuple[str, ...]:
+  """What every table's numbers mean; the black-box and best-of-N lines only where the table has them."""
   e = ctx.base.eval
   start = "a random start (Madry's PGD, Eq. 4)" if e.random_start else "no random start (BIM)"
   return (f"Paper protocol: FGSM and PGD-n at ε = {e.eps:.4g} with the paper's η = {e.step_size:.4g}, "
           f"{start}, returning the last iterate; attacks on {e.attack_subset or 'all'} test examples, clean "
           "accuracy on the whole test split.",
-          "Black-box (§4.1): each model attacked with examples crafted on each other model of its setting "
-          "(FGSM, PGD-n, same settings), accuracy averaged over the sources, then mean ± std over the models.",
-          "Best of N: the seed with the highest accuracy under PGD with the most steps, picked on the test "
-          "set (as the paper does, so it is optimistic).",
+          *(["Black-box (§4.1): each model attacked with examples crafted on each other model of its setting "
+              "(FGSM, PGD-n, same settings), accuracy averaged over the sources, then mean ± std over the "
+              "models."] if black_box else []),
+          *(["Best of N: the seed with the highest accuracy under PGD with the most steps, picked on the "
+              "test set (as the paper does, so it is optimistic)."] if best_of else []),
           (f"Strong protocol: APGD-CE ({e.apgd_steps} steps), APGD-T ({e.num_targets} target classes), "
            f"Square ({e.square_queries} queries); worst case per example. FLAGs: masking checks that failed "
            "(report.md of each run lists them).") if e.strong else
@@ -272,7 +274,7 @@ def table7(ctx: Context) -> Outcome:
                    f"{ctx.base.perturbation_eps:.4g}, attacks at ε = {ctx.base.eval.eps:.4g}")
   t = Table(title, "Training", tuple(groups), tuple(r for r, _ in rows) + (STRONG_ROW, FLAGS_ROW), cells)
   extras = {"G_best_seed": groups["G-best"][0].run.seed} if "G-best" in groups else {}
-  return Outcome((t,), {}, extras, _protocol_notes(ctx) + (
+  return Outcome((t,), {}, extras, _protocol_notes(ctx, best_of=True) + (
       "A: standard; B: variable U, perturbed only; C: variable U + clean; D: variable N, perturbed only; "
       "E: variable N + clean (one fresh draw per example per epoch); G: constant U, K = 10 + clean.",))
 
