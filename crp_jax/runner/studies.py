@@ -313,8 +313,9 @@ def flatness(ctx: Context, draws: int = 10) -> Outcome:
     for i, col in enumerate(("mean", "variance")):
       cells[(g, col)] = Cell(stat([p[i] for p in per_model], percent=False),
                              paper_numbers.quoted("flatness", ctx.base.dataset, g, col))
-  title = _caption("flatness", ctx, f"Loss flatness: ℓ(x+δ) − ℓ(x), {draws} draws of {_uniform(ctx.base)} per "
-                   "test example (whole test split)").replace("accuracy [%], ", "")
+  src = paper_numbers.source("flatness", ctx.base.dataset)
+  title = (f"Loss flatness: ℓ(x+δ) − ℓ(x), {draws} draws of {_uniform(ctx.base)} per test example (whole test "
+           "split)" + (f"; ours (paper: {src} as printed)" if src else ""))
   t = Table(title, "Model", tuple(ctx.groups()), ("mean", "variance"), cells)
   return Outcome((t,), {}, extras, (
       "Per example: the mean of the loss differences over its draws (x + δ clipped to [0, 1]); the table gives "
