@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 from typing import Sequence
 
 import numpy as np
@@ -125,7 +124,3 @@ def figure_png(panels: Sequence[Panel], title: str) -> bytes:
   fig.savefig(buf, format="png", dpi=100)
   plt.close(fig)
   return buf.getvalue()
-
-
-def finite(values: Sequence[float]) -> bool:
-  return all(v is not None and math.isfinite(v) for v in values)

@@ -27,7 +27,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
-import numpy as np
 
 from crp_jax import data
 from crp_jax.runner import aggregate, atomic, checkpoint, config as config_lib, evaluators, pipeline, train
@@ -245,7 +244,3 @@ def validate_runs(runs: list[Run]) -> None:
   """Every run's config checked before anything is written (:class:`~crp_jax.runner.config.ConfigError`)."""
   for r in runs:
     config_lib.validate(r.config)
-
-
-def as_float(x: Any) -> float:
-  return float(np.asarray(x))
