@@ -361,15 +361,15 @@ def saturation_runs(base: ml_collections.ConfigDict, seeds: int) -> list[Run]:
 
 def _saturation_one(ctx: Context, d: Done) -> dict[str, float]:
   m = ctx.model(d)
-  subset = evaluate.take(ctx.test, evaluate.subset_indices(ctx.test.num_examples, m.cfg.attack_subset))
-  common = dict(batch_size=m.cfg.batch_size, mesh=ctx.mesh, progress=ctx.progress)
-  correct = evaluate.run_specs(m.module, m.variables, subset, saturation_specs(m.cfg), m.key, **common)
+  clean = AttackSpec("clean")
+  correct = ctx.attack(m, (clean, *saturation_specs(m.cfg)))
+  subset = ctx.attacked_subset(m)
   zero = evaluate.map_batches(zero_gradients(m.module), m.variables, subset.images, subset.labels, m.key,
-                              desc="zero gradients", **common)
-  out = {s.name: float(v.mean()) for s, v in correct.items()}
+                              batch_size=m.cfg.batch_size, mesh=ctx.mesh, desc="zero gradients",
+                              progress=ctx.progress)
+  out = {s.name: float(v.mean()) for s, v in correct.items() if s != clean}
   out.update({f"zero_grad-{loss}": float(zero[:, i].mean()) for i, (loss, _) in enumerate(SATURATION_LOSSES)})
-  out["clean_subset"] = float(evaluate.run_specs(m.module, m.variables, subset, (AttackSpec("clean"),), m.key,
-                                                 **common)[AttackSpec("clean")].mean())
+  out["clean_subset"] = float(correct[clean].mean())
   return out
 
 
@@ -441,10 +441,7 @@ def fig3(ctx: Context) -> Outcome:
   grid, u = fig3_grid(ctx.base), _pixel_units(ctx.base)
   def measure(d: Done) -> dict[str, float]:
     m = ctx.model(d)
-    subset = evaluate.take(ctx.test, evaluate.subset_indices(ctx.test.num_examples, m.cfg.attack_subset))
-    got = evaluate.run_specs(m.module, m.variables, subset, eps_specs(m.cfg, grid), m.key,
-                             batch_size=m.cfg.batch_size, mesh=ctx.mesh, progress=ctx.progress)
-    return {s.name: float(v.mean()) for s, v in got.items()}
+    return {s.name: float(v.mean()) for s, v in ctx.attack(m, eps_specs(m.cfg, grid)).items()}
   per = {f"Ours top {i + 1} (seed {d.run.seed})": ctx.cached("fig3", [d], [grid, ctx.base.eval.to_dict()],
                                                                lambda d=d: measure(d)) for i, d in enumerate(order)}
   xs = tuple(e * u for e in grid)
@@ -454,10 +451,8 @@ def fig3(ctx: Context) -> Outcome:
   panels = (Panel("PGD-20 (paper protocol)", f"ε{unit}", series("pgd20")),
             Panel(f"APGD-CE-{ctx.base.eval.apgd_steps} (strong)", f"ε{unit}", series("apgd")))
   cols = tuple(f"{e * u:.4g}" for e in grid)
-  cells = {(n, f"{e * u:.4g}"): Cell(stat([v[f"{p}@{e:.4g}"]])) for n, v in per.items()
-           for e in grid for p in ("pgd20",)}
-  cells.update({(f"{n}, APGD-CE", f"{e * u:.4g}"): Cell(stat([v[f"apgd@{e:.4g}"]])) for n, v in per.items()
-                for e in grid})
+  cells = {(n + suffix, f"{e * u:.4g}"): Cell(stat([v[f"{prefix}@{e:.4g}"]])) for n, v in per.items()
+           for suffix, prefix in (("", "pgd20"), (", APGD-CE", "apgd")) for e in grid}
   rows = tuple(r for n in per for r in (n, f"{n}, APGD-CE"))
   t = Table(f"Accuracy [%] against ε{unit}: PGD-20 (paper's η, last iterate) and APGD-CE", "Model", rows, cols, cells)
   return Outcome((t,), {"fig3.png": figure_png(panels, "Fig. 3: robustness against ε")}, per, (

@@ -29,7 +29,7 @@ import jax
 import ml_collections
 
 from crp_jax import data
-from crp_jax.runner import aggregate, atomic, checkpoint, config as config_lib, evaluators, pipeline, train
+from crp_jax.runner import aggregate, atomic, checkpoint, config as config_lib, evaluate, evaluators, pipeline, train
 
 
 class Run(NamedTuple):
@@ -171,6 +171,15 @@ class Context:
     """The trained model of ``d`` in eval mode, with its evaluation config and key."""
     t = pipeline.load_trained(os.path.join(d.workdir, d.run.config.method))
     return evaluators.Model(t.model, t.variables, t.config.eval, train.run_keys(t.config.seed)["eval"])
+
+  def attacked_subset(self, m: evaluators.Model) -> data.Split:
+    """The fixed attacked subset of the test split for ``m``'s evaluation config."""
+    return evaluate.take(self.test, evaluate.subset_indices(self.test.num_examples, m.cfg.attack_subset))
+
+  def attack(self, m: evaluators.Model, specs: tuple) -> dict:
+    """Per-example correctness of ``m`` under each spec on its attacked subset (keys from ``m.key``)."""
+    return evaluate.run_specs(m.module, m.variables, self.attacked_subset(m), specs, m.key,
+                              batch_size=m.cfg.batch_size, mesh=self.mesh, progress=self.progress)
 
   def cached(self, what: str, runs: list[Done], settings: Any, compute: Callable[[], Any]) -> Any:
     """``compute()``, stored in the cache under ``what``, the runs' folders and ``settings``."""
