@@ -410,15 +410,36 @@ def wrn_row(s: Sizes, mesh, repeats: int, compile_times: dict[str, float]) -> Ro
 # ----------------------------------------------------------------------------- memory
 
 
+# The child's own peak RSS, measured one process down: on Linux a vfork/exec'd child starts with the
+# parent's high-water RSS in ``ru_maxrss`` (exec folds the old mm's peak into it), so a child of a
+# 2 GiB pytest process reads >= 2 GiB whatever it does. A small Python parent in between fixes that.
+_RSS_TRAMPOLINE = """
+import os, subprocess, sys
+fd = int(sys.argv[1])
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+os.write(fd, str(usage.ru_maxrss).encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def peak_rss_mib(cmd: list[str], *, cwd: str | None = None, env: dict[str, str] | None = None) -> float:
-  """Peak resident set size (MiB) of a child process, from its own ``ru_maxrss``."""
-  proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-  out = proc.stdout.read()
-  _, status, usage = os.wait4(proc.pid, 0)
-  proc.returncode = os.waitstatus_to_exitcode(status)
+  """Peak resident set size (MiB) of ``cmd`` alone, from its own ``ru_maxrss`` (not the caller's)."""
+  read, write = os.pipe()
+  try:
+    proc = subprocess.Popen([sys.executable, "-c", _RSS_TRAMPOLINE, str(write), *cmd], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(write,))
+    os.close(write)
+    write = -1
+    out, _ = proc.communicate()
+    kib = os.read(read, 64).decode()
+  finally:
+    os.close(read)
+    if write >= 0:
+      os.close(write)
   if proc.returncode:
     raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{out.decode()[-2000:]}")
-  return usage.ru_maxrss / 1024  # KiB on Linux
+  return int(kib) / 1024  # ru_maxrss is KiB on Linux
 
 
 def memory_command(workdir: str, k: int, subset: int, batch: int = 128) -> list[str]:
