@@ -18,6 +18,10 @@ warm-up round):
    labels are the model's own predictions, so every example is attacked by
    both (torchattacks' APGD skips those already misclassified).
 4. ``perturbation``: the LeNet step with ``crp`` vs with ``standard``.
+4b. ``pgd_at``: a PGD-AT train step on LeNet, batch 128, PGD-10 inside
+   (crp_jax's ``pgd_at`` method, the attack a ``lax`` loop in the jitted
+   step) vs a PyTorch step with ``torchattacks.PGD`` inside the same loop,
+   on the same initial weights and clean images.
 5. ``memory``: peak RSS of ``python -m experiments.run`` with K=1 and K=100
    (subprocesses), against the size of a stored K·M float32 set.
 6. ``compile``: compile time of each jitted function above.
@@ -67,7 +71,7 @@ from crp_jax.runner import train
 from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables
 from crp_jax.perturbations import make_delta
 
-ROWS = ("lenet", "resnet18", "attacks", "perturbation", "memory", "compile", "wrn")
+ROWS = ("lenet", "resnet18", "attacks", "perturbation", "pgd_at", "memory", "compile", "wrn")
 BEGIN = "<!-- benchmarks.run: begin (generated; edit outside these markers) -->"
 END = "<!-- benchmarks.run: end -->"
 NO_TORCH = "not measured: torch not installed"
@@ -87,6 +91,8 @@ class Sizes:
   attack_batch: int = 256
   pgd_steps: int = 40
   apgd_steps: int = 100
+  pgd_at_steps: int = 2          # PGD-AT train steps per timed repeat
+  pgd_at_inner: int = 10         # PGD steps inside each
   memory_ks: tuple[int, int] = (1, 100)
   memory_subset: int = 64
   wrn_depth: int = 28
@@ -99,10 +105,11 @@ def sizes(tiny: bool, accelerator: bool = False) -> Sizes:
   """Real sizes; on an accelerator more steps per repeat (a GPU step takes milliseconds)."""
   if tiny:
     return Sizes(train_batch=8, lenet_steps=1, resnet_steps=1, resnet_widths=(4, 8, 8, 8),
-                 attack_batch=8, pgd_steps=2, apgd_steps=2, memory_ks=(1, 3), memory_subset=16,
+                 attack_batch=8, pgd_steps=2, apgd_steps=2, pgd_at_steps=1, pgd_at_inner=2,
+                 memory_ks=(1, 3), memory_subset=16,
                  wrn_depth=10, wrn_width=1, wrn_steps=1, tiny=True)
   if accelerator:
-    return Sizes(lenet_steps=500, resnet_steps=50, wrn_steps=20)
+    return Sizes(lenet_steps=500, resnet_steps=50, wrn_steps=20, pgd_at_steps=50)
   return Sizes()
 
 
@@ -222,8 +229,8 @@ class JaxTrainer:
   """
 
   def __init__(self, model, shape: tuple[int, ...], data: Data, mesh, *, method: str, eps: float,
-               dropout_key: jax.Array | None = None):
-    spec = train.TrainSpec(method=method, perturbation_eps=eps)
+               dropout_key: jax.Array | None = None, adversary: train.AdversarySpec | None = None):
+    spec = train.TrainSpec(method=method, perturbation_eps=eps, adversary=adversary or train.AdversarySpec())
     tx = train.make_optimizer(spec, 1000)
     keys = train.run_keys(0)
     if dropout_key is not None:
@@ -231,7 +238,7 @@ class JaxTrainer:
     self.perturbation_key = keys["perturbations"]
     state = train.create_state(model, tx, keys["init"], shape)
     self.state = jax.device_put(state, NamedSharding(mesh, P()))
-    objective = train.make_objective(spec, keys["perturbations"], 100)
+    objective = train.make_objective(spec, keys["perturbations"], 100, keys["adversary"])
     step = train.jit_train_step(train.make_train_step(model, tx, objective, keys["dropout"]), mesh)
     sharding = NamedSharding(mesh, P("data"))
     self.batches = [jax.device_put(data.batch(i), sharding) for i in range(len(data.image))]
@@ -379,6 +386,34 @@ def perturbation_row(s: Sizes, mesh, repeats: int, compile_times: dict[str, floa
              f"median of {len(times['crp'])} paired ratios",
              fmt_rate(times["crp"], items), "standard: " + fmt_rate(times["standard"], items),
              f"overhead {overhead:+.1f}%", "≤3%", "met" if overhead <= 3.0 else "NOT MET")
+
+
+def pgd_at_row(s: Sizes, mesh, tr, repeats: int, compile_times: dict[str, float]) -> Row:
+  """crp_jax's PGD-AT step (PGD-k in the jitted step) vs PyTorch with torchattacks' PGD-k in the loop."""
+  eps, step_size = 0.3, 0.01
+  adversary = train.AdversarySpec(eps=eps, steps=s.pgd_at_inner, step_size=step_size)
+  data = make_data((28, 28, 1), s.train_batch)
+  ours = JaxTrainer(LeNet(), (28, 28, 1), data, mesh, method="pgd_at", eps=eps, adversary=adversary)
+  compile_times[f"LeNet PGD-AT train step (PGD-{s.pgd_at_inner})"] = ours.compile_s
+  work = {"ours": lambda: ours.run(s.pgd_at_steps)}
+  missing = NO_TORCH if tr is None else "not measured: torchattacks not installed"
+  if tr is not None and has_torchattacks():
+    net = tr.lenet_from_flax(jax.device_get(ours.state.variables())).to(torch_device())
+    step = tr.make_pgd_at_step(net, eps=eps, step_size=step_size, num_steps=s.pgd_at_inner)
+    xs = [tr.to_nchw(data.image[i] / np.float32(255)).to(torch_device()) for i in range(len(data.image))]
+    ys = [tr.torch_labels(data.label[i]).to(torch_device()) for i in range(len(data.label))]
+
+    def ref() -> None:
+      for i in range(s.pgd_at_steps):
+        step(xs[i % len(xs)], ys[i % len(ys)])
+      torch_sync()
+
+    work["ref"] = ref
+  times = _timing.interleave(work, repeats=repeats)
+  workload = (f"PGD-AT train step on LeNet, batch {s.train_batch}, PGD-{s.pgd_at_inner} (ε={eps}, "
+              f"step {step_size}, random start) inside, f32, Adam; {s.pgd_at_steps} step(s) per repeat; "
+              "reference: torchattacks.PGD in the loop")
+  return ratio_row("pgd_at", workload, times, s.train_batch * s.pgd_at_steps, floor=1.2, ref_missing=missing)
 
 
 # ----------------------------------------------------------------------------- WRN-28-10 MFU
@@ -634,6 +669,7 @@ def run_rows(args: Args) -> str:
   plan: list[tuple[str, Callable[[], Row | list[Row]]]] = [
       ("lenet", lambda: train_row("lenet", "lenet", s, train_mesh, tr, args.repeats, compile_times)),
       ("perturbation", lambda: perturbation_row(s, train_mesh, args.repeats, compile_times)),
+      ("pgd_at", lambda: pgd_at_row(s, train_mesh, tr, args.repeats, compile_times)),
       ("memory", lambda: memory_row(s)),
       ("resnet18", lambda: train_row("resnet18", "resnet18", s, train_mesh, tr, args.repeats, compile_times)),
       ("attacks", lambda: attack_rows(s, mesh, tr, args.repeats, compile_times)),

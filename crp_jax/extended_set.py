@@ -24,18 +24,21 @@ class PairBatch(NamedTuple):
 
 #: How the K draws reach the loss: one pair per row (Eq. 9) or one example per row (Eq. 8).
 OBJECTIVES: tuple[str, ...] = ("extended_set", "ball_loss")
+#: Methods that train on the M clean examples (one pair per example, draw −1).
+CLEAN_SET_METHODS: tuple[str, ...] = ("standard", "pgd_at", "trades")
 
 
 def layout(method: str, num_perturbations: int, include_clean: bool,
            objective: str = "extended_set") -> tuple[int, bool]:
   """``(perturbed draws per example, clean included)`` of the pairs a training method samples.
 
-  ``standard`` is the clean set alone; ``crp`` and ``variable`` have K
-  perturbed draws and, optionally, the clean example. With the
-  ``ball_loss`` objective the host samples examples (draw −1 each), and the
-  step expands each into its K draws on the device.
+  ``standard`` (and adversarial training, ``pgd_at`` and ``trades``, whose
+  points are found in the step) is the clean set alone; ``crp`` and
+  ``variable`` have K perturbed draws and, optionally, the clean example.
+  With the ``ball_loss`` objective the host samples examples (draw −1
+  each), and the step expands each into its K draws on the device.
   """
-  if method == "standard" or objective == "ball_loss":
+  if method in CLEAN_SET_METHODS or objective == "ball_loss":
     return 0, True
   return num_perturbations, include_clean
 

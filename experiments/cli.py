@@ -91,7 +91,8 @@ def default_workdir(config, preset_config, preset: str = "small") -> str:
   share a default workdir (K = 1, 5, 10, or uniform vs Gaussian, say).
   """
   from crp_jax.runner import checkpoint  # pylint: disable=g-import-not-at-top
-  methods = f"{config.method}-vs-{config.compare_with}" if config.compare_with else config.method
+  from crp_jax.runner.config import compared_methods  # pylint: disable=g-import-not-at-top
+  methods = "-vs-".join([config.method, *compared_methods(config)])
   named = ("dataset", "method", "compare_with", "seed")
   ours, ref = checkpoint.training_fields(config.to_dict()), checkpoint.training_fields(preset_config.to_dict())
   changed = [f"{k}={ours[k]}" for k in ours if k not in named and ours.get(k) != ref.get(k)]

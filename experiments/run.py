@@ -2,6 +2,7 @@ r"""Train and evaluate CRP models: ``python -m experiments.run [flags]``.
 
   python -m experiments.run                         # offline default: standard vs CRP LeNet on mnist5k
   python -m experiments.run --dataset=svhn --preset=paper
+  python -m experiments.run --preset=control        # PGD-AT beside standard and CRP: the positive control
   python -m experiments.run --dataset=cifar10 --method=variable --config.include_clean=False
   python -m experiments.run --config.epochs=2 --config.eval.pgd_steps='(10,20)'
 
@@ -31,8 +32,9 @@ def define_flags(argv: list[str]) -> None:
   """
   from experiments.configs import DATASETS, PRESETS, get_config  # pylint: disable=g-import-not-at-top
   flags.DEFINE_enum("dataset", "mnist5k", DATASETS, "Dataset; picks the config file.")
-  flags.DEFINE_enum("preset", "small", PRESETS, "small: sized for a CPU; paper: the paper's settings.")
-  flags.DEFINE_string("method", None, "Shorthand for --config.method (standard, crp, variable).")
+  flags.DEFINE_enum("preset", "small", PRESETS, "small: sized for a CPU; paper: the paper's settings; "
+                    "control: PGD-AT beside standard and CRP (the positive control).")
+  flags.DEFINE_string("method", None, "Shorthand for --config.method (standard, crp, variable, pgd_at, trades).")
   flags.DEFINE_string("workdir", None, "Output folder; default runs/<dataset>-<methods>-seed<seed>[-<preset>][-<changed fields>].")
   flags.DEFINE_string("tfds_data_dir", None,
                       "Folder of prepared tfds datasets (shorthand for --config.tfds_data_dir).")

@@ -29,14 +29,14 @@ from experiments import cli
 def define_flags(argv: list[str]) -> None:
   """The flags; ``--config`` is the study's base config for ``--dataset`` (default: the study's) and ``--preset``."""
   from crp_jax.runner.studies import STUDIES  # pylint: disable=g-import-not-at-top
-  from experiments.configs import DATASETS, PRESETS, study_config  # pylint: disable=g-import-not-at-top
+  from experiments.configs import DATASETS, STUDY_PRESETS, study_config  # pylint: disable=g-import-not-at-top
   name = cli.flag_value(argv, "study")
   if name is not None and name not in STUDIES:
     cli.fail(f"--study={name!r}: unknown; choose one of {', '.join(STUDIES)} (or --list)")
   flags.DEFINE_enum("study", None, list(STUDIES), "The table or figure to reproduce (see --list).")
   flags.DEFINE_bool("list", False, "List the studies and exit.")
   flags.DEFINE_enum("dataset", None, DATASETS, "Dataset; default: the paper's dataset of the study.")
-  flags.DEFINE_enum("preset", "small", PRESETS, "small: sized for a CPU; paper: the paper's settings.")
+  flags.DEFINE_enum("preset", "small", STUDY_PRESETS, "small: sized for a CPU; paper: the paper's settings.")
   flags.DEFINE_integer("seeds", 5, "Perturbation sets (seeds 0..n-1) per setting; the paper uses 5.", lower_bound=1)
   flags.DEFINE_list("groups", [], "Only these settings of the study, by short name (e.g. U for table1's "
                     "U(−0.3, 0.3), A,K=10 for saturation); default: all.")
@@ -44,7 +44,7 @@ def define_flags(argv: list[str]) -> None:
   flags.DEFINE_string("out", "results", "Where the tables go (<out>/<study>/<dataset>-<preset>/).")
   flags.DEFINE_bool("progress", False, "Show the runs' progress bars (the per-run lines are always shown).")
   default = STUDIES[name].dataset if name else "mnist5k"
-  dataset, preset = cli.pre_parse(argv, DATASETS, PRESETS, default_dataset=default, config_fn=study_config)
+  dataset, preset = cli.pre_parse(argv, DATASETS, STUDY_PRESETS, default_dataset=default, config_fn=study_config)
   config_flags.DEFINE_config_dict("config", study_config(dataset, preset), lock_config=True)
 
 

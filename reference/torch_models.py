@@ -164,6 +164,25 @@ def make_train_step(net: nn.Module, lr: float = 1e-3) -> Callable[[torch.Tensor,
   return step
 
 
+def torch_labels(y: Any) -> torch.Tensor:
+  """Integer labels as the int64 tensor torch's losses take."""
+  return torch.from_numpy(np.asarray(y, np.int64))
+
+
+def make_pgd_at_step(net: nn.Module, *, eps: float, step_size: float, num_steps: int,
+                     lr: float = 1e-3) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+  """Madry's PGD-AT step: ``torchattacks.PGD`` (random start, eval mode) finds x', then CE at x', Adam."""
+  import torchattacks  # pylint: disable=g-import-not-at-top
+  attack = torchattacks.PGD(net, eps=eps, alpha=step_size, steps=num_steps, random_start=True)
+  train_step = make_train_step(net, lr)
+
+  def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x_adv = attack(x, y)   # torchattacks runs the model in eval mode and restores train mode
+    return train_step(x_adv, y)
+
+  return step
+
+
 def make_attack(name: str, net: nn.Module, *, eps: float, step_size: float,
                 num_steps: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
   """torchattacks' FGSM, PGD (random start) or APGD-CE (L∞, one restart) on ``net``."""

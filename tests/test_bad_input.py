@@ -80,6 +80,10 @@ CASES: tuple[Case, ...] = (
     Case("seed_negative", ("--config.seed=-1",), ("seed", "-1")),
     Case("max_checkpoints_zero", ("--config.max_checkpoints=0",), ("max_checkpoints", "0")),
     Case("compare_with_itself", ("--config.method=crp", "--config.compare_with=crp"), ("compare_with", "crp")),
+    Case("compare_with_unknown", ("--config.compare_with=standard,madry",), ("compare_with", "madry")),
+    Case("adversary_eps_negative", ("--method=pgd_at", "--config.adversary.eps=-0.1"), ("adversary.eps", "-0.1")),
+    Case("adversary_steps_zero", ("--method=pgd_at", "--config.adversary.steps=0"), ("adversary.steps", "0")),
+    Case("adversary_beta_negative", ("--method=trades", "--config.adversary.beta=-1"), ("adversary.beta", "-1")),
     Case("stray_argument", ("stray",), ("stray",)),
     Case("cpu_devices_not_integer", (), ("CRP_CPU_DEVICES", "abc"), env=(("CRP_CPU_DEVICES", "abc"),)),
     # Were the empty workdir taken for the default, the bad method would stop the run.

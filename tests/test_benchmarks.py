@@ -22,12 +22,12 @@ from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables, max_pool
 
 def test_smoke_without_torch(tmp_path):
   out = tmp_path / "results.md"
-  text = run.main(["benchmarks.run", "--tiny", "--notorch", "--rows=lenet,attacks,compile", "--repeats=1",
+  text = run.main(["benchmarks.run", "--tiny", "--notorch", "--rows=lenet,attacks,pgd_at,compile", "--repeats=1",
                    f"--out={out}"])
   written = out.read_text()
   assert text in written and written.startswith("# Benchmarks")
   assert "| row | workload | crp_jax | reference | ours/ref |" in written
-  for row in ("| lenet |", "| fgsm |", "| pgd |", "| compile |", "| gpu |"):
+  for row in ("| lenet |", "| fgsm |", "| pgd |", "| pgd_at |", "| compile |", "| gpu |"):
     assert row in written
   assert run.NO_TORCH in written and run.NO_GPU in written
   assert "img/s" in written
@@ -187,3 +187,18 @@ def test_torch_resnet18_is_the_same_network():
   np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
   params = sum(p.numel() for p in net.parameters())
   assert params == 11_173_962
+
+
+@pytest.mark.parity
+def test_the_pgd_at_rows_contenders_take_the_same_step_at_eps_zero():
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("torchattacks")
+  from reference import torch_models  # pylint: disable=g-import-not-at-top
+  data = run.make_data((28, 28, 1), 16, num_batches=1)
+  ours = run.JaxTrainer(LeNet(), (28, 28, 1), data, run.train.make_mesh(jax.devices()[:1]), method="pgd_at",
+                        eps=0.3, adversary=run.train.AdversarySpec(eps=0.0, steps=2, step_size=0.01))
+  net = torch_models.lenet_from_flax(jax.device_get(ours.state.variables()))
+  step = torch_models.make_pgd_at_step(net, eps=0.0, step_size=0.01, num_steps=2)
+  ours.run(1)
+  theirs = step(torch_models.to_nchw(data.image[0] / np.float32(255)), torch_models.torch_labels(data.label[0]))
+  np.testing.assert_allclose(float(ours.metrics["loss"]), float(theirs.detach()), rtol=1e-5)

@@ -151,3 +151,14 @@ def test_standard_lenet_full_report(mnist, lenet):
   assert summary["worst_case"] <= 0.05, summary["accuracy"]
   for name in ("1a PGD accuracy vs steps", "2a PGD-50 accuracy vs ε", "6a input gradients are not zero"):
     assert checks[name]["passed"], checks[name]
+
+
+def test_check_6a_flags_zero_gradients_and_only_reports_saturated_ones():
+  from crp_jax.runner.diagnostics import gradient_checks  # pylint: disable=g-import-not-at-top
+  grads = np.ones((100, 3)) * np.array([1.0, -20.0, -5.0])   # (‖∇‖₁, logit row sum, min logit)
+  grads[:5, 0] = 1e-12                                    # saturated, not zero: the signs still point
+  six_a = gradient_checks(grads, 0.0)[0]
+  assert six_a.passed and "0.0% of examples have ‖∇ₓ loss‖₁ = 0 (5.0% have a saturated" in six_a.detail
+  grads[:2, 0] = 0.0                                      # exactly zero: a sign attack cannot move
+  assert not gradient_checks(grads, 0.0)[0].passed
+  assert not gradient_checks(np.where(np.arange(100)[:, None] < 5, 1e-12, grads), 1e-8)[0].passed

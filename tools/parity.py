@@ -24,6 +24,8 @@ budgets (like for like: the same three attacks, other random draws).
 Exit status 1 on FAIL::
 
     python -m tools.parity --examples=1000 --eps=0.3
+    python -m tools.parity --workdir=runs/mnist5k-pgd_at-vs-standard-crp-seed0-control/pgd_at \
+        --examples=500 --eps=0.1 --num_targets=3 --square_queries=1000   # the robust control
     python -m tools.parity --examples=200 --eps=0.1 --apgd_steps=20 --num_targets=3 \
         --square_queries=300 --batch_size=200   # what tests/test_parity.py runs
 
@@ -306,19 +308,35 @@ def logit_gap(logits_fn: LogitsFn, net: Any, x: jax.Array, x_torch: Any) -> floa
 # ----------------------------------------------------------------------------- run
 
 
+def saved_lenet(workdir: str) -> Variables:
+  """The eval-mode variables of a LeNet trained on ``mnist5k`` by ``python -m experiments.run``.
+
+  ``workdir`` is a model folder (``runs/<run>/pgd_at``, say); the robust
+  control of ``--preset=control`` is the model this is for.
+  """
+  from crp_jax.runner import pipeline  # pylint: disable=g-import-not-at-top
+  trained = pipeline.load_trained(workdir)
+  if trained.config.model != "lenet" or trained.config.dataset != "mnist5k":
+    raise ValueError(f"{workdir} holds a {trained.config.model} on {trained.config.dataset}; "
+                     "parity needs a LeNet trained on mnist5k")
+  return trained.variables
+
+
 def run_parity(*, examples: int, eps: float, train_steps: int, budget: Budget = Budget(),
-               batch_size: int = 250, seed: int = 0, tolerance: float = 0.01,
+               batch_size: int = 250, seed: int = 0, tolerance: float = 0.01, workdir: str = "",
                log: Callable[[str], None] = print) -> tuple[Report, str]:
-  """Trains, checks the logits, runs both sides' attacks; the report and AutoAttack's label."""
+  """Trains (or loads ``workdir``'s model), checks the logits, runs both sides' attacks;
+  the report and AutoAttack's label."""
   if not 0 < examples <= 1000:
     raise ValueError(f"examples must be in [1, 1000] (the mnist5k test split), got {examples}")
   start = time.perf_counter()
-  variables = train_lenet(train_steps, seed=seed)
+  variables = saved_lenet(workdir) if workdir else train_lenet(train_steps, seed=seed)
   logits_fn = logits_fn_of(variables)
   x_all, y_all = attack_examples(1000)
   clean_acc = float(attacks.accuracy(logits_fn, x_all, y_all))
-  log(f"trained {train_steps} steps in {time.perf_counter() - start:.0f} s; "
-      f"clean test accuracy {100 * clean_acc:.1f}% on 1000 mnist5k test digits")
+  log((f"loaded {workdir}" if workdir else f"trained {train_steps} steps") +
+      f" in {time.perf_counter() - start:.0f} s; clean test accuracy {100 * clean_acc:.1f}% on 1000 "
+      "mnist5k test digits")
   x, y = x_all[:examples], y_all[:examples]
   net, x_torch, y_torch = torch_setup(variables, x, y, seed)
   gap = logit_gap(logits_fn, net, x, x_torch)
@@ -394,6 +412,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("examples", 1000, "Test digits attacked (<= 1000).")
   flags.DEFINE_float("eps", 0.3, "L-inf radius.")
   flags.DEFINE_integer("train_steps", 300, "Adam steps of batch 128.")
+  flags.DEFINE_string("workdir", "", "A LeNet model folder of a mnist5k run to attack instead of training "
+                      "one (the robust control: runs/<run>/pgd_at of --preset=control).")
   flags.DEFINE_integer("apgd_steps", Budget().apgd_steps, "APGD-CE steps, and APGD-T steps per target.")
   flags.DEFINE_integer("num_targets", Budget().num_targets, "APGD-T target classes.")
   flags.DEFINE_integer("square_queries", Budget().square_queries, "Square's query budget.")
@@ -411,6 +431,8 @@ def flag_problem(f: flags.FlagValues) -> str | None:
       return f"--{name} must be >= 1, got {f[name].value}"
   if not 0 < f.eps <= 1 or f.tolerance < 0:
     return f"need 0 < --eps <= 1 and --tolerance >= 0, got {f.eps} and {f.tolerance}"
+  if f.workdir and not os.path.isfile(os.path.join(f.workdir, "config.json")):
+    return f"--workdir={f.workdir}: no config.json there (give a model folder, e.g. runs/<run>/pgd_at)"
   return None
 
 
@@ -439,8 +461,9 @@ def main(argv: list[str]) -> int:
   start = time.perf_counter()
   report, label = run_parity(examples=f.examples, eps=f.eps, train_steps=f.train_steps,
                              budget=budget, batch_size=f.batch_size, seed=f.seed,
-                             tolerance=f.tolerance / 100)
-  print(f"\nparity at eps={f.eps} (L-inf) on {f.examples} mnist5k test digits, "
+                             tolerance=f.tolerance / 100, workdir=f.workdir)
+  model = f.workdir or f"a standard LeNet trained {f.train_steps} steps"
+  print(f"\nparity at eps={f.eps} (L-inf) on {f.examples} mnist5k test digits of {model}, "
         f"total {time.perf_counter() - start:.0f} s")
   print(format_report(report, budget, label))
   return 0 if report.passed else 1

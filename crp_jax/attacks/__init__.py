@@ -43,7 +43,7 @@ slow generic path inside loops, 2.9x slower per step.
 from crp_jax.attacks._apgd import apgd, apgd_targeted
 from crp_jax.attacks._core import LOSSES, LogitsFn, accuracy, correct, get_loss, rows_like, steps_until_done
 from crp_jax.attacks._noise import random_noise
-from crp_jax.attacks._pgd import fgsm, pgd
+from crp_jax.attacks._pgd import fgsm, pgd, projected_ascent
 from crp_jax.attacks._spec import KINDS, AttackSpec, run_attack, strong_attacks
 from crp_jax.attacks._square import square, square_with_info
 from crp_jax.attacks._strong import strong_eval
@@ -60,6 +60,7 @@ __all__ = [
     "fgsm",
     "get_loss",
     "pgd",
+    "projected_ascent",
     "random_noise",
     "rows_like",
     "run_attack",

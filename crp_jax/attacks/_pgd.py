@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -52,6 +54,44 @@ def fgsm(
   return _core.project(x + eps * jnp.sign(grad), x, eps, "linf", clip)
 
 
+def projected_ascent(logits_fn: LogitsFn, loss_fn: Callable[[jax.Array, Any], jax.Array], x: jax.Array,
+                     target: Any, x_start: jax.Array, *, eps: float | jax.Array, step_size: float | jax.Array,
+                     num_steps: int, norm: Norm = "linf", clip: Clip = (0.0, 1.0)) -> jax.Array:
+  r"""The last iterate of ``num_steps`` projected ascent steps on a per-example loss, from ``x_start``.
+
+  .. math::
+    x^{(k+1)} = \Pi_{B_\epsilon(x) \cap [lo, hi]^d}\big(x^{(k)} + \alpha\, d(\nabla_{x^{(k)}}
+    \textstyle\sum_b \ell(f(x^{(k)})_b, t_b))\big),
+
+  with ``d`` the sign (L∞) or the normalised gradient (L2). The loop is a
+  ``lax.fori_loop`` (compiled once, whatever ``num_steps``) with no best
+  point and no early stop: it is PGD with ``last_iterate=True`` for any
+  loss, which is what adversarial training needs (TRADES maximises a KL
+  divergence to the clean prediction, not a loss of the label).
+
+  Args:
+    logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
+    loss_fn: ``(logits (B, C), target) -> (B,)``, maximised.
+    x: ``(B, *shape)`` centres of the balls, inside ``clip``.
+    target: what ``loss_fn`` compares the logits with: ``(B,)`` labels, or
+      ``(B, C)`` probabilities, or any pytree of per-row arrays.
+    x_start: ``(B, *shape)`` first iterate, inside the ball and ``clip``.
+    eps, step_size: radius ε and step α.
+    num_steps: number of steps (static).
+    norm, clip: as in :func:`pgd`.
+
+  Returns:
+    ``(B, *shape)`` ``x^(num_steps)``, inside the ball and ``clip``.
+  """
+  eps, step_size = _core.as_scalar(eps, x), _core.as_scalar(step_size, x)
+
+  def step(_, x_k: jax.Array) -> jax.Array:
+    grad = _core.loss_and_grad(logits_fn, loss_fn, x_k, target)[2]
+    return _core.project(x_k + step_size * _core.ascent_direction(grad, norm), x, eps, norm, clip)
+
+  return jax.lax.fori_loop(0, num_steps, step, x_start)
+
+
 def _pgd_run(logits_fn: LogitsFn, loss_fn: LogitsLossFn, x: jax.Array, y: jax.Array,
              x_start: jax.Array, eps: jax.Array, step_size: jax.Array, num_steps: int,
              norm: Norm, clip: Clip, early_stop: bool, last_iterate: bool) -> Best:
@@ -61,8 +101,8 @@ def _pgd_run(logits_fn: LogitsFn, loss_fn: LogitsLossFn, x: jax.Array, y: jax.Ar
 
   if last_iterate:
     # No best point and no early stop: a later iterate may be classified correctly again.
-    x_last = jax.lax.fori_loop(
-        0, num_steps, lambda _, x_k: step(x_k, _core.loss_and_grad(logits_fn, loss_fn, x_k, y)[2]), x_start)
+    x_last = projected_ascent(logits_fn, loss_fn, x, y, x_start, eps=eps, step_size=step_size,
+                              num_steps=num_steps, norm=norm, clip=clip)
   else:
     def body(_, carry):
       x_k, best = carry

@@ -26,7 +26,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from crp_jax.runner import atomic
-from crp_jax.runner.config import SAFE_TO_CHANGE, base_config
+from crp_jax.runner.config import ADVERSARIAL_METHODS, SAFE_TO_CHANGE, base_config
 
 #: The integrity manifest inside each step folder.
 MANIFEST_NAME = "crp_manifest.json"
@@ -53,9 +53,21 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def without_unread(config: dict[str, Any]) -> dict[str, Any]:
+  """``config`` less the fields its method never reads: ``adversary`` outside adversarial training.
+
+  So a CRP run is the same run whatever ``adversary`` holds (and runs saved
+  before the field existed keep their fingerprints and workdirs).
+  """
+  if config.get("method") in ADVERSARIAL_METHODS:
+    return config
+  return {k: v for k, v in config.items() if k != "adversary"}
+
+
 def training_fields(config: dict[str, Any]) -> dict[str, Any]:
-  """The flattened fields of ``config`` that shape the trained weights (all but :data:`SAFE_TO_CHANGE`)."""
-  return {k: v for k, v in sorted(flatten(config).items()) if not k.startswith(SAFE_TO_CHANGE)}
+  """The flattened fields of ``config`` that shape the trained weights (all but :data:`SAFE_TO_CHANGE`
+  and the fields its method never reads)."""
+  return {k: v for k, v in sorted(flatten(without_unread(config)).items()) if not k.startswith(SAFE_TO_CHANGE)}
 
 
 def training_fingerprint(config: dict[str, Any], length: int = 8) -> str:
@@ -117,7 +129,8 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, *,
     raise CheckpointError(f"cannot read {path}: {e}") from None
   if not isinstance(saved, dict):
     raise CheckpointError(f"cannot read {path}: not a JSON object")
-  _refuse_changes(workdir, config_diff(with_new_fields(saved), config.to_dict()), allow_config_change)
+  diffs = config_diff(without_unread(with_new_fields(saved)), without_unread(config.to_dict()))
+  _refuse_changes(workdir, diffs, allow_config_change)
 
 
 def with_new_fields(saved: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:

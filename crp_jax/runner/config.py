@@ -23,9 +23,16 @@ from crp_jax.perturbations import DISTRIBUTIONS
 
 #: The datasets a run can name: the data registry's.
 DATASETS: tuple[str, ...] = DATASET_NAMES
-#: ``small``: sized for a CPU; ``paper``: the paper's settings (§4.1).
-PRESETS: tuple[str, ...] = ("small", "paper")
-METHODS: tuple[str, ...] = ("standard", "crp", "variable")
+#: ``small``: sized for a CPU; ``paper``: the paper's settings (§4.1); ``control``: the
+#: positive control, PGD-AT beside standard and CRP (``experiments/configs``).
+PRESETS: tuple[str, ...] = ("small", "paper", "control")
+#: The presets a study (``python -m experiments.study``) runs at.
+STUDY_PRESETS: tuple[str, ...] = ("small", "paper")
+#: The strong protocol's ε sweep, as multiples of ``eval.eps``.
+EPS_GRID_FACTORS: tuple[float, ...] = (1 / 3, 2 / 3, 1.0, 4 / 3, 2.0)
+METHODS: tuple[str, ...] = ("standard", "crp", "variable", "pgd_at", "trades")
+#: The methods that train on points of an inner attack (``config.adversary``, :mod:`crp_jax.adversarial`).
+ADVERSARIAL_METHODS: tuple[str, ...] = ("pgd_at", "trades")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "step")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
@@ -44,9 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = "mnist5k"
   c.model = "lenet"
   # The training method: standard (Table 7 A), crp (constant, the paper's G),
-  # variable (drawn anew each epoch, B–E).
+  # variable (drawn anew each epoch, B–E), or the adversarially trained
+  # baselines pgd_at (Madry et al.) and trades (Zhang et al.).
   c.method = "crp"
-  # A second method trained and reported beside `method` ('' for none).
+  # Other methods trained and reported beside `method`, comma-separated
+  # ('standard' or 'standard,crp'; '' for none).
   c.compare_with = ""
   c.distribution = "uniform"
   c.num_perturbations = 10
@@ -70,8 +79,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500
   c.max_checkpoints = 2
   c.tfds_data_dir = ""
+  c.adversary = adversary_config(eps=0.3, steps=40, step_size=0.01)
   c.eval = eval_config(eps=0.3, step_size=1 / 255)
   return c
+
+
+def adversary_config(*, eps: float, steps: int, step_size: float, beta: float = 6.0) -> ml_collections.ConfigDict:
+  """The inner attack of ``pgd_at`` and ``trades``: L∞ radius, PGD steps and step size, TRADES' β.
+
+  Read only by the adversarial methods (other methods' runs do not depend on it).
+  """
+  return ml_collections.ConfigDict({"eps": eps, "steps": steps, "step_size": step_size, "beta": beta})
+
+
+def compared_methods(config: ml_collections.ConfigDict) -> list[str]:
+  """The methods of ``config.compare_with``, in order."""
+  return [m.strip() for m in config.compare_with.split(",") if m.strip()]
 
 
 def eval_config(*, eps: float, step_size: float) -> ml_collections.ConfigDict:
@@ -96,12 +119,15 @@ def eval_config(*, eps: float, step_size: float) -> ml_collections.ConfigDict:
   e.sweep_steps = (10, 20, 50, 100, 200)  # PGD, step 2.5·ε/n, random start
   e.sweep_apgd_steps = (25, 100)
   e.sweep_restarts = 5
-  e.eps_grid = tuple(eps * f for f in (1 / 3, 2 / 3, 1.0, 4 / 3, 2.0))
+  e.eps_grid = tuple(eps * f for f in EPS_GRID_FACTORS)
   e.eps_sweep_steps = 50
   e.unbounded_steps = 100
   e.noise_samples = 100
   e.masking_tolerance = 0.005  # accuracy noise allowed before a check FLAGs
-  e.zero_grad_threshold = 1e-8
+  # Check 6a flags an input gradient at or below this L1 norm: 0 means exactly zero, the only
+  # gradient that blinds the sign-based attacks (a saturated but non-zero CE gradient still points
+  # the right way; diagnostics.gradient_checks).
+  e.zero_grad_threshold = 0.0
   return e
 
 
@@ -162,10 +188,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _one_of(config, "dataset", DATASET_NAMES)
   _one_of(config, "model", MODEL_NAMES)
   _one_of(config, "method", METHODS)
-  if config.compare_with:
-    _one_of(config, "compare_with", METHODS)
-    if config.compare_with == config.method:
-      _fail("compare_with", config.compare_with, "must differ from config.method (or be '' for no comparison)")
+  _validate_compare_with(config)
   _one_of(config, "distribution", DISTRIBUTIONS)
   _one_of(config, "objective", OBJECTIVES)
   _one_of(config, "optimizer", OPTIMIZERS)
@@ -183,11 +206,32 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   _number_in(config, "learning_rate", 0.0, MAX_LEARNING_RATE, open_low=True)
   _number_in(config, "momentum", 0.0, 1.0)
   _number_in(config, "weight_decay", 0.0, 1.0)
+  _validate_adversary(config)
   _validate_eval(config)
   devices = jax.device_count() if num_devices is None else num_devices
   for field in ("batch_size", "eval.batch_size"):
     if _get(config, field) % devices:
       _fail(field, _get(config, field), f"must be divisible by the {devices} devices of the mesh")
+
+
+def _validate_compare_with(config: ml_collections.ConfigDict) -> None:
+  if not isinstance(config.compare_with, str):
+    _fail("compare_with", config.compare_with, "must be a comma-separated list of methods")
+  methods = compared_methods(config)
+  for m in methods:
+    if m not in METHODS:
+      _fail("compare_with", config.compare_with, f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+  if config.method in methods:
+    _fail("compare_with", config.compare_with, "must not repeat config.method (or be '' for no comparison)")
+  if len(set(methods)) < len(methods):
+    _fail("compare_with", config.compare_with, "names a method twice")
+
+
+def _validate_adversary(config: ml_collections.ConfigDict) -> None:
+  _number_in(config, "adversary.eps", 0.0, 1.0)
+  _int_at_least(config, "adversary.steps", 1)
+  _number_in(config, "adversary.step_size", 0.0, 1.0, open_low=True)
+  _number_in(config, "adversary.beta", 0.0, 1e6)
 
 
 def _validate_eval(config: ml_collections.ConfigDict) -> None:
@@ -233,7 +277,7 @@ def check_sizes(config: ml_collections.ConfigDict, num_train_examples: int) -> N
   """
   from crp_jax import extended_set  # pylint: disable=g-import-not-at-top
   examples = min(config.train_subset or num_train_examples, num_train_examples)
-  for method in filter(None, (config.method, config.compare_with)):
+  for method in [config.method, *compared_methods(config)]:
     draws, clean = extended_set.layout(method, config.num_perturbations, config.include_clean,
                                        config.objective)
     pairs = examples * (draws + int(clean))

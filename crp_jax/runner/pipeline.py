@@ -39,7 +39,8 @@ def method_config(config: ml_collections.ConfigDict, method: str) -> ml_collecti
 
 
 def methods_of(config: ml_collections.ConfigDict) -> list[str]:
-  return [config.compare_with, config.method] if config.compare_with else [config.method]
+  """The models of a run: ``compare_with``'s methods, then ``method``."""
+  return [*config_lib.compared_methods(config), config.method]
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str, *,
@@ -160,7 +161,7 @@ def load_trained(workdir: str, eval_overrides: dict[str, Any] | None = None) -> 
   ``eval_overrides`` replaces fields of ``config.eval`` (they do not affect
   the trained weights).
   """
-  config = ml_collections.ConfigDict(atomic.read_json(os.path.join(workdir, "config.json")))
+  config = ml_collections.ConfigDict(checkpoint.with_new_fields(atomic.read_json(os.path.join(workdir, "config.json"))))
   for k, v in (eval_overrides or {}).items():
     config.eval[k] = v
   config_lib.validate(config)

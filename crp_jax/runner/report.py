@@ -109,13 +109,22 @@ def verdict(results: Results) -> str:
   return "\n".join(lines)
 
 
+def _describe_method(c: dict[str, Any]) -> str:
+  if c["method"] == "standard":
+    return "standard"
+  if c["method"] in ("pgd_at", "trades"):
+    a = c["adversary"]
+    beta = f", β={a['beta']:.4g}" if c["method"] == "trades" else ""
+    return f"{c['method']}: PGD-{a['steps']} at ε={a['eps']:.4g}, step {a['step_size']:.4g}{beta}"
+  return (f"{c['method']}: K={c['num_perturbations']} {c['distribution']} ε={c['perturbation_eps']:.4g}"
+          f"{' + clean' if c['include_clean'] else ''}")
+
+
 def describe_run(result: dict[str, Any]) -> str:
   """One line with the settings a table depends on."""
   c = result["config"]
   t = result["training"]
-  train = (f"{c['method']}" if c["method"] == "standard" else
-           f"{c['method']}: K={c['num_perturbations']} {c['distribution']} ε={c['perturbation_eps']:.4g}"
-           f"{' + clean' if c['include_clean'] else ''}")
+  train = _describe_method(c)
   subset = f", {c['train_subset']} train examples" if c["train_subset"] else ""
   return (f"{train}; {c['model']} on {c['dataset']}{subset}, {c['epochs']} epochs = {t['steps']} "
           f"steps of batch {c['batch_size']}, seed {c['seed']}, {t['seconds']:.0f} s to train"

@@ -28,7 +28,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from crp_jax import extended_set, losses
+from crp_jax import adversarial, extended_set, losses
 from crp_jax.runner import config as config_lib, atomic
 from crp_jax.data import Split, to_float
 
@@ -36,8 +36,19 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 #: ``point_loss(x, y) -> ((rows,) losses, aux)``: the model's cross-entropy and what the step keeps.
 PointLoss = Callable[[jax.Array, jax.Array], tuple[jax.Array, Any]]
-#: ``objective(point_loss, x, batch, step) -> ((batch,) losses, aux)``.
-Objective = Callable[[PointLoss, jax.Array, Batch, jax.Array], tuple[jax.Array, Any]]
+#: ``objective(point_loss, x, batch, step, attack_logits) -> ((batch,) losses, aux)``; ``attack_logits``
+#: is the model in eval mode at the step's parameters, for adversarial training's inner attack.
+Objective = Callable[[PointLoss, jax.Array, Batch, jax.Array, Callable[[jax.Array], jax.Array]],
+                     tuple[jax.Array, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdversarySpec:
+  """The inner attack of ``pgd_at`` and ``trades`` (``config.adversary``): L∞ radius, PGD steps and step, TRADES β."""
+  eps: float = 0.3
+  steps: int = 40
+  step_size: float = 0.01
+  beta: float = 6.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +78,13 @@ class TrainSpec:
   lr_schedule: str = "constant"
   momentum: float = 0.9
   weight_decay: float = 0.0
+  adversary: AdversarySpec = AdversarySpec()
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "TrainSpec":
     """The training fields of a run config."""
-    return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+    fields = {f.name: config[f.name] for f in dataclasses.fields(cls) if f.name != "adversary"}
+    return cls(**fields, adversary=AdversarySpec(**config.adversary.to_dict()))
 
   def layout(self) -> tuple[int, bool]:
     """``(perturbed draws, clean included)`` of the host's pairs (:func:`extended_set.layout`)."""
@@ -115,7 +128,7 @@ def make_train_mesh() -> Mesh:
 
 
 def run_keys(seed: int) -> dict[str, jax.Array]:
-  """Independent keys of a run: init, perturbation set, dropout, evaluation.
+  """Independent keys of a run: init, perturbation set, dropout, evaluation, adversarial training's attack.
 
   The init key uses the ``rbg`` generator: threefry makes XLA compile one
   hash per parameter tensor, which costs seconds on a CPU (7 s vs 1.3 s for
@@ -123,7 +136,7 @@ def run_keys(seed: int) -> dict[str, jax.Array]:
   same bits for any batch or device layout.
   """
   root = jax.random.key(seed)
-  keys = {name: jax.random.fold_in(root, i) for i, name in enumerate(("perturbations", "dropout", "eval"))}
+  keys = {name: jax.random.fold_in(root, i) for i, name in enumerate(("perturbations", "dropout", "eval", "adversary"))}
   keys["init"] = jax.random.key(seed, impl="rbg")
   return keys
 
@@ -162,12 +175,15 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Ar
   return init(key)
 
 
-def make_objective(spec: TrainSpec, key: jax.Array, steps_per_epoch: int) -> Objective:
-  """The training method as ``objective(point_loss, x, batch, step) -> ((batch,) losses, aux)``.
+def make_objective(spec: TrainSpec, key: jax.Array, steps_per_epoch: int,
+                   adversary_key: jax.Array | None = None) -> Objective:
+  """The training method as ``objective(point_loss, x, batch, step, attack_logits) -> ((batch,) losses, aux)``.
 
   * ``standard``: the point loss of the clean inputs (Table 7 A);
   * ``crp``: constant δ_ij (the paper's method, G); ``variable``: δ_ij drawn
-    anew each epoch (B–E), by folding in ``step // steps_per_epoch``.
+    anew each epoch (B–E), by folding in ``step // steps_per_epoch``;
+  * ``pgd_at``, ``trades``: adversarial training (:func:`adversarial_objective`),
+    with the attack keyed by ``fold_in(adversary_key, step)``.
 
   With ``spec.objective == "extended_set"`` each row is one pair
   ``(batch["example_id"], batch["draw_id"])`` and its loss is
@@ -177,11 +193,16 @@ def make_objective(spec: TrainSpec, key: jax.Array, steps_per_epoch: int) -> Obj
   with ``include_clean``). δ takes the shape of the batch's rows.
   """
   if spec.method == "standard":
-    return lambda point_loss, x, batch, step: point_loss(x, batch["label"])
+    return lambda point_loss, x, batch, step, attack_logits: point_loss(x, batch["label"])
+  if spec.method in config_lib.ADVERSARIAL_METHODS:
+    if adversary_key is None:
+      raise ValueError(f"method {spec.method!r} needs an adversary_key")
+    return adversarial_objective(spec, adversary_key)
   common = dict(key=key, eps=spec.perturbation_eps, distribution=spec.distribution,
                 clip=(0.0, 1.0) if spec.clip_perturbed else None)
 
-  def objective(point_loss: PointLoss, x: jax.Array, batch: Batch, step: jax.Array):
+  def objective(point_loss: PointLoss, x: jax.Array, batch: Batch, step: jax.Array, attack_logits):
+    del attack_logits
     epoch = step // steps_per_epoch if spec.method == "variable" else None
     if spec.objective == "ball_loss":
       return losses.ball_loss(point_loss, x, batch["label"], example_ids=batch["example_id"],
@@ -193,12 +214,38 @@ def make_objective(spec: TrainSpec, key: jax.Array, steps_per_epoch: int) -> Obj
   return objective
 
 
+def adversarial_objective(spec: TrainSpec, key: jax.Array) -> Objective:
+  """PGD-AT (the point loss at Madry's PGD-k point) or TRADES (clean loss + β·KL to TRADES' point).
+
+  The inner attack runs on ``attack_logits``, the model in eval mode at
+  the step's parameters, and its points carry no gradient; the loss runs
+  in training mode (:mod:`crp_jax.adversarial` says why). With PGD-AT the
+  step's accuracy metric is on the adversarial points. TRADES keeps the
+  BatchNorm statistics of the clean pass. ``adversary.eps = 0`` (PGD-AT)
+  or ``adversary.beta = 0`` (TRADES) trains exactly as ``standard`` does.
+  """
+  adv = spec.adversary
+  budget = dict(eps=adv.eps, step_size=adv.step_size, num_steps=adv.steps)
+
+  def objective(point_loss: PointLoss, x: jax.Array, batch: Batch, step: jax.Array, attack_logits):
+    y, step_key = batch["label"], jax.random.fold_in(key, step)
+    if spec.method == "pgd_at":
+      return point_loss(adversarial.pgd_at_inputs(attack_logits, x, y, key=step_key, **budget), y)
+    x_adv = adversarial.trades_inputs(attack_logits, x, key=step_key, **budget)
+    _, (logits, labels, batch_stats) = point_loss(x, y)
+    _, (logits_adv, _, _) = point_loss(x_adv, y)
+    return adversarial.trades_loss(logits, logits_adv, y, beta=adv.beta), (logits, labels, batch_stats)
+
+  return objective
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objective: Objective,
                     dropout_key: jax.Array) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The pure step: the mean of ``objective``'s cross-entropies over one batch."""
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rngs = {"dropout": jax.random.fold_in(dropout_key, state.step)}
+    attack_logits = lambda x: model.apply(state.variables(), x, train=False)
 
     def loss_fn(params):
       def point_loss(x, y):
@@ -207,7 +254,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objectiv
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         return ce, (logits, y, updates.get("batch_stats", {}))
 
-      per_row, aux = objective(point_loss, to_float(batch["image"]), batch, state.step)
+      per_row, aux = objective(point_loss, to_float(batch["image"]), batch, state.step, attack_logits)
       return per_row.mean(), aux
 
     (loss, (logits, labels, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -322,7 +369,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, model: nn.Module, split
   start = int(state.step)
   _truncate_metrics(workdir, start)
   state = jax.device_put(state, NamedSharding(mesh, P()))
-  objective = make_objective(spec, keys["perturbations"], spe)
+  objective = make_objective(spec, keys["perturbations"], spe, keys["adversary"])
   step_fn = jit_train_step(make_train_step(model, tx, objective, keys["dropout"]), mesh)
   logger = _Logger(workdir, spe, ckpt)
   bar = tqdm(total=total, initial=start, disable=not progress, desc=f"train {config.method}",

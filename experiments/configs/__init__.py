@@ -12,7 +12,7 @@ import importlib
 
 import ml_collections
 
-from crp_jax.runner.config import DATASETS, PRESETS
+from crp_jax.runner.config import DATASETS, EPS_GRID_FACTORS, PRESETS, STUDY_PRESETS
 
 
 def get_config(dataset: str, preset: str = "small") -> ml_collections.ConfigDict:
@@ -21,7 +21,24 @@ def get_config(dataset: str, preset: str = "small") -> ml_collections.ConfigDict
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-  return importlib.import_module(f"experiments.configs.{dataset}").get_config(preset)
+  config = importlib.import_module(f"experiments.configs.{dataset}").get_config(preset)
+  return control(config) if preset == "control" else config
+
+
+def control(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The positive control: PGD-AT trained and reported beside standard and CRP, under the same attacks.
+
+  An evaluation that only ever prints 0 % has not shown it can see
+  robustness; a Madry-trained model must come out robust, with every
+  masking check passing. The attacks run at the adversary's radius
+  (``eval.eps = adversary.eps``, the ε sweep scaled with it); the dataset's
+  ``control`` preset (else its ``small`` one) sizes the rest.
+  """
+  c.method, c.compare_with = "pgd_at", "standard,crp"
+  if c.eval.eps != c.adversary.eps:
+    c.eval.eps = c.adversary.eps
+    c.eval.eps_grid = tuple(c.adversary.eps * f for f in EPS_GRID_FACTORS)
+  return c
 
 
 def study_config(dataset: str, preset: str = "small") -> ml_collections.ConfigDict:

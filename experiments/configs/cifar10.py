@@ -8,7 +8,7 @@ optimiser or the decay; SGD with cosine decay is the usual WRN recipe.
   python -m experiments.run --dataset=cifar10 --preset=paper
 """
 
-from crp_jax.runner.config import base_config, eval_config
+from crp_jax.runner.config import adversary_config, base_config, eval_config
 
 
 def get_config(preset: str = "small"):
@@ -20,6 +20,8 @@ def get_config(preset: str = "small"):
   c.lr_schedule = "cosine"
   c.weight_decay = 5e-4
   c.eval = eval_config(eps=8 / 255, step_size=2 / 255)
+  # PGD-AT / TRADES at the standard CIFAR-10 budget: 10 steps of 2/255 at 8/255, β = 6.
+  c.adversary = adversary_config(eps=8 / 255, steps=10, step_size=2 / 255, beta=6.0)
   c.eval.eps_grid = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255)
   if preset == "paper":
     c.model = "wrn28_10"

@@ -7,7 +7,7 @@ the standard η = 0.01 with a random start beside it.
   python -m experiments.run --dataset=mnist --preset=paper
 """
 
-from crp_jax.runner.config import base_config, eval_config
+from crp_jax.runner.config import adversary_config, base_config, eval_config
 
 
 def get_config(preset: str = "small"):
@@ -19,6 +19,8 @@ def get_config(preset: str = "small"):
   c.learning_rate = 1e-3
   c.eval = eval_config(eps=0.3, step_size=1 / 255)
   c.eval.extra_step_size = 0.01
+  # PGD-AT / TRADES as Madry et al.'s MNIST challenge: 40 steps of 0.01 at ε = 0.3; TRADES β = 6.
+  c.adversary = adversary_config(eps=0.3, steps=40, step_size=0.01, beta=6.0)
   if preset == "paper":
     c.num_perturbations = 10
     c.epochs = 50
