@@ -24,7 +24,7 @@ budgets (like for like: the same three attacks, other random draws).
 Exit status 1 on FAIL::
 
     python -m tools.parity --examples=1000 --eps=0.3
-    python -m tools.parity --workdir=runs/mnist5k-pgd_at-vs-standard-crp-seed0-control/pgd_at \
+    python -m tools.parity --workdir=runs/mnist5k-pgd_at-vs-standard-vs-crp-seed0-control/pgd_at \
         --examples=500 --eps=0.1 --num_targets=3 --square_queries=1000   # the robust control
     python -m tools.parity --examples=200 --eps=0.1 --apgd_steps=20 --num_targets=3 \
         --square_queries=300 --batch_size=200   # what tests/test_parity.py runs

@@ -456,8 +456,9 @@ def fig3(ctx: Context) -> Outcome:
   rows = tuple(r for n in per for r in (n, f"{n}, APGD-CE"))
   t = Table(f"Accuracy [%] against ε{unit}: PGD-20 (paper's η, last iterate) and APGD-CE", "Model", rows, cols, cells)
   return Outcome((t,), {"fig3.png": figure_png(panels, "Fig. 3: robustness against ε")}, per, (
-      "The adversarially trained models of the paper's Fig. 3 come with the adversarial-training issue (#14); "
-      "until then the figure shows the two best constant-perturbation models only.",))
+      "The paper's Fig. 3 also has adversarially trained models; this study does not train them yet "
+      "(--method=pgd_at and --method=trades do), so the figure shows the two best constant-perturbation "
+      "models only.",))
 
 
 def _waiting(reason: str) -> Callable:
@@ -466,7 +467,8 @@ def _waiting(reason: str) -> Callable:
   return fail
 
 
-_ADV = "needs the adversarially trained baselines (Madry PGD-AT, TRADES) of issue 14, not landed yet"
+_ADV = ("not built yet: the adversarially trained baselines exist (--method=pgd_at, --method=trades), "
+        "but this study's runs and table do not; train them with python -m experiments.run --method=pgd_at")
 
 #: Every study, by ``--study`` name.
 STUDIES: dict[str, Study] = {s.name: s for s in (

@@ -42,7 +42,7 @@ def get_config(preset: str = "small"):
     e.unbounded_steps = 50
     e.noise_samples = 50
   if preset == "control":
-    c.epochs = 15
+    c.epochs = 10
     c.adversary.eps, c.adversary.steps, c.adversary.step_size = 0.1, 10, 0.025
     # Up to the usual MNIST radius 0.3, where a model trained at 0.1 must fall to chance (check 2b);
     # at 2ε = 0.2 a robust one still holds ~40%.
