@@ -495,9 +495,12 @@ def stored_set_gib(k: int, m: int, pixels: int = 28 * 28) -> float:
 def memory_row(s: Sizes) -> Row:
   root = tempfile.mkdtemp(prefix="crp_bench_mem_")
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  # No persistent compilation cache: whether a run compiles or loads its programs depends on what ran
+  # before it, not on K; both compile.
+  env = {**os.environ, "CRP_COMPILATION_CACHE": ""}
   try:
     rss = {k: peak_rss_mib(memory_command(os.path.join(root, f"k{k}"), k, s.memory_subset, s.train_batch),
-                           cwd=repo) for k in s.memory_ks}
+                           cwd=repo, env=env) for k in s.memory_ks}
   finally:
     shutil.rmtree(root, ignore_errors=True)
   k1, k2 = s.memory_ks
