@@ -18,19 +18,26 @@ from experiments.configs import get_config, study_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_configs_that_differ_in_any_training_field_never_share_a_workdir():
+@pytest.mark.parametrize("method", ["crp", "pgd_at"])
+def test_configs_that_differ_in_any_training_field_never_share_a_workdir(method):
+  # `adversary` is read by the adversarial methods only: varied on a pgd_at run, every other field on both.
   base = study_config("mnist5k")
+  base.method = method
+  varied = [f for f in checkpoint.flatten(base.to_dict()) if not f.startswith(checkpoint.SAFE_TO_CHANGE)
+            and (method == "pgd_at" or not f.startswith("adversary."))]
   names = {study_lib.run_name(base)}
-  for field, value in checkpoint.flatten(base.to_dict()).items():
-    if field.startswith(checkpoint.SAFE_TO_CHANGE):
-      continue
+  for field in varied:
+    value = checkpoint.flatten(base.to_dict())[field]
     c = ml_collections.ConfigDict(base.to_dict())
     new = (not value if isinstance(value, bool) else value + 1 if isinstance(value, (int, float))
            else list(value) + [1] if isinstance(value, list) else value + "x")
-    c[field] = new
+    *parents, leaf = field.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = new
     names.add(study_lib.run_name(c))
-  trained = [f for f in checkpoint.flatten(base.to_dict()) if not f.startswith(checkpoint.SAFE_TO_CHANGE)]
-  assert len(names) == len(trained) + 1
+  assert len(names) == len(varied) + 1
 
 
 def test_identical_training_configs_share_a_workdir_whatever_their_evaluation():
