@@ -94,6 +94,7 @@ def test_adversarial_training_with_no_adversary_takes_the_standard_steps(split, 
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # 45-70 s on 2 cores; run with pytest -m slow
 def test_with_an_adversary_the_steps_differ_from_standard(split):
   _, standard, _ = _steps(_spec("standard"), split, 2)
   for method in ("pgd_at", "trades"):
@@ -171,6 +172,7 @@ def test_the_control_preset_trains_pgd_at_beside_standard_and_crp_at_the_adversa
     assert c.eval.eps == c.adversary.eps and max(c.eval.eps_grid) >= 2 * c.adversary.eps - 1e-9
 
 
+@pytest.mark.slow  # 45-70 s on 2 cores; run with pytest -m slow
 def test_a_three_model_run_reports_them_side_by_side(tmp_path):
   from crp_jax.runner import pipeline  # pylint: disable=g-import-not-at-top
   from experiments.configs import get_config  # pylint: disable=g-import-not-at-top

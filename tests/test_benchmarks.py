@@ -71,7 +71,7 @@ def test_allocator_choice(tmp_path):
 
 
 def test_default_rows_on_this_cpu():
-  assert run.default_rows() == ["lenet", "resnet18", "attacks", "perturbation", "memory", "compile"]
+  assert run.default_rows() == ["lenet", "resnet18", "attacks", "perturbation", "pgd_at", "memory", "compile"]
 
 
 def test_model_flops_match_the_analytic_counts():
