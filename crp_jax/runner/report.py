@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from crp_jax.runner.config import ADVERSARIAL_METHODS
+
 Results = dict[str, dict[str, Any]]
 
 
@@ -112,7 +114,7 @@ def verdict(results: Results) -> str:
 def _describe_method(c: dict[str, Any]) -> str:
   if c["method"] == "standard":
     return "standard"
-  if c["method"] in ("pgd_at", "trades"):
+  if c["method"] in ADVERSARIAL_METHODS:
     a = c["adversary"]
     beta = f", β={a['beta']:.4g}" if c["method"] == "trades" else ""
     return f"{c['method']}: PGD-{a['steps']} at ε={a['eps']:.4g}, step {a['step_size']:.4g}{beta}"
