@@ -360,6 +360,115 @@ def run_parity(*, examples: int, eps: float, train_steps: int, budget: Budget = 
   return Report(clean_acc, gap, clean, ours, theirs, auto, tolerance), label
 
 
+# ----------------------------------------------------------------------------- AutoAttack (issue 15)
+
+
+class AutoAttackReport(NamedTuple):
+  """Parity of ``attacks.autoattack(version="standard")`` with torchattacks' four attacks chained the same way.
+
+  ``ours`` is our :class:`~crp_jax.attacks.AutoAttackResult`; ``theirs`` is
+  torchattacks' APGD-CE, APGD-T, FAB-T and Square run by the same
+  :func:`~crp_jax.attacks.run_in_order` (each on the examples still robust).
+  ``fab_alone`` is ``(ours, theirs)`` FAB-T on the first examples alone, or ``None``.
+  """
+
+  clean_test_accuracy: float
+  logit_max_abs_diff: float
+  ours: attacks.AutoAttackResult
+  theirs: attacks.Chain
+  fab_alone: tuple[Outcome, Outcome] | None
+  tolerance: float
+
+  @property
+  def theirs_final(self) -> float:
+    return float(self.theirs.robust_after[self.ours.attacks[-1].name].mean())
+
+  @property
+  def passed(self) -> bool:
+    """Logits agree and our final robust accuracy is at most ``tolerance`` above theirs."""
+    return (self.logit_max_abs_diff <= LOGIT_TOLERANCE
+            and self.ours.robust_accuracy <= self.theirs_final + self.tolerance + _ROUNDING)
+
+
+def their_standard(net: Any, eps: float, budget: Budget, seed: int) -> dict[str, Any]:
+  """torchattacks' APGD-CE, APGD-T, FAB-T and Square at ``budget`` (AutoAttack's are 100, 9, 100, 5000).
+
+  ``torchattacks.AutoAttack`` builds the same four with 10 steps, so it is
+  not used: at AutoAttack's budgets the attacks are built one by one.
+  """
+  import torchattacks  # pylint: disable=g-import-not-at-top
+  common = dict(norm="Linf", eps=eps, seed=seed, n_restarts=1)
+  n_classes = budget.num_targets + 1  # APGDT and FAB attack n_classes − 1 targets
+  return {
+      "apgd-ce": torchattacks.APGD(net, steps=budget.apgd_steps, loss="ce", **common),
+      "apgd-t": torchattacks.APGDT(net, steps=budget.apgd_steps, n_classes=n_classes, **common),
+      "fab-t": torchattacks.FAB(net, steps=budget.apgd_steps, multi_targeted=True, n_classes=n_classes,
+                                **common),
+      "square": torchattacks.Square(net, n_queries=budget.square_queries, **common),
+  }
+
+
+def _their_runner(net: Any, x: Any, y: Any, their: dict[str, Any], batch_size: int) -> attacks._autoattack.RunFn:
+  """A :data:`~crp_jax.attacks._autoattack.RunFn` of torchattacks' attacks on the examples asked for."""
+  def run(spec: attacks.AttackSpec, idx: np.ndarray) -> tuple[np.ndarray, None]:
+    o = run_theirs(net, x[idx], y[idx], their[spec.name], batch_size=batch_size)
+    return o.correct, None
+  return run
+
+
+def run_autoattack_parity(*, examples: int, eps: float, train_steps: int, budget: Budget = Budget(),
+                          batch_size: int = 500, seed: int = 0, tolerance: float = 0.005,
+                          workdir: str = "", fab_alone_examples: int = 0,
+                          log: Callable[[str], None] = print) -> AutoAttackReport:
+  """Our ``autoattack(version="standard")`` and torchattacks' four attacks, chained alike, on the same digits."""
+  variables = saved_lenet(workdir) if workdir else train_lenet(train_steps, seed=seed)
+  logits_fn = logits_fn_of(variables)
+  x_all, y_all = attack_examples(1000)
+  clean_acc = float(attacks.accuracy(logits_fn, x_all, y_all))
+  x, y = x_all[:examples], y_all[:examples]
+  net, x_torch, y_torch = torch_setup(variables, x, y, seed)
+  gap = logit_gap(logits_fn, net, x, x_torch)
+  log(f"clean test accuracy {100 * clean_acc:.1f}% on 1000 digits; flax vs torch logits max |diff| {gap:.2e}")
+  specs = attacks.autoattack_attacks("standard", eps=eps, apgd_steps=budget.apgd_steps,
+                                     fab_steps=budget.apgd_steps, num_targets=budget.num_targets,
+                                     square_queries=budget.square_queries)
+  ours = attacks.autoattack(logits_fn, x, y, key=jax.random.key(seed), eps=eps, custom=specs,
+                            batch_size=batch_size, log=lambda m: log(f"crp_jax {m.strip()}"))
+  their = their_standard(net, eps, budget, seed)
+  log("torchattacks, the same four in the same order:")
+  theirs = attacks.run_in_order(specs, ours.clean, _their_runner(net, x_torch, y_torch, their, batch_size),
+                                lambda m: log(f"torchattacks {m.strip()}"))
+  fab_alone = None
+  if fab_alone_examples:
+    n = fab_alone_examples
+    fab_spec = next(s for s in specs if s.name == "fab-t")
+    ours_fab = run_ours(logits_fn, x[:n], y[:n], functools.partial(_run_spec, fab_spec),
+                        key=jax.random.key(seed), batch_size=batch_size)
+    theirs_fab = run_theirs(net, x_torch[:n], y_torch[:n], their["fab-t"], batch_size=batch_size)
+    fab_alone = (ours_fab._replace(correct=ours_fab.correct & ours.clean[:n]),
+                 theirs_fab._replace(correct=theirs_fab.correct & ours.clean[:n]))
+  return AutoAttackReport(clean_acc, gap, ours, theirs, fab_alone, tolerance)
+
+
+def format_autoattack_report(r: AutoAttackReport) -> str:
+  """Running robust accuracy after each attack on both sides, seconds, and the verdict."""
+  rows: list[Row] = [("clean", r.ours.clean_accuracy, r.ours.clean_accuracy, "", "")]
+  for spec in r.ours.attacks:
+    rows.append((f"after {spec.label}", float(r.ours.chain.robust_after[spec.name].mean()),
+                 float(r.theirs.robust_after[spec.name].mean()),
+                 f"{r.ours.chain.seconds[spec.name]:.0f}", f"{r.theirs.seconds[spec.name]:.0f}"))
+  if r.fab_alone is not None:
+    o, t = r.fab_alone
+    rows.append((f"FAB-T alone, first {o.correct.size} digits", float(o.correct.mean()),
+                 float(t.correct.mean()), _seconds(o), _seconds(t)))
+  failed = [c.name for c in r.ours.checks if not c.passed]
+  verdict = (f"{'PASS' if r.passed else 'FAIL'}: AutoAttack standard, crp_jax {100 * r.ours.robust_accuracy:.1f}% "
+             f"vs torchattacks {100 * r.theirs_final:.1f}%: must be <= +{100 * r.tolerance:.1f} points; "
+             f"logits max |diff| {r.logit_max_abs_diff:.1e} <= {LOGIT_TOLERANCE:.0e}; "
+             f"AutoAttack checks failed: {', '.join(failed) or 'none'}")
+  return "\n".join(_table(rows) + [verdict])
+
+
 Row = tuple[str, float, float, str, str]  # label, crp_jax, torchattacks, their wall times
 
 
@@ -420,6 +529,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", 250, "Examples per attack call.")
   flags.DEFINE_integer("seed", 0, "Seed of the training run and of both sides' attacks.")
   flags.DEFINE_float("tolerance", 1.0, "Points our worst case may exceed theirs.")
+  flags.DEFINE_enum("protocol", "strong", ["strong", "autoattack"],
+                    "strong: APGD-CE, APGD-T, Square each alone and AutoAttack (issue 4); autoattack: "
+                    "attacks.autoattack(version='standard') against torchattacks' APGD-CE, APGD-T, FAB-T, "
+                    "Square chained the same way (issue 15).")
+  flags.DEFINE_integer("fab_alone_examples", 0, "With --protocol=autoattack: also FAB-T alone on this "
+                       "many digits, both sides.")
 
 
 def flag_problem(f: flags.FlagValues) -> str | None:
@@ -429,6 +544,8 @@ def flag_problem(f: flags.FlagValues) -> str | None:
   for name in ("train_steps", "apgd_steps", "num_targets", "square_queries", "batch_size"):
     if f[name].value < 1:
       return f"--{name} must be >= 1, got {f[name].value}"
+  if not 0 <= f.fab_alone_examples <= f.examples:
+    return f"--fab_alone_examples must be in [0, --examples={f.examples}], got {f.fab_alone_examples}"
   if not 0 < f.eps <= 1 or f.tolerance < 0:
     return f"need 0 < --eps <= 1 and --tolerance >= 0, got {f.eps} and {f.tolerance}"
   if f.workdir and not os.path.isfile(os.path.join(f.workdir, "config.json")):
@@ -459,10 +576,18 @@ def main(argv: list[str]) -> int:
   f = flags.FLAGS
   budget = Budget(f.apgd_steps, f.num_targets, f.square_queries)
   start = time.perf_counter()
+  model = f.workdir or f"a standard LeNet trained {f.train_steps} steps"
+  if f.protocol == "autoattack":
+    r = run_autoattack_parity(examples=f.examples, eps=f.eps, train_steps=f.train_steps, budget=budget,
+                              batch_size=f.batch_size, seed=f.seed, tolerance=f.tolerance / 100,
+                              workdir=f.workdir, fab_alone_examples=f.fab_alone_examples)
+    print(f"\nAutoAttack parity at eps={f.eps} (L-inf) on {f.examples} mnist5k test digits of {model}, "
+          f"total {time.perf_counter() - start:.0f} s")
+    print(format_autoattack_report(r))
+    return 0 if r.passed else 1
   report, label = run_parity(examples=f.examples, eps=f.eps, train_steps=f.train_steps,
                              budget=budget, batch_size=f.batch_size, seed=f.seed,
                              tolerance=f.tolerance / 100, workdir=f.workdir)
-  model = f.workdir or f"a standard LeNet trained {f.train_steps} steps"
   print(f"\nparity at eps={f.eps} (L-inf) on {f.examples} mnist5k test digits of {model}, "
         f"total {time.perf_counter() - start:.0f} s")
   print(format_report(report, budget, label))

@@ -1,4 +1,4 @@
-"""Compiled adversarial attacks: FGSM, PGD, APGD-CE/DLR, APGD-T, Square, noise and an AutoAttack-style evaluation.
+"""Compiled adversarial attacks: FGSM, PGD, APGD-CE/DLR, APGD-T, FAB/FAB-T, Square, noise, and AutoAttack.
 
 Each attack is also data: an :class:`AttackSpec` (kind and settings) that
 :func:`run_attack` runs; :func:`strong_attacks` is the strong protocol's
@@ -41,28 +41,39 @@ slow generic path inside loops, 2.9x slower per step.
 """
 
 from crp_jax.attacks._apgd import apgd, apgd_targeted
+from crp_jax.attacks._autoattack import AutoAttackResult, Check, autoattack, run_in_order
+from crp_jax.attacks._fab import FabResult, fab, fab_with_info
 from crp_jax.attacks._core import LOSSES, LogitsFn, accuracy, correct, get_loss, rows_like, steps_until_done
 from crp_jax.attacks._noise import random_noise
 from crp_jax.attacks._pgd import fgsm, pgd, projected_ascent
-from crp_jax.attacks._spec import KINDS, AttackSpec, run_attack, strong_attacks
+from crp_jax.attacks._spec import KINDS, VERSIONS, AttackSpec, autoattack_attacks, run_attack, strong_attacks
 from crp_jax.attacks._square import square, square_with_info
 from crp_jax.attacks._strong import strong_eval
 
 __all__ = [
     "KINDS",
     "LOSSES",
+    "VERSIONS",
     "AttackSpec",
+    "AutoAttackResult",
+    "Check",
+    "FabResult",
     "LogitsFn",
     "accuracy",
     "apgd",
     "apgd_targeted",
+    "autoattack",
+    "autoattack_attacks",
     "correct",
+    "fab",
+    "fab_with_info",
     "fgsm",
     "get_loss",
     "pgd",
     "projected_ascent",
     "random_noise",
     "rows_like",
+    "run_in_order",
     "run_attack",
     "square",
     "square_with_info",

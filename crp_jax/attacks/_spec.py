@@ -15,11 +15,11 @@ from typing import Callable
 
 import jax
 
-from crp_jax.attacks import _apgd, _noise, _pgd, _square
+from crp_jax.attacks import _apgd, _fab, _noise, _pgd, _square
 from crp_jax.attacks._core import LogitsFn
 
 #: The kinds of attack a spec can name.
-KINDS: tuple[str, ...] = ("clean", "fgsm", "pgd", "apgd", "apgd_t", "square", "noise")
+KINDS: tuple[str, ...] = ("clean", "fgsm", "pgd", "apgd", "apgd_t", "fab", "square", "noise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,16 +29,16 @@ class AttackSpec:
   Attributes:
     kind: one of :data:`KINDS` (``clean`` returns the input).
     eps: radius ε of the ball.
-    steps: iterations (PGD, APGD, per target for APGD-T), queries (Square)
-      or samples (noise).
+    steps: iterations (PGD, APGD, FAB, per target for APGD-T and FAB-T),
+      queries (Square) or samples (noise).
     step_size: PGD's step η (unused by the others).
-    restarts: PGD/APGD runs; each example keeps its best.
+    restarts: PGD/APGD/FAB runs (per target for FAB-T); each example keeps its best.
     loss: ``ce``, ``margin``, ``dlr`` or ``prob_ce`` (FGSM, PGD, APGD; see
       :data:`~crp_jax.attacks._core.LOSSES`).
     random_start: PGD/APGD start at a uniform point of the ball, else at x.
     last_iterate: PGD returns each run's last iterate (the paper's Eq. 4),
       else its first misclassified or highest-loss iterate.
-    num_targets: APGD-T's target classes.
+    num_targets: APGD-T's and FAB-T's target classes (0: untargeted FAB).
     norm: ``linf`` or ``l2``.
     name: unique key of the spec's results in ``results.json``.
     label: the row name in reports, e.g.
@@ -99,12 +99,18 @@ def _apgd_t_spec(s: AttackSpec, f: LogitsFn, x: jax.Array, y: jax.Array, k: jax.
                              random_start=s.random_start, **opts)
 
 
+def _fab_spec(s: AttackSpec, f: LogitsFn, x: jax.Array, y: jax.Array, k: jax.Array, **opts) -> jax.Array:
+  return _fab.fab(f, x, y, key=k, eps=s.eps, norm=s.norm, num_steps=s.steps, num_targets=s.num_targets,
+                  restarts=s.restarts, **opts)
+
+
 _RUNNERS: dict[str, Runner] = {
     "clean": lambda s, f, x, y, k, **opts: x,
     "fgsm": lambda s, f, x, y, k, clip, early_stop: _pgd.fgsm(f, x, y, eps=s.eps, loss=s.loss, clip=clip),
     "pgd": _pgd_spec,
     "apgd": _apgd_spec,
     "apgd_t": _apgd_t_spec,
+    "fab": _fab_spec,
     "square": lambda s, f, x, y, k, **opts: _square.square(f, x, y, key=k, eps=s.eps, num_queries=s.steps,
                                                            **opts),
     # Noise lies in [0, 1] by construction; it ignores ``clip``.
@@ -141,3 +147,37 @@ def strong_attacks(*, eps: float, apgd_steps: int = 100, num_targets: int = 9,
     table.append(AttackSpec("square", eps=eps, steps=square_queries, name="square",
                             label=f"Square ({square_queries} queries)"))
   return tuple(dataclasses.replace(s, key_path=(a,)) for a, s in enumerate(table))
+
+
+#: AutoAttack's versions (Croce & Hein 2020), as :func:`autoattack_attacks` builds them.
+VERSIONS: tuple[str, ...] = ("standard", "plus")
+
+
+def autoattack_attacks(version: str = "standard", *, eps: float, norm: str = "linf", apgd_steps: int = 100,
+                       fab_steps: int = 100, num_targets: int = 9, square_queries: int = 5000,
+                       restarts: int = 5) -> tuple[AttackSpec, ...]:
+  """AutoAttack's attacks in its order: ``standard`` or ``plus``.
+
+  ``standard``: APGD-CE, APGD-T (``num_targets``), FAB-T (``num_targets``),
+  Square (``square_queries``), one run each. ``plus``: APGD-CE and APGD-DLR
+  with ``restarts`` runs, untargeted FAB with ``restarts`` runs, Square, then
+  APGD-T and FAB-T. Square is L∞ only here, so with ``norm="l2"`` it is left
+  out (AutoAttack runs an L2 Square). The first three of ``standard`` are
+  :func:`strong_attacks`' specs, keys included; FAB-T has ``key_path (3,)``,
+  ``plus``' extra attacks ``(4,), (5,)``.
+  """
+  if version not in VERSIONS:
+    raise ValueError(f"unknown AutoAttack version {version!r}; choose one of {', '.join(VERSIONS)}")
+  apgd_ce, apgd_t, *square = strong_attacks(eps=eps, apgd_steps=apgd_steps, num_targets=num_targets,
+                                            square_queries=square_queries, norm=norm)
+  fab_t = AttackSpec("fab", eps=eps, steps=fab_steps, num_targets=num_targets, norm=norm, name="fab-t",
+                     label=f"FAB-T ({fab_steps} steps, {num_targets} targets)", key_path=(3,))
+  if version == "standard":
+    return (apgd_ce, apgd_t, fab_t, *square)
+  runs = f", {restarts} restarts"
+  apgd_ce = dataclasses.replace(apgd_ce, restarts=restarts, label=f"APGD-CE ({apgd_steps} steps{runs})")
+  apgd_dlr = AttackSpec("apgd", eps=eps, steps=apgd_steps, loss="dlr", restarts=restarts, norm=norm,
+                        name="apgd-dlr", label=f"APGD-DLR ({apgd_steps} steps{runs})", key_path=(4,))
+  fab = AttackSpec("fab", eps=eps, steps=fab_steps, num_targets=0, restarts=restarts, norm=norm, name="fab",
+                   label=f"FAB ({fab_steps} steps{runs})", key_path=(5,))
+  return (apgd_ce, apgd_dlr, fab, *square, apgd_t, fab_t)

@@ -1,0 +1,331 @@
+"""AutoAttack (Croce & Hein 2020) in JAX: its attacks in order on the points not yet broken, and its checks.
+
+:func:`autoattack` is the call an AutoAttack user knows: ``version="standard"``
+runs APGD-CE, APGD-T, FAB-T and Square; each attack sees only the examples
+every earlier one failed on, and an example is robust if it is classified
+correctly clean and after all of them. :func:`run_in_order` is that loop on
+its own, over any function that runs one attack on a set of examples, so
+the CLI's evaluation (which shards over a mesh) uses the same rule.
+
+Unlike the attacks, this driver is host code: the set of examples left
+shrinks, so each attack runs jitted on fixed-size chunks of it (the last
+chunk padded to a power of two, so an attack compiles at most a few times).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crp_jax.attacks import _core
+from crp_jax.attacks._core import LogitsFn
+from crp_jax.attacks._spec import AttackSpec, autoattack_attacks, run_attack
+
+# (spec, indices of the examples to attack) -> ((m,) bool still correct, (m, *shape) points or None)
+RunFn = Callable[[AttackSpec, np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+
+
+class Check(NamedTuple):
+  """One of AutoAttack's sanity checks: ``passed`` false means the number may not be trusted."""
+
+  name: str
+  passed: bool
+  detail: str
+
+
+class Chain(NamedTuple):
+  """What :func:`run_in_order` measured.
+
+  Attributes:
+    robust_after: attack name -> ``(N,)`` bool, correct clean and after
+      this attack and every earlier one (AutoAttack's running robust accuracy).
+    attacked: attack name -> how many examples it ran on.
+    seconds: attack name -> wall time.
+  """
+
+  robust_after: dict[str, np.ndarray]
+  attacked: dict[str, int]
+  seconds: dict[str, float]
+
+
+def budget(spec: AttackSpec) -> int:
+  """Gradient steps (APGD, FAB) or queries (Square) the attack may spend on one example."""
+  runs = spec.restarts * (max(spec.num_targets, 1) if spec.kind in ("apgd_t", "fab") else 1)
+  return spec.steps * runs
+
+
+def run_in_order(specs: Sequence[AttackSpec], clean: np.ndarray, run: RunFn,
+                 log: Callable[[str], None] | None = None,
+                 on_broken: Callable[[np.ndarray, np.ndarray], None] | None = None) -> Chain:
+  """Runs ``specs`` in order, each on the examples still robust; AutoAttack's loop.
+
+  ``clean`` ``(N,)`` bool marks the examples classified correctly without
+  attack: the only ones attacked. ``on_broken(indices, points)`` receives
+  the adversarial points of the examples each attack broke.
+  """
+  robust = np.asarray(clean, bool).copy()
+  out = Chain({}, {}, {})
+  for spec in specs:
+    idx = np.flatnonzero(robust)
+    start = time.perf_counter()
+    if idx.size:
+      still, points = run(spec, idx)
+      broken = ~np.asarray(still, bool)
+      robust[idx[broken]] = False
+      if on_broken is not None and points is not None and broken.any():
+        on_broken(idx[broken], np.asarray(points)[broken])
+    out.robust_after[spec.name] = robust.copy()
+    out.attacked[spec.name], out.seconds[spec.name] = int(idx.size), time.perf_counter() - start
+    if log is not None:
+      log(f"  {spec.name}: robust accuracy {100 * robust.mean():.2f}% ({robust.sum()}/{robust.size}) "
+          f"after {out.seconds[spec.name]:.1f} s on {idx.size} examples")
+  return out
+
+
+def _chunk_sizes(m: int, batch_size: int) -> list[tuple[int, int]]:
+  """``(start, padded size)`` of each chunk: full chunks, then the rest padded to a power of two."""
+  chunks, start = [], 0
+  while start < m:
+    size = min(batch_size, m - start)
+    chunks.append((start, size if size == batch_size else min(batch_size, 1 << (size - 1).bit_length())))
+    start += size
+  return chunks
+
+
+def jitted_runner(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
+                  batch_size: int, clip: _core.Clip = (0.0, 1.0)) -> RunFn:
+  """A :data:`RunFn` for :func:`run_in_order`: ``spec`` jitted on chunks of the examples asked for.
+
+  Chunk ``c`` of an attack is keyed ``fold_in(spec.key(key), c)`` and padded
+  with copies of its first example (their results dropped).
+  """
+  compiled: dict[tuple, Callable] = {}
+
+  def attack(spec: AttackSpec):
+    if spec.settings() not in compiled:
+      def fn(x, y, k):
+        x_adv = run_attack(spec, logits_fn, x, y, key=k, clip=clip)
+        return _core.correct(logits_fn, x_adv, y), x_adv
+      compiled[spec.settings()] = jax.jit(fn)
+    return compiled[spec.settings()]
+
+  def run(spec: AttackSpec, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    still, points = [], []
+    for c, (start, size) in enumerate(_chunk_sizes(idx.size, batch_size)):
+      rows = idx[start:start + size]
+      padded = np.concatenate([rows, np.full(size - rows.size, rows[0])])
+      ok, x_adv = attack(spec)(x[padded], y[padded], jax.random.fold_in(spec.key(key), c))
+      still.append(np.asarray(ok)[:rows.size])
+      points.append(np.asarray(x_adv)[:rows.size])
+    return np.concatenate(still), np.concatenate(points)
+
+  return run
+
+
+def model_checks(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> list[Check]:
+  """AutoAttack's checks of the model itself, on ``x``: a deterministic forward pass, logits, gradients.
+
+  * ``deterministic``: two forward passes give the same logits (a
+    randomised defence needs AutoAttack's ``rand`` version, with EOT).
+  * ``logits``: the outputs are not probabilities (rows in ``[0, 1]``
+    summing to 1); the losses (CE, DLR) expect logits.
+  * ``zero gradients``: no example has an exactly zero cross-entropy input
+    gradient, where gradient attacks cannot move.
+  """
+  first, second = np.asarray(logits_fn(x)), np.asarray(logits_fn(x))
+  same = bool(np.array_equal(first, second))
+  probs = bool(np.all((first >= 0) & (first <= 1)) and np.allclose(first.sum(1), 1.0, atol=1e-5))
+  grad = np.asarray(_core.loss_and_grad(logits_fn, _core.ce_loss, x, y)[2]).reshape(len(first), -1)
+  zero = int(np.sum(~np.any(grad != 0, axis=1)))
+  return [
+      Check("deterministic", same, "two forward passes agree" if same else
+            "two forward passes differ: the model is randomised, use an EOT attack"),
+      Check("logits", not probs, "outputs are logits" if not probs else
+            "outputs look like probabilities (in [0, 1], rows sum to 1): pass logits"),
+      Check("zero gradients", zero == 0, f"{zero} of {len(first)} examples have an exactly zero "
+            "cross-entropy input gradient"),
+  ]
+
+
+def square_check(specs: Sequence[AttackSpec], chain: Chain) -> list[Check]:
+  """AutoAttack's warning when the black-box Square breaks examples every white-box attack before it missed."""
+  names = [s.name for s in specs]
+  squares = [i for i, s in enumerate(specs) if s.kind == "square"]
+  if not squares or squares[0] == 0:
+    return []
+  i = squares[0]
+  before, after = chain.robust_after[names[i - 1]], chain.robust_after[names[i]]
+  extra = int(np.sum(before & ~after))
+  return [Check("square vs white-box", extra == 0, f"Square broke {extra} examples that "
+                f"{', '.join(names[:i])} did not" + (": a sign of gradient masking" if extra else ""))]
+
+
+class AutoAttackResult(NamedTuple):
+  """What :func:`autoattack` measured; accuracies in ``[0, 1]``.
+
+  Attributes:
+    version: ``standard``, ``plus`` or ``custom``.
+    eps, norm: the threat model.
+    attacks: the specs, in the order they ran.
+    clean: ``(N,)`` bool, classified correctly without attack.
+    chain: running robust accuracy after each attack, examples attacked, seconds.
+    x_adv: ``(N, *shape)`` the point that broke each example (``x`` where none did).
+    checks: AutoAttack's checks; a failed one means the number may not hold.
+  """
+
+  version: str
+  eps: float
+  norm: str
+  attacks: tuple[AttackSpec, ...]
+  clean: np.ndarray
+  chain: Chain
+  x_adv: np.ndarray
+  checks: tuple[Check, ...]
+
+  @property
+  def robust(self) -> np.ndarray:
+    """``(N,)`` bool, correct clean and after every attack."""
+    return self.chain.robust_after[self.attacks[-1].name] if self.attacks else self.clean
+
+  @property
+  def clean_accuracy(self) -> float:
+    return float(self.clean.mean())
+
+  @property
+  def robust_accuracy(self) -> float:
+    return float(self.robust.mean())
+
+  def accuracy_after(self) -> dict[str, float]:
+    """Attack name -> robust accuracy after it and every earlier one."""
+    return {name: float(r.mean()) for name, r in self.chain.robust_after.items()}
+
+  def budgets(self) -> dict[str, int]:
+    """Attack name -> gradient steps or queries it may spend on one example."""
+    return {s.name: budget(s) for s in self.attacks}
+
+  def robustbench_entry(self, **info) -> dict:
+    """This result as a RobustBench per-model entry (``model_info/<dataset>/<threat>/<name>.json``).
+
+    Accuracies are strings in percent with two decimals, as there;
+    ``info`` fills or overrides the descriptive fields (``name``,
+    ``dataset``, ``architecture``, ``link``, ...). ``norm``, ``version``,
+    ``attacks``, ``n_examples`` and ``checks_failed`` are ours, beside them.
+    """
+    entry = {"link": "", "name": "", "authors": "", "additional_data": False, "number_forward_passes": 1,
+             "dataset": "", "venue": "", "architecture": "", "eps": f"{self.eps:g}",
+             "clean_acc": f"{100 * self.clean_accuracy:.2f}", "reported": "",
+             "autoattack_acc": f"{100 * self.robust_accuracy:.2f}", "footnote": None,
+             "norm": {"linf": "Linf", "l2": "L2"}[self.norm], "version": self.version,
+             "attacks": [s.name for s in self.attacks], "n_examples": int(self.clean.size),
+             "checks_failed": [c.name for c in self.checks if not c.passed]}
+    entry.update(info)
+    return entry
+
+
+def _resolve(version: str, custom: Sequence[str | AttackSpec] | None, *, eps: float, norm: str,
+             **budgets) -> tuple[str, tuple[AttackSpec, ...]]:
+  """The version's specs, or the ``custom`` list (names of ``plus``' attacks, or specs)."""
+  if custom is None:
+    return version, autoattack_attacks(version, eps=eps, norm=norm, **budgets)
+  # Every attack of plus, with standard's one-run APGD-CE under its name.
+  known = {s.name: s for v in ("plus", "standard") for s in autoattack_attacks(v, eps=eps, norm=norm, **budgets)}
+  specs = []
+  for a in custom:
+    if not isinstance(a, AttackSpec) and a not in known:
+      raise ValueError(f"unknown attack {a!r} in custom; choose from {', '.join(known)} or give AttackSpecs")
+    specs.append(a if isinstance(a, AttackSpec) else known[a])
+  if len({s.name for s in specs}) != len(specs):
+    raise ValueError(f"custom names an attack twice: {[s.name for s in specs]}")
+  return "custom", tuple(specs)
+
+
+def autoattack(
+    logits_fn: LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    key: jax.Array,
+    eps: float,
+    norm: str = "linf",
+    version: str = "standard",
+    custom: Sequence[str | AttackSpec] | None = None,
+    batch_size: int = 500,
+    clip: _core.Clip = (0.0, 1.0),
+    log: Callable[[str], None] | None = print,
+    **budgets,
+) -> AutoAttackResult:
+  r"""AutoAttack (Croce & Hein 2020): its attacks in order, each on the examples still robust.
+
+  An example counts as robust if it is classified correctly clean and after
+  every attack of the version:
+
+  * ``standard``: APGD-CE (100 steps), APGD-T (9 targets × 100 steps),
+    FAB-T (9 targets × 100 steps), Square (5,000 queries);
+  * ``plus``: APGD-CE and APGD-DLR (5 restarts each), FAB (5 restarts),
+    Square, APGD-T, FAB-T;
+  * ``custom``: a list of those names (``apgd-ce`` is the one-run APGD-CE of
+    ``standard``) or of :class:`AttackSpec` s, in the order given.
+
+  Square is L∞ only here: with ``norm="l2"`` it is left out. Only examples
+  classified correctly at ``x`` are attacked. Before the attacks the model
+  is checked as AutoAttack does (:func:`model_checks`), and after them
+  whether Square broke points the white-box attacks missed
+  (:func:`square_check`); failed checks are printed and returned.
+
+  Args:
+    logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
+    x: ``(N, *shape)`` inputs inside ``clip`` (NHWC for Square).
+    y: ``(N,)`` integer labels.
+    key: PRNG key; attack ``a`` draws from ``spec.key(key)``, chunk ``c`` of
+      it from ``fold_in`` of that with ``c``.
+    eps: radius ε.
+    norm: ``"linf"`` or ``"l2"``.
+    version: ``"standard"`` or ``"plus"`` (ignored with ``custom``).
+    custom: the attacks to run instead of a version.
+    batch_size: examples per jitted call.
+    clip: pixel range.
+    log: where progress lines go (``None``: silent).
+    **budgets: ``apgd_steps``, ``fab_steps``, ``num_targets``,
+      ``square_queries``, ``restarts`` of :func:`autoattack_attacks`.
+
+  Returns:
+    An :class:`AutoAttackResult`: clean and running robust accuracy per
+    attack, the adversarial points, the checks.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> w = jnp.array([[1., -1., 0.], [-1., 1., 0.]])
+    >>> x, y = jnp.array([[0.55, 0.45], [0.9, 0.1]]), jnp.array([0, 0])
+    >>> r = autoattack(lambda x: x @ w, x, y, key=jax.random.key(0), eps=0.1, norm="l2",
+    ...                custom=["apgd-ce", "fab-t"], log=None)
+    >>> r.accuracy_after()
+    {'apgd-ce': 0.5, 'fab-t': 0.5}
+
+  References:
+    Croce, Hein, *Reliable Evaluation of Adversarial Robustness with an
+    Ensemble of Diverse Parameter-free Attacks*, ICML 2020.
+  """
+  _core.check_norm(norm)
+  version, specs = _resolve(version, custom, eps=eps, norm=norm, **budgets)
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  clean = np.asarray(jax.jit(lambda x, y: _core.correct(logits_fn, x, y))(x, y))
+  checks = model_checks(logits_fn, x[:batch_size], y[:batch_size])
+  if log is not None:
+    log(f"AutoAttack {version} ({', '.join(s.name for s in specs)}), {norm} eps={eps:g}: "
+        f"clean accuracy {100 * clean.mean():.2f}% on {clean.size} examples")
+  x_adv = np.array(x)
+
+  def keep(idx: np.ndarray, points: np.ndarray) -> None:
+    x_adv[idx] = points
+
+  chain = run_in_order(specs, clean, jitted_runner(logits_fn, x, y, key, batch_size=batch_size, clip=clip),
+                       log, keep)
+  checks += square_check(specs, chain)
+  for c in checks:
+    if not c.passed and log is not None:
+      log(f"  check FAILED, {c.name}: {c.detail}")
+  return AutoAttackResult(version, float(eps), norm, specs, clean, chain, x_adv, tuple(checks))
