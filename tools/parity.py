@@ -429,11 +429,11 @@ def run_autoattack_parity(*, examples: int, eps: float, train_steps: int, budget
   net, x_torch, y_torch = torch_setup(variables, x, y, seed)
   gap = logit_gap(logits_fn, net, x, x_torch)
   log(f"clean test accuracy {100 * clean_acc:.1f}% on 1000 digits; flax vs torch logits max |diff| {gap:.2e}")
-  specs = attacks.autoattack_attacks("standard", eps=eps, apgd_steps=budget.apgd_steps,
-                                     fab_steps=budget.apgd_steps, num_targets=budget.num_targets,
-                                     square_queries=budget.square_queries)
-  ours = attacks.autoattack(logits_fn, x, y, key=jax.random.key(seed), eps=eps, custom=specs,
-                            batch_size=batch_size, log=lambda m: log(f"crp_jax {m.strip()}"))
+  budgets = dict(apgd_steps=budget.apgd_steps, fab_steps=budget.apgd_steps, num_targets=budget.num_targets,
+                 square_queries=budget.square_queries)
+  ours = attacks.autoattack(logits_fn, x, y, key=jax.random.key(seed), eps=eps, version="standard",
+                            batch_size=batch_size, log=lambda m: log(f"crp_jax {m.strip()}"), **budgets)
+  specs = ours.attacks
   their = their_standard(net, eps, budget, seed)
   log("torchattacks, the same four in the same order:")
   theirs = attacks.run_in_order(specs, ours.clean, _their_runner(net, x_torch, y_torch, their, batch_size),

@@ -2,7 +2,9 @@
 
 Each attack is also data: an :class:`AttackSpec` (kind and settings) that
 :func:`run_attack` runs; :func:`strong_attacks` is the strong protocol's
-table, and :func:`strong_eval` runs it.
+table, and :func:`strong_eval` runs it. :func:`autoattack` is AutoAttack
+(``standard``: APGD-CE, APGD-T, FAB-T, Square, each on the examples still
+robust), with its checks and a RobustBench-shaped entry.
 
 Convention. An attack takes ``logits_fn(x) -> (B, C)``, any pure function of
 the inputs (NHWC or any other shape, pixels in ``[0, 1]``), the inputs ``x``
@@ -41,7 +43,7 @@ slow generic path inside loops, 2.9x slower per step.
 """
 
 from crp_jax.attacks._apgd import apgd, apgd_targeted
-from crp_jax.attacks._autoattack import AutoAttackResult, Check, autoattack, run_in_order
+from crp_jax.attacks._autoattack import AutoAttackResult, Chain, Check, autoattack, robustbench_entry, run_in_order
 from crp_jax.attacks._fab import FabResult, fab, fab_with_info
 from crp_jax.attacks._core import LOSSES, LogitsFn, accuracy, correct, get_loss, rows_like, steps_until_done
 from crp_jax.attacks._noise import random_noise
@@ -56,6 +58,7 @@ __all__ = [
     "VERSIONS",
     "AttackSpec",
     "AutoAttackResult",
+    "Chain",
     "Check",
     "FabResult",
     "LogitsFn",
@@ -72,6 +75,7 @@ __all__ = [
     "pgd",
     "projected_ascent",
     "random_noise",
+    "robustbench_entry",
     "rows_like",
     "run_in_order",
     "run_attack",

@@ -208,22 +208,35 @@ class AutoAttackResult(NamedTuple):
     return {s.name: budget(s) for s in self.attacks}
 
   def robustbench_entry(self, **info) -> dict:
-    """This result as a RobustBench per-model entry (``model_info/<dataset>/<threat>/<name>.json``).
+    """This result as a RobustBench per-model entry; see :func:`robustbench_entry`."""
+    return robustbench_entry(clean_accuracy=self.clean_accuracy, robust_accuracy=self.robust_accuracy,
+                             eps=self.eps, norm=self.norm, version=self.version,
+                             attacks=[s.name for s in self.attacks], n_examples=int(self.clean.size),
+                             checks_failed=[c.name for c in self.checks if not c.passed], **info)
 
-    Accuracies are strings in percent with two decimals, as there;
-    ``info`` fills or overrides the descriptive fields (``name``,
-    ``dataset``, ``architecture``, ``link``, ...). ``norm``, ``version``,
-    ``attacks``, ``n_examples`` and ``checks_failed`` are ours, beside them.
-    """
-    entry = {"link": "", "name": "", "authors": "", "additional_data": False, "number_forward_passes": 1,
-             "dataset": "", "venue": "", "architecture": "", "eps": f"{self.eps:g}",
-             "clean_acc": f"{100 * self.clean_accuracy:.2f}", "reported": "",
-             "autoattack_acc": f"{100 * self.robust_accuracy:.2f}", "footnote": None,
-             "norm": {"linf": "Linf", "l2": "L2"}[self.norm], "version": self.version,
-             "attacks": [s.name for s in self.attacks], "n_examples": int(self.clean.size),
-             "checks_failed": [c.name for c in self.checks if not c.passed]}
-    entry.update(info)
-    return entry
+
+def robustbench_entry(*, clean_accuracy: float, robust_accuracy: float, eps: float, norm: str, version: str,
+                      attacks: Sequence[str], n_examples: int, checks_failed: Sequence[str] = (),
+                      **info) -> dict:
+  """A RobustBench per-model entry (``model_info/<dataset>/<threat>/<name>.json``'s fields).
+
+  Accuracies are strings in percent with two decimals, as there; ``info``
+  fills or overrides the descriptive fields (``name``, ``dataset``,
+  ``architecture``, ``link``, ...). ``norm``, ``version``, ``attacks``,
+  ``n_examples`` and ``checks_failed`` are ours, beside them.
+
+  >>> robustbench_entry(clean_accuracy=0.986, robust_accuracy=0.9531, eps=0.1, norm="linf",
+  ...                   version="standard", attacks=["apgd-ce"], n_examples=128)["autoattack_acc"]
+  '95.31'
+  """
+  entry = {"link": "", "name": "", "authors": "", "additional_data": False, "number_forward_passes": 1,
+           "dataset": "", "venue": "", "architecture": "", "eps": f"{eps:g}",
+           "clean_acc": f"{100 * clean_accuracy:.2f}", "reported": "",
+           "autoattack_acc": f"{100 * robust_accuracy:.2f}", "footnote": None,
+           "norm": {"linf": "Linf", "l2": "L2"}[norm], "version": version, "attacks": list(attacks),
+           "n_examples": int(n_examples), "checks_failed": list(checks_failed)}
+  entry.update(info)
+  return entry
 
 
 def _resolve(version: str, custom: Sequence[str | AttackSpec] | None, *, eps: float, norm: str,

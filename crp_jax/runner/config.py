@@ -116,6 +116,10 @@ def eval_config(*, eps: float, step_size: float) -> ml_collections.ConfigDict:
   e.apgd_steps = 100
   e.num_targets = 9  # APGD-T target classes (capped at classes - 1)
   e.square_queries = 5000
+  # AutoAttack (attacks.autoattack): "standard" adds FAB-T after APGD-CE and APGD-T, each run on the
+  # examples still robust, and reports AutoAttack's number; "plus" its plus version; "" only the three.
+  e.autoattack = "standard"
+  e.fab_steps = 100
   e.sweep_steps = (10, 20, 50, 100, 200)  # PGD, step 2.5·ε/n, random start
   e.sweep_apgd_steps = (25, 100)
   e.sweep_restarts = 5
@@ -246,9 +250,12 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
     _validate_strong(config)
 
 
+#: ``eval.autoattack``: AutoAttack's version run by the strong protocol, or "" for none.
+AUTOATTACK_VERSIONS: tuple[str, ...] = ("standard", "plus", "")
+
 #: The strong protocol's fields (``crp_jax.diagnostics``), checked when present.
 _STRONG_INTS: tuple[tuple[str, int], ...] = (
-    ("apgd_steps", 1), ("num_targets", 1), ("square_queries", 1), ("sweep_restarts", 1),
+    ("apgd_steps", 1), ("num_targets", 1), ("square_queries", 1), ("fab_steps", 1), ("sweep_restarts", 1),
     ("eps_sweep_steps", 1), ("unbounded_steps", 1), ("noise_samples", 1))
 
 
@@ -257,6 +264,9 @@ def _validate_strong(config: ml_collections.ConfigDict) -> None:
   for name, low in _STRONG_INTS:
     if present(name):
       _int_at_least(config, f"eval.{name}", low)
+  if present("autoattack") and config.eval.autoattack not in AUTOATTACK_VERSIONS:
+    _fail("eval.autoattack", config.eval.autoattack,
+          f"must be one of {', '.join(repr(v) for v in AUTOATTACK_VERSIONS)}")
   if present("sweep_steps"):
     _steps_list(config, "eval.sweep_steps")
   if present("sweep_apgd_steps"):

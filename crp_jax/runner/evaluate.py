@@ -37,12 +37,15 @@ class Measurements(NamedTuple):
     gradients: ``(n, 3)`` :func:`gradient_stats` on the subset, or ``None``.
     transfer: spec -> source model -> ``(n,)`` bool, still correct under
       the spec's examples crafted on that source (empty with one model).
+    chains: evaluator name -> its :attr:`chain` run in order on the subset
+      (:class:`~crp_jax.attacks.Chain`).
   """
   clean_full: np.ndarray
   num_test: int
   correct: dict[AttackSpec, np.ndarray]
   gradients: np.ndarray | None = None
   transfer: dict[AttackSpec, dict[str, np.ndarray]] = {}
+  chains: dict[str, attacks.Chain] = {}
 
 
 def subset_indices(num_examples: int, size: int) -> np.ndarray:

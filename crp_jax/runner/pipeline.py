@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from crp_jax import data
+from crp_jax import attacks, data
 from crp_jax.runner import atomic, checkpoint, config as config_lib, evaluators, report, train
 from crp_jax.models import get_model
 
@@ -95,9 +95,35 @@ def result_record(trained: Trained, training: dict[str, Any], evaluation: dict[s
           "command": command, "training": training, "evaluation": evaluation}
 
 
+def robustbench_entries(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+  """Model name -> its RobustBench-shaped entry, for the models whose strong protocol ran AutoAttack."""
+  out = {}
+  for name, r in results.items():
+    auto = (r["evaluation"].get("strong") or {}).get("autoattack")
+    if not auto:
+      continue
+    c, strong = r["config"], r["evaluation"]["strong"]
+    out[name] = attacks.robustbench_entry(
+        clean_accuracy=r["evaluation"]["paper"]["clean_accuracy"], robust_accuracy=auto["robust_accuracy"],
+        eps=c["eval"]["eps"], norm="linf", version=auto["version"], attacks=auto["attacks"],
+        n_examples=r["evaluation"]["paper"]["num_attacked"],
+        checks_failed=[ch["name"] for ch in strong["checks"] if not ch["passed"]],
+        name=name, dataset=c["dataset"], architecture=c["model"],
+        footnote=f"crp_jax, method {c['method']}, seed {c['seed']}; clean accuracy on the whole test split, "
+                 f"AutoAttack on {r['evaluation']['paper']['num_attacked']} test examples")
+  return out
+
+
+def write_robustbench(folder: str, results: dict[str, dict[str, Any]]) -> None:
+  """``robustbench-<model>.json`` in ``folder`` for each model AutoAttack evaluated."""
+  for name, entry in robustbench_entries(results).items():
+    atomic.write_json(os.path.join(folder, f"robustbench-{name.replace(os.sep, '_')}.json"), entry)
+
+
 def write_outputs(workdir: str, results: dict[str, dict[str, Any]], command: str) -> str:
-  """``results.json``, ``report.md`` and ``robustness.png`` of a set of models."""
+  """``results.json``, ``report.md``, ``robustness.png`` and the RobustBench entries of a set of models."""
   atomic.write_json(os.path.join(workdir, "results.json"), results if len(results) > 1 else next(iter(results.values())))
+  write_robustbench(workdir, results)
   text = report.markdown_report(results, command)
   atomic.atomic_write_text(os.path.join(workdir, "report.md"), text)
   report.plot_curves(results, os.path.join(workdir, "robustness.png"))
@@ -196,4 +222,5 @@ def evaluate_saved(workdirs: list[str], *, eval_overrides: dict[str, Any] | None
   text = report.markdown_report(results, command)
   atomic.atomic_write_text(os.path.join(out, "evaluation.md"), text)
   report.plot_curves(results, os.path.join(out, "evaluation.png"))
+  write_robustbench(out, results)
   return text

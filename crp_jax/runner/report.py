@@ -65,7 +65,14 @@ def strong_rows(results: Results) -> str:
   out = f"| *Strong protocol (n={first['evaluation']['paper']['num_attacked']})* |" + " |" * len(results) + "\n"
   for key, label in first["evaluation"]["strong"]["labels"].items():
     out += _row(label, vals("accuracy", key))
-  out += _row("**Worst case (APGD-CE ∧ APGD-T ∧ Square)**", vals("worst_case"))
+  auto = first["evaluation"]["strong"].get("autoattack")
+  if auto:
+    out += f"| *AutoAttack {auto['version']}, in order, each on the examples still robust* |" + " |" * len(results) + "\n"
+    for key, label in auto["labels"].items():
+      out += _row(f"after {label}", vals("autoattack", "robust_after", key))
+    out += _row(f"**Worst case: AutoAttack {auto['version']} ({', '.join(auto['attacks'])})**", vals("worst_case"))
+  else:
+    out += _row("**Worst case (APGD-CE ∧ APGD-T ∧ Square)**", vals("worst_case"))
   out += _row("**Worst case over every attack at ε** (incl. paper's, sweeps, noise, transfer)",
               vals("all_attacks"))
   sources = sorted({s for r in results.values() for s in (_get(r, "evaluation", "strong", "transfer") or {})})

@@ -8,13 +8,14 @@ evaluation is one module here and its name in :data:`EVALUATORS`:
 * ``paper`` (:mod:`.paper`): clean accuracy, FGSM and PGD-n as in §4.1,
   white-box and black-box (FGSM and PGD-n crafted on the other models);
 * ``strong`` (:mod:`.strong`, with ``eval.strong``): APGD-CE, APGD-T,
-  Square and their worst case, the masking sweeps and checks, APGD-CE
-  transfer.
+  Square, and AutoAttack's number (``eval.autoattack``: FAB-T on the
+  examples they left), the masking sweeps and checks, APGD-CE transfer.
 
 :func:`evaluate_models` runs a plan: every spec once per model on the
 attacked subset (specs shared by evaluators run once), the gradient
-statistics, every evaluator's transfer attacks between models
-(:func:`transfer`), then each summary.
+statistics, every evaluator's :attr:`chain` in order on the examples still
+robust (:func:`run_chain`), every evaluator's transfer attacks between
+models (:func:`transfer`), then each summary.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from crp_jax import attacks
 from crp_jax.attacks import AttackSpec
 from crp_jax.data import Split
 from crp_jax.runner import evaluate
@@ -72,7 +74,25 @@ def measure(plan: tuple[Evaluator, ...], model: Model, test: Split, *, mesh: Mes
   if any(e.needs_gradients for e in plan):
     gradients = evaluate.map_batches(evaluate.gradient_stats(model.module), model.variables, subset.images,
                                      subset.labels, model.key, desc="gradients", **common)
-  return evaluate.Measurements(full, int(test.num_examples), correct, gradients)
+  chains = {e.name: run_chain(e.chain, full[indices], correct, model, subset, **common)
+            for e in plan if e.chain}
+  return evaluate.Measurements(full, int(test.num_examples), correct, gradients, chains=chains)
+
+
+def run_chain(specs: tuple[AttackSpec, ...], clean: np.ndarray, measured: dict[AttackSpec, np.ndarray],
+              model: Model, subset: Split, **common) -> attacks.Chain:
+  """``specs`` in order on the examples of ``subset`` still robust, AutoAttack's loop.
+
+  A spec already in ``measured`` (run on the whole subset) is read there;
+  the others run only on the examples every earlier spec failed on.
+  """
+  def run(spec: AttackSpec, idx: np.ndarray) -> tuple[np.ndarray, None]:
+    if spec in measured:
+      return measured[spec][idx], None
+    part = evaluate.take(subset, idx)
+    return evaluate.run_specs(model.module, model.variables, part, (spec,), model.key, **common)[spec], None
+
+  return attacks.run_in_order(specs, clean, run)
 
 
 Transfer = dict[str, dict[AttackSpec, dict[str, np.ndarray]]]

@@ -25,6 +25,10 @@ class Evaluator(Protocol):
   name: str
   #: Attacks run on the attacked subset, each keyed by ``spec.key(eval key)``.
   specs: tuple[AttackSpec, ...]
+  #: Attacks run after :attr:`specs`, in order, each on the examples still
+  #: robust (:func:`crp_jax.attacks.run_in_order`: AutoAttack's loop); those
+  #: also in :attr:`specs` are not run again. May be empty.
+  chain: tuple[AttackSpec, ...]
   #: Each crafted once on every model of a comparison and evaluated on every
   #: other (:func:`crp_jax.runner.evaluators.transfer`); may be empty.
   transfer_specs: tuple[AttackSpec, ...]

@@ -59,6 +59,7 @@ class PaperProtocol:
 
   def __init__(self, cfg: ml_collections.ConfigDict):
     self.specs = paper_specs(cfg)
+    self.chain: tuple[AttackSpec, ...] = ()
     self.transfer_specs = black_box_specs(cfg)
 
   def summarize(self, m: Measurements, num_classes: int) -> dict[str, Any]:
