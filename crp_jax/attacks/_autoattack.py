@@ -52,10 +52,13 @@ class Chain(NamedTuple):
   seconds: dict[str, float]
 
 
-def budget(spec: AttackSpec) -> int:
-  """Gradient steps (APGD, FAB) or queries (Square) the attack may spend on one example."""
-  runs = spec.restarts * (max(spec.num_targets, 1) if spec.kind in ("apgd_t", "fab") else 1)
-  return spec.steps * runs
+def budget(spec: AttackSpec, num_classes: int) -> int:
+  """Gradient steps (APGD, FAB) or queries (Square) the attack may spend on one example.
+
+  Targets are capped at ``num_classes − 1``, as the attacks cap them.
+  """
+  targets = min(max(spec.num_targets, 1), num_classes - 1)
+  return spec.steps * spec.restarts * (targets if spec.kind in ("apgd_t", "fab") else 1)
 
 
 def run_in_order(specs: Sequence[AttackSpec], clean: np.ndarray, run: RunFn,
@@ -175,6 +178,7 @@ class AutoAttackResult(NamedTuple):
     chain: running robust accuracy after each attack, examples attacked, seconds.
     x_adv: ``(N, *shape)`` the point that broke each example (``x`` where none did).
     checks: AutoAttack's checks; a failed one means the number may not hold.
+    num_classes: ``C``, the width of the logits.
   """
 
   version: str
@@ -185,6 +189,7 @@ class AutoAttackResult(NamedTuple):
   chain: Chain
   x_adv: np.ndarray
   checks: tuple[Check, ...]
+  num_classes: int
 
   @property
   def robust(self) -> np.ndarray:
@@ -205,7 +210,7 @@ class AutoAttackResult(NamedTuple):
 
   def budgets(self) -> dict[str, int]:
     """Attack name -> gradient steps or queries it may spend on one example."""
-    return {s.name: budget(s) for s in self.attacks}
+    return {s.name: budget(s, self.num_classes) for s in self.attacks}
 
   def robustbench_entry(self, **info) -> dict:
     """This result as a RobustBench per-model entry; see :func:`robustbench_entry`."""
@@ -325,7 +330,8 @@ def autoattack(
   _core.check_norm(norm)
   version, specs = _resolve(version, custom, eps=eps, norm=norm, **budgets)
   x, y = jnp.asarray(x), jnp.asarray(y)
-  clean = np.asarray(jax.jit(lambda x, y: _core.correct(logits_fn, x, y))(x, y))
+  logits = jax.jit(logits_fn)(x)
+  clean = np.asarray(jnp.argmax(logits, axis=1) == y)
   checks = model_checks(logits_fn, x[:batch_size], y[:batch_size])
   if log is not None:
     log(f"AutoAttack {version} ({', '.join(s.name for s in specs)}), {norm} eps={eps:g}: "
@@ -341,4 +347,5 @@ def autoattack(
   for c in checks:
     if not c.passed and log is not None:
       log(f"  check FAILED, {c.name}: {c.detail}")
-  return AutoAttackResult(version, float(eps), norm, specs, clean, chain, x_adv, tuple(checks))
+  return AutoAttackResult(version, float(eps), norm, specs, clean, chain, x_adv, tuple(checks),
+                          int(logits.shape[1]))

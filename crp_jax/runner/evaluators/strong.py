@@ -88,7 +88,7 @@ class StrongProtocol:
     return {"accuracy": {s.name: acc(s) for s in (*paper, *self.specs)},
             "labels": {s.name: s.label for s in (self.apgd_ce, self.apgd_t, self.square)},
             "worst_case": float(worst.mean()), "all_attacks": float(every.mean()),
-            **self._autoattack_section(m),
+            **self._autoattack_section(m, num_classes),
             "checks": [{"name": ch.name, "passed": ch.passed, "detail": ch.detail} for ch in checks],
             "num_flags": sum(not ch.passed for ch in checks),
             "transfer": {src: float(v.mean()) for src, v in transfer.items()},
@@ -96,7 +96,7 @@ class StrongProtocol:
                        "pgd_steps": [[s.steps, acc(s)] for s in self.sweeps.pgd_steps],
                        "apgd_steps": [[s.steps, acc(s)] for s in self.sweeps.apgd_steps]}}
 
-  def _autoattack_section(self, m: Measurements) -> dict[str, Any]:
+  def _autoattack_section(self, m: Measurements, num_classes: int) -> dict[str, Any]:
     """``{"autoattack": ...}``: running robust accuracy after each attack, examples attacked, budgets."""
     if not self.chain:
       return {}
@@ -105,5 +105,5 @@ class StrongProtocol:
         "version": self.cfg.autoattack, "attacks": [s.name for s in self.chain],
         "labels": {s.name: s.label for s in self.chain},
         "robust_after": {n: float(r.mean()) for n, r in chain.robust_after.items()},
-        "attacked": dict(chain.attacked), "budgets": {s.name: budget(s) for s in self.chain},
+        "attacked": dict(chain.attacked), "budgets": {s.name: budget(s, num_classes) for s in self.chain},
         "robust_accuracy": float(chain.robust_after[self.chain[-1].name].mean())}}
