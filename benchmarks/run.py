@@ -71,7 +71,7 @@ from crp_jax.runner import train
 from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables
 from crp_jax.perturbations import make_delta
 
-ROWS = ("lenet", "resnet18", "attacks", "perturbation", "pgd_at", "memory", "compile", "wrn")
+ROWS = ("lenet", "resnet18", "attacks", "autoattack", "perturbation", "pgd_at", "memory", "compile", "wrn")
 BEGIN = "<!-- benchmarks.run: begin (generated; edit outside these markers) -->"
 END = "<!-- benchmarks.run: end -->"
 NO_TORCH = "not measured: torch not installed"
@@ -93,6 +93,10 @@ class Sizes:
   apgd_steps: int = 100
   pgd_at_steps: int = 2          # PGD-AT train steps per timed repeat
   pgd_at_inner: int = 10         # PGD steps inside each
+  aa_examples: int = 100         # AutoAttack standard: examples per repeat
+  aa_steps: int = 10             # APGD-CE, APGD-T and FAB-T steps (AutoAttack: 100)
+  aa_targets: int = 9
+  aa_queries: int = 100          # Square (AutoAttack: 5000)
   memory_ks: tuple[int, int] = (1, 100)
   memory_subset: int = 64
   wrn_depth: int = 28
@@ -106,10 +110,11 @@ def sizes(tiny: bool, accelerator: bool = False) -> Sizes:
   if tiny:
     return Sizes(train_batch=8, lenet_steps=1, resnet_steps=1, resnet_widths=(4, 8, 8, 8),
                  attack_batch=8, pgd_steps=2, apgd_steps=2, pgd_at_steps=1, pgd_at_inner=2,
+                 aa_examples=8, aa_steps=2, aa_targets=2, aa_queries=4,
                  memory_ks=(1, 3), memory_subset=16,
                  wrn_depth=10, wrn_width=1, wrn_steps=1, tiny=True)
   if accelerator:
-    return Sizes(lenet_steps=500, resnet_steps=50, wrn_steps=20, pgd_at_steps=50)
+    return Sizes(lenet_steps=500, resnet_steps=50, wrn_steps=20, pgd_at_steps=50, aa_steps=100, aa_queries=5000)
   return Sizes()
 
 
@@ -362,6 +367,50 @@ def attack_rows(s: Sizes, mesh, tr, repeats: int, compile_times: dict[str, float
         row.status = "goal met" if rate(times["ours"], 1) >= 1.5 * rate(times["ref"], 1) else "below goal"
     rows.append(row)
   return rows
+
+
+def autoattack_row(s: Sizes, tr, repeats: int, compile_times: dict[str, float]) -> Row:
+  """``attacks.autoattack(version="standard")`` vs torchattacks' four attacks in a ``MultiAttack``, per example.
+
+  At ε = 0 no example can be broken, so both sides run every attack's whole
+  budget on every example: fixed work, like the other attack rows'
+  ``early_stop=False``. The labels are the model's own predictions, so
+  every example starts correct. ``tools/parity.py --protocol=autoattack``
+  times both sides on a robust model at AutoAttack's full budgets.
+  """
+  model = LeNet()
+  variables = jax.jit(lambda k: init_variables(model, k, (28, 28, 1)))(jax.random.key(0))
+  x = jax.random.uniform(jax.random.key(1), (s.aa_examples, 28, 28, 1))
+  f = lambda z: model.apply(variables, z, train=False)
+  y = jnp.argmax(f(x), -1).astype(jnp.int32)
+  eps, budgets = 0.0, dict(apgd_steps=s.aa_steps, fab_steps=s.aa_steps, num_targets=s.aa_targets,
+                           square_queries=s.aa_queries)
+  run = lambda: attacks.autoattack(f, x, y, key=jax.random.key(2), eps=eps, batch_size=s.aa_examples, log=None,
+                                   **budgets)
+  start = time.perf_counter()
+  run()
+  compile_times["AutoAttack standard (4 attacks) on LeNet"] = time.perf_counter() - start
+  work = {"ours": lambda: run()}
+  missing = NO_TORCH if tr is None else "not measured: torchattacks not installed"
+  if tr is not None and has_torchattacks():
+    import torch  # pylint: disable=g-import-not-at-top
+    import torchattacks  # pylint: disable=g-import-not-at-top
+    net = tr.lenet_from_flax(jax.device_get(variables)).to(torch_device())
+    chain = torchattacks.MultiAttack(list(tr.autoattack_standard(
+        net, eps=eps, steps=s.aa_steps, num_targets=s.aa_targets, queries=s.aa_queries).values()))
+    xt = tr.to_nchw(jax.device_get(x)).to(torch_device())
+    yt = torch.from_numpy(np.asarray(y).astype(np.int64)).to(torch_device())
+    work["ref"] = lambda: (chain(xt, yt), torch_sync())
+  times = _timing.interleave(work, repeats=repeats)
+  workload = (f"AutoAttack standard on LeNet, {s.aa_examples} examples, ε=0 (every attack runs its whole budget): "
+              f"APGD-CE {s.aa_steps} steps, APGD-T and FAB-T {s.aa_targets} targets x {s.aa_steps}, "
+              f"Square {s.aa_queries} queries; reference: torchattacks.MultiAttack of the same four")
+  row = ratio_row("autoattack", workload, times, s.aa_examples, ref_missing=missing)
+  per = lambda t: f"{_timing.median(t):.1f} s per {s.aa_examples} examples; "
+  row.ours = per(times["ours"]) + row.ours.replace("img/s", "examples/s")
+  if "ref" in times:
+    row.ref = per(times["ref"]) + row.ref.replace("img/s", "examples/s")
+  return row
 
 
 # ----------------------------------------------------------------------------- perturbation cost
@@ -676,6 +725,7 @@ def run_rows(args: Args) -> str:
       ("memory", lambda: memory_row(s)),
       ("resnet18", lambda: train_row("resnet18", "resnet18", s, train_mesh, tr, args.repeats, compile_times)),
       ("attacks", lambda: attack_rows(s, mesh, tr, args.repeats, compile_times)),
+      ("autoattack", lambda: autoattack_row(s, tr, args.repeats, compile_times)),
       ("wrn", lambda: wrn_row(s, train_mesh, args.repeats, compile_times)),
   ]
   failed = []

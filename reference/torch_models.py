@@ -195,3 +195,24 @@ def make_attack(name: str, net: nn.Module, *, eps: float, step_size: float,
   if name == "apgd":
     return torchattacks.APGD(net, norm="Linf", eps=eps, steps=num_steps, n_restarts=1, loss="ce", seed=0)
   raise ValueError(f"unknown attack {name!r}")
+
+
+def autoattack_standard(net: nn.Module, *, eps: float, steps: int = 100, num_targets: int = 9,
+                        queries: int = 5000, seed: int = 0) -> dict[str, Any]:
+  """torchattacks' APGD-CE, APGD-T, FAB-T and Square (L∞, one run each) at AutoAttack's budgets, in its order.
+
+  ``torchattacks.AutoAttack(version="standard")`` builds the same four with
+  10 steps (the original AutoAttack uses 100), so they are built one by
+  one; ``torchattacks.MultiAttack(list(...values()))`` chains them as
+  AutoAttack does. ``n_classes = num_targets + 1``: APGDT and FAB attack
+  ``n_classes − 1`` targets and use it for nothing else.
+  """
+  import torchattacks  # pylint: disable=g-import-not-at-top
+  net.eval()
+  common = dict(norm="Linf", eps=eps, seed=seed, n_restarts=1)
+  return {
+      "apgd-ce": torchattacks.APGD(net, steps=steps, loss="ce", **common),
+      "apgd-t": torchattacks.APGDT(net, steps=steps, n_classes=num_targets + 1, **common),
+      "fab-t": torchattacks.FAB(net, steps=steps, multi_targeted=True, n_classes=num_targets + 1, **common),
+      "square": torchattacks.Square(net, n_queries=queries, **common),
+  }

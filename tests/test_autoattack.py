@@ -268,3 +268,13 @@ def test_eval_autoattack_is_validated():
   c.eval.autoattack, c.eval.fab_steps = "standard", 0
   with pytest.raises(config_lib.ConfigError, match="eval.fab_steps"):
     config_lib.validate(c)
+
+
+def test_at_eps_zero_every_attack_runs_on_every_clean_example():
+  # What the benchmark row relies on for fixed work on both sides.
+  logits_fn, x, y = linear_problem("linf", 0.1, extra_classes=2)
+  r = attacks.autoattack(logits_fn, x, y, key=jax.random.key(0), eps=0.0, log=None, apgd_steps=2, fab_steps=2,
+                         square_queries=4)
+  assert r.robust_accuracy == r.clean_accuracy == 1.0
+  assert r.chain.attacked == {"apgd-ce": len(y), "apgd-t": len(y), "fab-t": len(y), "square": len(y)}
+  np.testing.assert_array_equal(r.x_adv, x)

@@ -22,12 +22,12 @@ from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables, max_pool
 
 def test_smoke_without_torch(tmp_path):
   out = tmp_path / "results.md"
-  text = run.main(["benchmarks.run", "--tiny", "--notorch", "--rows=lenet,attacks,pgd_at,compile", "--repeats=1",
+  text = run.main(["benchmarks.run", "--tiny", "--notorch", "--rows=lenet,attacks,autoattack,pgd_at,compile", "--repeats=1",
                    f"--out={out}"])
   written = out.read_text()
   assert text in written and written.startswith("# Benchmarks")
   assert "| row | workload | crp_jax | reference | ours/ref |" in written
-  for row in ("| lenet |", "| fgsm |", "| pgd |", "| pgd_at |", "| compile |", "| gpu |"):
+  for row in ("| lenet |", "| fgsm |", "| pgd |", "| autoattack |", "| pgd_at |", "| compile |", "| gpu |"):
     assert row in written
   assert run.NO_TORCH in written and run.NO_GPU in written
   assert "img/s" in written
@@ -71,7 +71,8 @@ def test_allocator_choice(tmp_path):
 
 
 def test_default_rows_on_this_cpu():
-  assert run.default_rows() == ["lenet", "resnet18", "attacks", "perturbation", "pgd_at", "memory", "compile"]
+  assert run.default_rows() == ["lenet", "resnet18", "attacks", "autoattack", "perturbation", "pgd_at", "memory",
+                                "compile"]
 
 
 def test_model_flops_match_the_analytic_counts():

@@ -111,3 +111,18 @@ def test_parity_with_torchattacks():
   assert report.logit_max_abs_diff <= parity.LOGIT_TOLERANCE, table
   assert 0.05 < report.theirs_worst < report.clean.mean() - 0.05, table  # not vacuous
   assert report.passed, table
+
+
+@pytest.mark.parity
+def test_autoattack_parity_with_torchattacks():
+  pytest.importorskip("torch")
+  pytest.importorskip("torchattacks")
+  budget = parity.Budget(apgd_steps=10, num_targets=3, square_queries=100)
+  r = parity.run_autoattack_parity(examples=100, eps=0.1, train_steps=300, budget=budget, batch_size=100,
+                                   tolerance=0.02, fab_alone_examples=50)
+  table = parity.format_autoattack_report(r)
+  print(table)
+  assert r.logit_max_abs_diff <= parity.LOGIT_TOLERANCE, table
+  assert 0.05 < r.theirs_final < r.ours.clean_accuracy - 0.05, table  # not vacuous
+  assert list(r.theirs.robust_after) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+  assert r.passed, table

@@ -391,21 +391,10 @@ class AutoAttackReport(NamedTuple):
 
 
 def their_standard(net: Any, eps: float, budget: Budget, seed: int) -> dict[str, Any]:
-  """torchattacks' APGD-CE, APGD-T, FAB-T and Square at ``budget`` (AutoAttack's are 100, 9, 100, 5000).
-
-  ``torchattacks.AutoAttack`` builds the same four with 10 steps, so it is
-  not used: at AutoAttack's budgets the attacks are built one by one.
-  """
-  import torchattacks  # pylint: disable=g-import-not-at-top
-  common = dict(norm="Linf", eps=eps, seed=seed, n_restarts=1)
-  n_classes = budget.num_targets + 1  # APGDT and FAB attack n_classes − 1 targets
-  return {
-      "apgd-ce": torchattacks.APGD(net, steps=budget.apgd_steps, loss="ce", **common),
-      "apgd-t": torchattacks.APGDT(net, steps=budget.apgd_steps, n_classes=n_classes, **common),
-      "fab-t": torchattacks.FAB(net, steps=budget.apgd_steps, multi_targeted=True, n_classes=n_classes,
-                                **common),
-      "square": torchattacks.Square(net, n_queries=budget.square_queries, **common),
-  }
+  """torchattacks' APGD-CE, APGD-T, FAB-T and Square at ``budget`` (AutoAttack's are 100, 9, 100, 5000)."""
+  from reference import torch_models  # pylint: disable=g-import-not-at-top
+  return torch_models.autoattack_standard(net, eps=eps, steps=budget.apgd_steps, num_targets=budget.num_targets,
+                                          queries=budget.square_queries, seed=seed)
 
 
 def _their_runner(net: Any, x: Any, y: Any, their: dict[str, Any], batch_size: int) -> attacks._autoattack.RunFn:

@@ -14,6 +14,7 @@ chunk padded to a power of two, so an attack compiles at most a few times).
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable, NamedTuple, Sequence
 
@@ -89,14 +90,26 @@ def run_in_order(specs: Sequence[AttackSpec], clean: np.ndarray, run: RunFn,
   return out
 
 
-def _chunk_sizes(m: int, batch_size: int) -> list[tuple[int, int]]:
-  """``(start, padded size)`` of each chunk: full chunks, then the rest padded to a power of two."""
-  chunks, start = [], 0
-  while start < m:
-    size = min(batch_size, m - start)
-    chunks.append((start, size if size == batch_size else min(batch_size, 1 << (size - 1).bit_length())))
-    start += size
-  return chunks
+def _chunks(m: int, batch_size: int) -> list[tuple[int, int, int]]:
+  """``(start, rows, padded rows)`` of each chunk: full chunks, then the rest padded to a power of two."""
+  out = []
+  for start in range(0, m, batch_size):
+    rows = min(batch_size, m - start)
+    out.append((start, rows, rows if rows == batch_size else min(batch_size, 1 << (rows - 1).bit_length())))
+  return out
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(logits_fn: LogitsFn, spec: AttackSpec, clip: _core.Clip) -> Callable:
+  """``jit((x, y, key) -> (still correct, x_adv))`` of ``spec`` on ``logits_fn``.
+
+  Cached on the function object (the 64 latest), so calling
+  :func:`autoattack` again with the same ``logits_fn`` compiles nothing.
+  """
+  def fn(x, y, k):
+    x_adv = run_attack(spec, logits_fn, x, y, key=k, clip=clip)
+    return _core.correct(logits_fn, x_adv, y), x_adv
+  return jax.jit(fn)
 
 
 def jitted_runner(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
@@ -106,21 +119,13 @@ def jitted_runner(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Arra
   Chunk ``c`` of an attack is keyed ``fold_in(spec.key(key), c)`` and padded
   with copies of its first example (their results dropped).
   """
-  compiled: dict[tuple, Callable] = {}
-
-  def attack(spec: AttackSpec):
-    if spec.settings() not in compiled:
-      def fn(x, y, k):
-        x_adv = run_attack(spec, logits_fn, x, y, key=k, clip=clip)
-        return _core.correct(logits_fn, x_adv, y), x_adv
-      compiled[spec.settings()] = jax.jit(fn)
-    return compiled[spec.settings()]
+  attack = lambda spec: _compiled(logits_fn, spec, clip)
 
   def run(spec: AttackSpec, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     still, points = [], []
-    for c, (start, size) in enumerate(_chunk_sizes(idx.size, batch_size)):
-      rows = idx[start:start + size]
-      padded = np.concatenate([rows, np.full(size - rows.size, rows[0])])
+    for c, (start, count, size) in enumerate(_chunks(idx.size, batch_size)):
+      rows = idx[start:start + count]
+      padded = np.concatenate([rows, np.full(size - count, rows[0])])
       ok, x_adv = attack(spec)(x[padded], y[padded], jax.random.fold_in(spec.key(key), c))
       still.append(np.asarray(ok)[:rows.size])
       points.append(np.asarray(x_adv)[:rows.size])
