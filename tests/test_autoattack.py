@@ -278,3 +278,37 @@ def test_at_eps_zero_every_attack_runs_on_every_clean_example():
   assert r.robust_accuracy == r.clean_accuracy == 1.0
   assert r.chain.attacked == {"apgd-ce": len(y), "apgd-t": len(y), "fab-t": len(y), "square": len(y)}
   np.testing.assert_array_equal(r.x_adv, x)
+
+
+_TINY_RUN = ["--progress=false", "--config.epochs=1", "--config.train_subset=128", "--config.num_perturbations=2",
+             "--config.compare_with=", "--config.eval.attack_subset=16", "--config.eval.pgd_steps=(2,)",
+             "--config.eval.batch_size=16", "--config.eval.extra_step_size=0", "--config.eval.strong=False",
+             "--config.eval.sweep_steps=(2,)", "--config.eval.sweep_apgd_steps=()", "--config.eval.sweep_restarts=1",
+             "--config.eval.eps_sweep_steps=2", "--config.eval.unbounded_steps=2", "--config.eval.noise_samples=2"]
+
+
+def test_evaluate_runs_autoattack_on_a_saved_checkpoint(tmp_path):
+  import json
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "CRP_CPU_DEVICES": "2"}
+  run = lambda *a: subprocess.run([sys.executable, "-m", *a], cwd=root, capture_output=True, text=True,
+                                  timeout=900, env=env)
+  p = run("experiments.run", f"--workdir={tmp_path}", *_TINY_RUN)
+  assert p.returncode == 0, p.stderr[-3000:]
+  model = tmp_path / "crp"
+  assert not list(model.glob("robustbench-*.json"))  # the strong protocol was off
+  p = run("experiments.evaluate", f"--workdir={model}", "--strong=autoattack-standard", "--apgd_steps=2",
+          "--fab_steps=2", "--num_targets=2", "--square_queries=5", "--progress=false")
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "| after FAB-T (2 steps, 2 targets) |" in p.stdout
+  strong = json.loads((model / "evaluation.json").read_text())["crp"]["evaluation"]["strong"]
+  auto = strong["autoattack"]
+  assert auto["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"] and auto["version"] == "standard"
+  assert strong["worst_case"] == auto["robust_accuracy"] == auto["robust_after"]["square"]
+  entry = json.loads((model / "robustbench-crp.json").read_text())
+  assert entry["autoattack_acc"] == f"{100 * auto['robust_accuracy']:.2f}" and entry["dataset"] == "mnist5k"
+  p = run("experiments.evaluate", f"--workdir={model}", "--strong=bogus")
+  assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "--strong=bogus" in p.stderr

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crp_jax import data
+from crp_jax import attacks, data
 from crp_jax.attacks import AttackSpec
 from crp_jax.runner import evaluate, evaluators, report, train
 from crp_jax.runner import config as base
@@ -89,7 +89,10 @@ def _measurements(plan, transfer, n=20, seed=0):
   specs = {s for e in plan for s in e.specs}
   correct = {s: rng.random(n) < 0.7 for s in specs}
   grads = np.tile([1.0, -3.0, -5.0], (n, 1))
-  return evaluate.Measurements(rng.random(100) < 0.9, 100, correct, grads, transfer)
+  # AutoAttack's loop over the evaluators' chains: measured specs read, the others (FAB-T) drawn.
+  chains = {e.name: attacks.run_in_order(e.chain, np.ones(n, bool), lambda s, idx: (
+      correct[s][idx] if s in correct else rng.random(idx.size) < 0.7, None)) for e in plan if e.chain}
+  return evaluate.Measurements(rng.random(100) < 0.9, 100, correct, grads, transfer, chains)
 
 
 def test_summaries_read_their_own_transfer_entries():

@@ -72,7 +72,7 @@ def strong_rows(results: Results) -> str:
       out += _row(f"after {label}", vals("autoattack", "robust_after", key))
     out += _row(f"**Worst case: AutoAttack {auto['version']} ({', '.join(auto['attacks'])})**", vals("worst_case"))
   else:
-    out += _row("**Worst case (APGD-CE ∧ APGD-T ∧ Square)**", vals("worst_case"))
+    out += _row("**Worst case (APGD-CE ∧ APGD-T ∧ Square)**", vals("worst_case"))  # eval.autoattack=""
   out += _row("**Worst case over every attack at ε** (incl. paper's, sweeps, noise, transfer)",
               vals("all_attacks"))
   sources = sorted({s for r in results.values() for s in (_get(r, "evaluation", "strong", "transfer") or {})})

@@ -10,8 +10,9 @@ perturbation set and initialisation each) and aggregates:
 * black-box rows (§4.1): each model attacked with FGSM and PGD-n examples
   crafted on each of the other models, averaged over those sources, then
   mean ± std over the models;
-* beside every setting, the strong protocol's worst case (APGD-CE ∧ APGD-T
-  ∧ Square, mean ± std) and each model's count of masking-check FLAGs.
+* beside every setting, the strong protocol's worst case (AutoAttack
+  standard: APGD-CE, APGD-T, FAB-T, Square; mean ± std) and each model's
+  count of masking-check FLAGs.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from crp_jax.runner.aggregate import Cell, Panel, Series, Stat, Table, best_inde
 from crp_jax.runner.evaluators.paper import PaperProtocol
 from crp_jax.runner.study import Context, Done, Outcome, Run, Study, variant
 
-STRONG_ROW = "Strong worst case (APGD-CE ∧ APGD-T ∧ Square)"
+# With eval.autoattack="" (and in tables committed before issue 15) it is APGD-CE ∧ APGD-T ∧ Square.
+STRONG_ROW = "Strong worst case (AutoAttack: APGD-CE, APGD-T, FAB-T, Square)"
 FLAGS_ROW = "Masking-check FLAGs, per model"
 
 
