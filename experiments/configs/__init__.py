@@ -47,8 +47,8 @@ def study_config(dataset: str, preset: str = "small") -> ml_collections.ConfigDi
   * every PGD-n that one of the paper's tables of this dataset reports (so
     the studies that share a trained model also share its evaluation);
   * at ``small``: one epoch over 2,000 training examples in batches of 64,
-    and attacks on 100 test examples with a cut strong protocol (APGD 50
-    steps, 3 targets, Square 500 queries, short sweeps), so that a study of
+    and attacks on 100 test examples with a cut strong protocol (APGD and
+    FAB-T 50 steps, 3 targets, Square 500 queries, short sweeps), so that a study of
     10–30 runs fits in about 30 minutes on a 2-core CPU. These are pipeline
     checks, not the paper's numbers; ``--preset=paper`` trains at the
     paper's length.
@@ -60,7 +60,7 @@ def study_config(dataset: str, preset: str = "small") -> ml_collections.ConfigDi
     c.epochs, c.batch_size, c.train_subset = 1, 64, 2000
     e = c.eval
     e.attack_subset = min(e.attack_subset or 100, 100)
-    e.apgd_steps, e.num_targets, e.square_queries = 50, 3, 500
+    e.apgd_steps, e.fab_steps, e.num_targets, e.square_queries = 50, 50, 3, 500
     e.sweep_steps, e.sweep_apgd_steps, e.sweep_restarts = (10, 50), (), 1
     e.eps_sweep_steps, e.unbounded_steps, e.noise_samples = 10, 20, 20
   return c
