@@ -295,9 +295,11 @@ def fab_with_info(
   x0, y0 = _core.repeat_runs(x, runs), _core.repeat_runs(y, runs)
   radius = jnp.inf if eps is None else _core.as_scalar(eps, x)
   within = lambda s: s.best_norm <= radius if eps is not None else jnp.zeros_like(s.best_norm, bool)
-  starts = jax.vmap(lambda r: jnp.where(r % restarts == 0, x, _start(jax.random.fold_in(key, r), x,
-                                                                      0.5 * radius, norm, clip)),
-                    out_axes=1)(jnp.arange(runs)).reshape(x0.shape)
+  starts = x0
+  if restarts > 1:  # restart 0 of each target starts at x and draws nothing
+    starts = jax.vmap(lambda r: jnp.where(r % restarts == 0, x, _start(jax.random.fold_in(key, r), x,
+                                                                        0.5 * radius, norm, clip)),
+                      out_axes=1)(jnp.arange(runs)).reshape(x0.shape)
   clean_adv = _core.misclassified(logits, y)
   clean_adv = _core.repeat_runs(clean_adv, runs)
   init = _State(starts, x0, jnp.where(clean_adv, 0.0, jnp.inf).astype(x.dtype),
