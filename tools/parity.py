@@ -397,8 +397,8 @@ def their_standard(net: Any, eps: float, budget: Budget, seed: int) -> dict[str,
                                           queries=budget.square_queries, seed=seed)
 
 
-def _their_runner(net: Any, x: Any, y: Any, their: dict[str, Any], batch_size: int) -> attacks._autoattack.RunFn:
-  """A :data:`~crp_jax.attacks._autoattack.RunFn` of torchattacks' attacks on the examples asked for."""
+def _their_runner(net: Any, x: Any, y: Any, their: dict[str, Any], batch_size: int) -> attacks.RunFn:
+  """A :data:`~crp_jax.attacks.RunFn` of torchattacks' attacks on the examples asked for."""
   def run(spec: attacks.AttackSpec, idx: np.ndarray) -> tuple[np.ndarray, None]:
     o = run_theirs(net, x[idx], y[idx], their[spec.name], batch_size=batch_size)
     return o.correct, None

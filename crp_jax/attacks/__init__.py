@@ -43,7 +43,8 @@ slow generic path inside loops, 2.9x slower per step.
 """
 
 from crp_jax.attacks._apgd import apgd, apgd_targeted
-from crp_jax.attacks._autoattack import AutoAttackResult, Chain, Check, autoattack, robustbench_entry, run_in_order
+from crp_jax.attacks._autoattack import (AutoAttackResult, Chain, Check, RunFn, autoattack, budget, robustbench_entry,
+                                        run_in_order)
 from crp_jax.attacks._fab import FabResult, fab, fab_with_info
 from crp_jax.attacks._core import LOSSES, LogitsFn, accuracy, correct, get_loss, rows_like, steps_until_done
 from crp_jax.attacks._noise import random_noise
@@ -60,6 +61,7 @@ __all__ = [
     "AutoAttackResult",
     "Chain",
     "Check",
+    "RunFn",
     "FabResult",
     "LogitsFn",
     "accuracy",
@@ -67,6 +69,7 @@ __all__ = [
     "apgd_targeted",
     "autoattack",
     "autoattack_attacks",
+    "budget",
     "correct",
     "fab",
     "fab_with_info",

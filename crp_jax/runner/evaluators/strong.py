@@ -8,8 +8,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from crp_jax.attacks import AttackSpec, autoattack_attacks, strong_attacks
-from crp_jax.attacks._autoattack import budget
+from crp_jax.attacks import AttackSpec, autoattack_attacks, budget, strong_attacks
 from crp_jax.runner import diagnostics
 from crp_jax.runner.evaluate import Measurements
 from crp_jax.runner.evaluators.paper import paper_specs
