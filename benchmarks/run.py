@@ -9,6 +9,10 @@ Rows (each contender on the same architecture, batch and dtype, timed
 alternately A B A B … in this one process, medians of ``--repeats`` after a
 warm-up round):
 
+0. ``plain``: the plain-process table (:mod:`benchmarks.plain`): a user's
+   ``ball_loss`` step in their own jitted loop, FGSM, PGD-40, APGD-CE-100 and
+   the CLI's step, in a fresh interpreter started from the environment this
+   command was given, before anything below changes it. CPU only.
 1. ``lenet``: LeNet train step on 28x28x1, batch 128: crp_jax's ``crp`` step
    (δ drawn inside the step, Adam) vs a PyTorch eager step (same LeNet, Adam)
    on the same images with δ precomputed on the host.
@@ -50,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -71,7 +76,7 @@ from crp_jax.runner import train
 from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables
 from crp_jax.perturbations import make_delta
 
-ROWS = ("lenet", "resnet18", "attacks", "autoattack", "perturbation", "pgd_at", "memory", "compile", "wrn")
+ROWS = ("plain", "lenet", "resnet18", "attacks", "autoattack", "perturbation", "pgd_at", "memory", "compile", "wrn")
 BEGIN = "<!-- benchmarks.run: begin (generated; edit outside these markers) -->"
 END = "<!-- benchmarks.run: end -->"
 NO_TORCH = "not measured: torch not installed"
@@ -123,8 +128,8 @@ def on_accelerator() -> bool:
 
 
 def default_rows() -> list[str]:
-  """Every row but ``wrn`` on a CPU; every row but ``memory`` on an accelerator."""
-  return [r for r in ROWS if r != ("memory" if on_accelerator() else "wrn")]
+  """Every row but ``wrn`` on a CPU; every row but ``memory`` and ``plain`` (CPU only) on an accelerator."""
+  return [r for r in ROWS if r not in (("memory", "plain") if on_accelerator() else ("wrn",))]
 
 
 @dataclasses.dataclass
@@ -564,6 +569,68 @@ def memory_row(s: Sizes) -> Row:
              f"{change:+.1f}%", "flat within 5%", "met" if abs(change) <= 5.0 else "NOT MET")
 
 
+# ----------------------------------------------------------------------------- plain process
+
+PLAIN_JSON = "CRP_BENCH_PLAIN_JSON"
+
+
+def user_environ(environ: dict[str, str]) -> dict[str, str]:
+  """``environ`` as the user started this command: without the XLA flags ``import crp_jax`` added here."""
+  import crp_jax  # pylint: disable=g-import-not-at-top
+  env = dict(environ)
+  added = crp_jax.cpu_settings.added
+  if added and "XLA_FLAGS" in env:
+    env["XLA_FLAGS"] = " ".join(f for f in env["XLA_FLAGS"].split() if f not in added)
+  return env
+
+
+def plain_command(args: Args, json_out: str) -> list[str]:
+  """``python -m benchmarks.plain`` with this run's sizes, repeats and torch choice."""
+  return [sys.executable, "-m", "benchmarks.plain", f"--json_out={json_out}", f"--repeats={args.repeats}",
+          *(["--tiny"] if args.tiny else []), *([] if args.torch else ["--notorch"])]
+
+
+def measure_plain(args: Args, json_out: str, environ: dict[str, str]) -> None:
+  """Runs the plain-process rows in a fresh interpreter started from ``environ`` (the user's)."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  print("plain process: python -m benchmarks.plain (a fresh interpreter, as a user's script) ...", flush=True)
+  proc = subprocess.run(plain_command(args, json_out), cwd=repo, env=user_environ(environ), check=False)
+  if proc.returncode and not os.path.exists(json_out):
+    raise RuntimeError(f"python -m benchmarks.plain exited with {proc.returncode} and wrote no rows")
+
+
+def plain_rows(args: Args) -> tuple[dict[str, str], list[Row]]:
+  """The plain-process settings and rows: from ``$CRP_BENCH_PLAIN_JSON`` (measured before the re-exec) or now."""
+  path = os.environ.get(PLAIN_JSON)
+  if not path:
+    path = os.path.join(tempfile.mkdtemp(prefix="crp_bench_plain_"), "plain.json")
+    measure_plain(args, path, dict(os.environ))
+  with open(path) as f:
+    out = json.load(f)
+  return out["settings"], [Row(**r) for r in out["rows"]]
+
+
+def plain_section(settings: dict[str, str], rows: list[Row]) -> str:
+  described = ", ".join(f"{k} `{v}`" if k in ("XLA_FLAGS", "GLIBC_TUNABLES") else f"{k}: {v}"
+                        for k, v in settings.items())
+  return "\n".join([
+      "### Plain process: a user's own script",
+      "",
+      "A fresh interpreter (`python -m benchmarks.plain`) started with the environment this command was "
+      "given: it imports crp_jax first, as a user's script does, and runs both contenders in that one "
+      "process with no re-execution, JAX's default single CPU device and no mesh, torch at its default "
+      "thread count, the allocator the process started with.",
+      "",
+      f"- process settings (both contenders): {described}",
+      "",
+      markdown_table(rows),
+      "### CLI process: the settings of `python -m experiments.run`",
+      "",
+      "This process, re-executed with the command line's settings unless `--plain`.",
+      "",
+      ""])
+
+
 # ----------------------------------------------------------------------------- table
 
 
@@ -601,28 +668,38 @@ def torch_line() -> str:
   return f"- torch threads: {os.cpu_count()} (`torch.set_num_threads(os.cpu_count())`)"
 
 
-def report(rows: list[Row], args: Args, started: str, seconds: float) -> str:
+def report(rows: list[Row], args: Args, started: str, seconds: float, plain: str = "") -> str:
+  """The generated block: the machine and versions, the plain-process table if measured, the CLI-process table."""
   mem = _env.memory_gib()
+  cli_settings = [
+      devices_line(args),
+      f"- process settings: XLA_FLAGS=`{os.environ.get('XLA_FLAGS', '')}`, "
+      f"GLIBC_TUNABLES=`{os.environ.get('GLIBC_TUNABLES', '')}`, import crp_jax: {_import_settings()}"
+      + (" (`--plain`: no re-execution)" if args.plain else " (see `benchmarks/_env.py`)"),
+      f"- allocator: {allocator_line()}",
+      torch_line(),
+  ]
   lines = [
       f"Generated by `{' '.join(['python -m benchmarks.run', *args.argv])}`.",
       "",
       f"- machine: {_env.cpu_model()}, {os.cpu_count()} cores"
       + (f", {mem:.0f} GiB RAM" if mem else "") + f"; load average {started} at start, "
       f"{_env.load_average()} at the end (other jobs share this CPU)",
-      devices_line(args),
-      f"- process settings: XLA_FLAGS=`{os.environ.get('XLA_FLAGS', '')}`, "
-      f"GLIBC_TUNABLES=`{os.environ.get('GLIBC_TUNABLES', '')}`"
-      + (" (`--plain`: none added)" if args.plain else " (see `benchmarks/_env.py`)"),
-      f"- allocator: {allocator_line()}",
       "- versions: " + ", ".join(f"{k} {val}" for k, val in _env.versions().items()),
-      torch_line(),
       f"- {args.repeats} timed repeats after one warm-up round, contenders interleaved; "
       "medians, ± half the relative range; wall time of the run "
       f"{seconds / 60:.1f} min",
       "",
+      plain + "\n".join(cli_settings) + "\n",
       markdown_table(rows),
   ]
   return "\n".join(lines)
+
+
+def _import_settings() -> str:
+  import crp_jax  # pylint: disable=g-import-not-at-top
+  s = crp_jax.cpu_settings
+  return f"XLA flag {s.status}, malloc {s.malloc}"
 
 
 def write_results(path: str, text: str) -> None:
@@ -663,7 +740,8 @@ def define_flags() -> None:
   flags.DEFINE_string("out", DEFAULT_OUT, "Markdown file whose generated block is rewritten.")
   flags.DEFINE_bool("tiny", False, "Smoke-test sizes.")
   flags.DEFINE_bool("torch", True, "Measure the PyTorch reference (--notorch skips it).")
-  flags.DEFINE_bool("plain", False, "No process tuning (see benchmarks/_env.py).")
+  flags.DEFINE_bool("plain", False, "No re-execution with the CLI's process settings (huge pages, see "
+                    "benchmarks/_env.py); import crp_jax still applies its XLA flag (CRP_JAX_CPU_TUNING=0 drops it).")
   flags.DEFINE_enum("allocator", "auto", ["auto", "tcmalloc", "glibc"],
                     "malloc of the process, both contenders (auto: tcmalloc if installed; "
                     "see benchmarks/_env.allocator_preload).")
@@ -703,6 +781,12 @@ def run_rows(args: Args) -> str:
   mesh, train_mesh = train.make_mesh(), train.make_train_mesh()   # as crp_jax.pipeline uses them
   compile_times: dict[str, float] = {}
   rows: list[Row] = []
+  plain = ""
+  if "plain" in wanted:
+    settings, measured = plain_rows(args)
+    plain = plain_section(settings, measured)
+    for r in measured:
+      print(f"plain {r.name:9s} {r.ours:34s} {r.ref:40s} {r.ratio:>10s}  {r.status}", flush=True)
 
   def emit(new: list[Row]) -> str:
     """Prints ``new`` and rewrites ``--out`` with every row so far (a cut run keeps its rows)."""
@@ -711,7 +795,7 @@ def run_rows(args: Args) -> str:
     rows.extend(new)
     table = rows + [Row("compile", f"compile: {name}", f"{sec:.1f} s", "n/a (eager)", "", "", "")
                     for name, sec in compile_times.items()] if "compile" in wanted else rows
-    text = report(table + ([] if on_accelerator() else [gpu]), args, started, time.perf_counter() - t0)
+    text = report(table + ([] if on_accelerator() else [gpu]), args, started, time.perf_counter() - t0, plain)
     write_results(args.out, text)
     return text
 
@@ -728,7 +812,7 @@ def run_rows(args: Args) -> str:
       ("autoattack", lambda: autoattack_row(s, tr, args.repeats, compile_times)),
       ("wrn", lambda: wrn_row(s, train_mesh, args.repeats, compile_times)),
   ]
-  failed = []
+  failed = [r.name for r in (measured if plain else []) if r.status == FAILED]
   for name, measure in plan:
     if name in wanted:
       new = guarded(name, measure)
@@ -753,9 +837,21 @@ def guarded(name: str, measure: Callable[[], Row | list[Row]]) -> list[Row]:
 
 
 def _command_line(args: Args) -> None:
-  """``python -m benchmarks.run``: the tuned process (unless ``--plain``) on the command line's devices."""
+  """``python -m benchmarks.run``: the plain-process rows from this environment, then the tuned process.
+
+  The plain rows run first, in a fresh interpreter started from the
+  environment the user gave this command, before the re-execution (unless
+  ``--plain``) changes it; their JSON goes to the re-executed process in
+  ``$CRP_BENCH_PLAIN_JSON``.
+  """
+  extra: dict[str, str] = {}
+  wanted = args.rows.split(",") if args.rows else default_rows()
+  if "plain" in wanted and not os.environ.get(PLAIN_JSON):
+    extra[PLAIN_JSON] = os.path.join(tempfile.mkdtemp(prefix="crp_bench_plain_"), "plain.json")
+    measure_plain(args, extra[PLAIN_JSON], dict(os.environ))
+    os.environ.update(extra)
   if not args.plain:
-    _env.reexec_tuned("benchmarks.run", list(args.argv), _env.allocator_env(args.allocator))
+    _env.reexec_tuned("benchmarks.run", list(args.argv), {**_env.allocator_env(args.allocator), **extra})
   if args.devices:
     os.environ["CRP_CPU_DEVICES"] = str(args.devices)
   _env.setup_devices()

@@ -11,6 +11,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from crp_jax import cpu as _cpu
+
+#: What ``import crp_jax`` did to ``XLA_FLAGS`` and malloc (:class:`crp_jax.cpu.CpuSettings`).
+cpu_settings = _cpu.on_import()
+configure_cpu = _cpu.configure_cpu
+
 #: public name -> (module, attribute or None for the module itself)
 _EXPORTS: dict[str, tuple[str, str | None]] = {
     "attacks": ("crp_jax.attacks", None),
@@ -23,7 +29,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "perturb": ("crp_jax.perturbations", "perturb"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "configure_cpu", "cpu_settings"])
 __version__ = "0.1.0"
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from benchmarks import _env, _flops, run
+from crp_jax import cpu
 from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables, max_pool_2x2
 
 
@@ -31,6 +32,26 @@ def test_smoke_without_torch(tmp_path):
     assert row in written
   assert run.NO_TORCH in written and run.NO_GPU in written
   assert "img/s" in written
+
+
+def test_plain_process_table_from_a_fresh_interpreter(tmp_path, monkeypatch):
+  """``--rows=plain`` runs ``benchmarks.plain`` in a new process from the user's environment; its table leads."""
+  command = run.plain_command
+  monkeypatch.setattr(run, "plain_command", lambda args, out: [*command(args, out), "--rows=fgsm,cli_step"])
+  monkeypatch.delenv(run.PLAIN_JSON, raising=False)
+  out = tmp_path / "results.md"
+  text = run.main(["benchmarks.run", "--tiny", "--notorch", "--rows=plain,lenet", "--repeats=1", f"--out={out}"])
+  plain, cli = text.split("### CLI process")
+  assert "### Plain process" in plain and "| fgsm |" in plain and "| cli_step |" in plain and "| lenet |" in cli
+  assert "devices: 1 cpu" in plain and "torch threads: " in plain and "import crp_jax: XLA flag " in plain
+  if cpu.flags_for(cpu.jaxlib_version()):
+    assert cpu.FLAGS[0] in plain.split("process settings (both contenders)")[1].split("\n")[0]
+
+
+def test_the_plain_process_starts_from_the_users_environment():
+  import crp_jax
+  env = {"XLA_FLAGS": " ".join(["--xla_force_host_platform_device_count=4", *crp_jax.cpu_settings.added]), "A": "b"}
+  assert run.user_environ(env) == {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "A": "b"}
 
 
 def test_a_failing_row_is_recorded_and_fails_the_run(tmp_path, monkeypatch):
@@ -71,7 +92,7 @@ def test_allocator_choice(tmp_path):
 
 
 def test_default_rows_on_this_cpu():
-  assert run.default_rows() == ["lenet", "resnet18", "attacks", "autoattack", "perturbation", "pgd_at", "memory",
+  assert run.default_rows() == ["plain", "lenet", "resnet18", "attacks", "autoattack", "perturbation", "pgd_at", "memory",
                                 "compile"]
 
 
@@ -128,21 +149,22 @@ def test_tuned_env_adds_each_setting_once():
 
 
 def test_tuned_settings_keep_the_numbers(tmp_path):
-  """A process with the tuned settings computes this process's LeNet gradients (float tolerance)."""
-  code = ("import sys, jax, numpy as np; from crp_jax.models import LeNet, init_variables; "
+  """LeNet gradients with the tuned settings (the XLA flag, huge pages) match a process without any (float tolerance)."""
+  code = ("import sys, jax, numpy as np, crp_jax; from crp_jax.models import LeNet, init_variables; "
           "m = LeNet(); v = init_variables(m, jax.random.key(0), (28, 28, 1)); "
           "x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1)); "
           "g = jax.jit(jax.grad(lambda p: m.apply({'params': p}, x).sum()))(v['params']); "
+          "print(crp_jax.cpu_settings.status, jax.device_count()); "
           "np.save(sys.argv[1], np.concatenate([l.ravel() for l in jax.tree.leaves(g)]))")
-  path = tmp_path / "grads.npy"
-  plain = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "GLIBC_TUNABLES")}
-  subprocess.run([sys.executable, "-c", code, str(path)], env=_env.tuned_env(plain), check=True)
-  m = LeNet()
-  v = init_variables(m, jax.random.key(0), (28, 28, 1))
-  x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
-  g = jax.jit(jax.grad(lambda p: m.apply({"params": p}, x).sum()))(v["params"])
-  here = np.concatenate([l.ravel() for l in jax.tree.leaves(g)])
-  np.testing.assert_allclose(np.load(path), here, rtol=1e-4, atol=1e-5 * np.abs(here).max())
+  plain = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "GLIBC_TUNABLES", "CRP_JAX_CPU_TUNING")}
+  grads, status = {}, {}
+  for name, env in (("plain", {**plain, "CRP_JAX_CPU_TUNING": "0"}), ("tuned", _env.tuned_env(plain))):
+    path = tmp_path / f"{name}.npy"
+    out = subprocess.run([sys.executable, "-c", code, str(path)], env=env, check=True, capture_output=True, text=True)
+    status[name], grads[name] = out.stdout.split()[0], np.load(path)
+  if cpu.flags_for(cpu.jaxlib_version()):
+    assert status == {"plain": "opted_out", "tuned": "present"}
+  np.testing.assert_allclose(grads["tuned"], grads["plain"], rtol=1e-4, atol=1e-5 * np.abs(grads["plain"]).max())
 
 
 def test_max_pool_gradient_matches_autodiff_with_ties():

@@ -211,7 +211,7 @@ def _gpu_kind(kernel: str) -> str:
   return next((kind for kind, pattern in _GPU_KINDS if re.search(pattern, kernel, re.I)), "other")
 
 
-def _durations(events: list[dict]) -> tuple[collections.Counter, collections.Counter, bool]:
+def durations(events: list[dict]) -> tuple[collections.Counter, collections.Counter, bool]:
   """Microseconds per event name and per trace line; on a GPU, of its kernel streams only.
 
   A GPU's process also holds derived lines (XLA ops, modules) over the same
@@ -249,7 +249,7 @@ def trace(model_name: str) -> None:
       trainer.run(steps)
     with gzip.open(glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)[0]) as f:
       events = json.load(f)["traceEvents"]
-  total, per_thread, devices = _durations(events)
+  total, per_thread, devices = durations(events)
   ms = lambda us: us / (1e3 * steps)
   print(f"wall time {1e3 * wall:.2f} ms per step (untraced)")
   if devices:

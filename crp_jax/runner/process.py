@@ -10,9 +10,10 @@ rounding (measured in ``benchmarks/results.md``):
   start only, so :func:`reexec_tuned` re-executes the command once.
 * ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``: single
   convolutions go to Eigen instead of YNNPACK, whose weight gradients of 3x3
-  kernels are up to 10x slower (ResNet-18's first stage). The flag exists in
-  jaxlib 0.10 only; an unknown XLA flag aborts the process, so other
-  versions do not get it.
+  kernels are up to 10x slower (ResNet-18's first stage). The flag and the
+  jaxlib versions that get it are the library's (:mod:`crp_jax.cpu`,
+  which ``import crp_jax`` applies in any process); the re-executed command
+  has it from the start.
 
 And a persistent compilation cache (:func:`setup_compilation_cache`), so a
 second model of the same shapes, or the same command run again, loads its
@@ -23,24 +24,17 @@ attacks and train step instead of compiling them.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import sys
 from typing import Mapping
 
+from crp_jax import cpu
+
 HUGETLB = "glibc.malloc.hugetlb=1"
-XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
-_FLAGS_FOR_JAXLIB = "0.10."
+XLA_CPU_FLAGS = cpu.FLAGS
 _MARK = "CRP_TUNED_PROCESS"
-PLAIN = "CRP_PLAIN_PROCESS"
-
-
-def _jaxlib_version() -> str:
-  try:
-    return importlib.metadata.version("jaxlib")
-  except importlib.metadata.PackageNotFoundError:
-    return ""
+PLAIN = cpu.PLAIN
 
 
 def tuned_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -49,9 +43,9 @@ def tuned_env(environ: Mapping[str, str]) -> dict[str, str]:
   tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
   if HUGETLB not in tunables:
     env["GLIBC_TUNABLES"] = ":".join(tunables + [HUGETLB])
-  if _jaxlib_version().startswith(_FLAGS_FOR_JAXLIB):
-    flags = env.get("XLA_FLAGS", "").split()
-    env["XLA_FLAGS"] = " ".join(flags + [f for f in XLA_CPU_FLAGS if f not in flags])
+  flags = cpu.flags_for(cpu.jaxlib_version())
+  if flags:
+    env["XLA_FLAGS"] = cpu.with_flags(env.get("XLA_FLAGS", ""), flags)
   return env
 
 

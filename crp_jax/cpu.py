@@ -1,0 +1,180 @@
+"""CPU settings that make crp_jax fast in any process, applied when ``crp_jax`` is imported.
+
+Two settings, each measured in a plain process on a 2-core VM
+(``python -m benchmarks.plain``; ``benchmarks/results.md``, plain-process
+table). Neither changes a result beyond float rounding (a different
+convolution kernel sums in a different order); the test suite runs with both.
+
+* **The XLA flag** ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``:
+  single convolutions go to Eigen instead of YNNPACK, whose 5x5 and 3x3
+  convolutions and their gradients are 2-3x slower on this CPU (LeNet's
+  second convolution: 39 vs 100 ms at batch 256). XLA reads ``XLA_FLAGS``
+  once, when JAX starts its first backend (the first ``jax.devices()``,
+  array or compiled call), not at ``import jax``; so the flag is added to
+  ``os.environ["XLA_FLAGS"]`` only if no backend has started. It exists in
+  jaxlib 0.10 only, and XLA aborts on an unknown flag, so other jaxlib
+  versions get nothing.
+* **glibc's malloc keeps freed memory** (``mallopt(M_MMAP_MAX, 0)`` and an
+  infinite ``M_TRIM_THRESHOLD``): XLA:CPU allocates each execution's
+  buffers afresh, and glibc serves blocks over 32 MiB with a new ``mmap``
+  whose every 4 KiB page faults on first touch. A LeNet train step at batch
+  128 took 15,000 faults and 54 ms of system time per step (185 ms); with
+  the setting, 1,900 faults, 8 ms and 151 ms. Memory freed is reused by the
+  process instead of returned to the kernel, as tcmalloc and jemalloc do.
+  Only with glibc on Linux, and only when no JAX accelerator plugin (CUDA,
+  ROCm, TPU) is installed: there the host is not where the work is.
+
+``import crp_jax`` applies both (:func:`on_import`) and prints one line saying
+so. ``CRP_JAX_CPU_TUNING`` controls this:
+
+* unset: apply them and say so once;
+* ``1``: apply them silently (the entry points set this);
+* ``0``: apply nothing (so does ``CRP_PLAIN_PROCESS=1``).
+
+If JAX had already started a backend on the CPU, the line says the XLA flag
+could not be applied and how to get it. :func:`configure_cpu` applies both
+explicitly, before any JAX computation, whatever the environment says.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import sys
+from typing import Callable, Mapping, MutableMapping
+
+FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+ENV = "CRP_JAX_CPU_TUNING"
+PLAIN = "CRP_PLAIN_PROCESS"
+_JAXLIB = "0.10."
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4     # glibc's malloc.h
+_INT_MAX = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuSettings:
+  """What :func:`configure_cpu` did.
+
+  Attributes:
+    added: flags appended to ``XLA_FLAGS`` by this call.
+    flags: the flags this jaxlib gets (empty where none is known to help).
+    status: the XLA flag: ``"added"``, ``"present"`` (already in ``XLA_FLAGS``),
+      ``"opted_out"``, ``"unsupported"`` (another jaxlib) or ``"too_late"`` (a
+      backend had started).
+    malloc: ``"retain"`` (set), ``"opted_out"``, ``"accelerator"`` (a JAX
+      accelerator plugin is installed) or ``"not_glibc"``.
+  """
+  added: tuple[str, ...]
+  flags: tuple[str, ...]
+  status: str
+  malloc: str = "opted_out"
+
+  @property
+  def active(self) -> bool:
+    """Whether the XLA flags are in effect in this process."""
+    return self.status in ("added", "present")
+
+
+def jaxlib_version() -> str:
+  try:
+    return importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return ""
+
+
+def flags_for(version: str) -> tuple[str, ...]:
+  """The flags for jaxlib ``version``: :data:`FLAGS` on 0.10.x, none elsewhere."""
+  return FLAGS if version.startswith(_JAXLIB) else ()
+
+
+def with_flags(xla_flags: str, flags: tuple[str, ...]) -> str:
+  """``xla_flags`` with each of ``flags`` appended unless already there (in any position)."""
+  have = xla_flags.split()
+  return " ".join(have + [f for f in flags if f not in have])
+
+
+def backends_started() -> bool:
+  """Whether JAX has started a backend (after which ``XLA_FLAGS`` is not read again)."""
+  if "jax" not in sys.modules:
+    return False
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  return xla_bridge.backends_are_initialized()
+
+
+def accelerator_plugin() -> bool:
+  """Whether a JAX accelerator plugin is installed (CUDA/ROCm register ``jax_plugins``; TPU is ``libtpu``)."""
+  return bool(importlib.metadata.entry_points(group="jax_plugins")) or importlib.util.find_spec("libtpu") is not None
+
+
+def retain_freed_memory() -> str:
+  """Sets glibc's malloc to serve large blocks from its heap and keep what is freed; returns the malloc status."""
+  if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    return "not_glibc"
+  if accelerator_plugin():
+    return "accelerator"
+  libc = ctypes.CDLL(None)
+  ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
+  return "retain" if ok else "not_glibc"
+
+
+def configure_cpu(environ: MutableMapping[str, str] | None = None, *, version: str | None = None,
+                  started: Callable[[], bool] = backends_started, malloc: Callable[[], str] = retain_freed_memory,
+                  opt_out: bool = False) -> CpuSettings:
+  """Applies the two settings of the module doc: :data:`FLAGS` to ``XLA_FLAGS`` if still possible, and malloc's.
+
+  Call it before the first JAX computation; ``import crp_jax`` does (see the
+  module doc). Idempotent. Returns what it did; prints nothing.
+
+  Args:
+    environ: the environment to change (``os.environ``).
+    version: the jaxlib version (default: the installed one).
+    started: whether a JAX backend has started (default: :func:`backends_started`).
+    malloc: sets malloc and returns its status (default: :func:`retain_freed_memory`).
+    opt_out: respect ``CRP_JAX_CPU_TUNING=0`` and ``CRP_PLAIN_PROCESS=1`` (the import-time call does).
+  """
+  env = os.environ if environ is None else environ
+  flags = flags_for(jaxlib_version() if version is None else version)
+  if opt_out and (env.get(ENV) == "0" or env.get(PLAIN) == "1"):
+    return CpuSettings((), flags, "opted_out", "opted_out")
+  memory = malloc()
+  if not flags:
+    return CpuSettings((), flags, "unsupported", memory)
+  missing = tuple(f for f in flags if f not in env.get("XLA_FLAGS", "").split())
+  if not missing:
+    return CpuSettings((), flags, "present", memory)
+  if started():
+    return CpuSettings((), flags, "too_late", memory)
+  env["XLA_FLAGS"] = with_flags(env.get("XLA_FLAGS", ""), flags)
+  return CpuSettings(missing, flags, "added", memory)
+
+
+def notice(settings: CpuSettings, environ: Mapping[str, str]) -> str | None:
+  """The one line ``import crp_jax`` prints for ``settings``, or ``None`` (nothing to say, or ``CRP_JAX_CPU_TUNING=1``)."""
+  if environ.get(ENV) == "1":
+    return None
+  kept = "; malloc keeps freed memory" if settings.malloc == "retain" else ""
+  if settings.status == "added":
+    return f"crp_jax: added {' '.join(settings.added)} to XLA_FLAGS{kept} (faster CPU steps; {ENV}=0 opts out)"
+  if settings.status == "too_late" and _on_cpu():
+    return (f"crp_jax: JAX started before `import crp_jax`, so XLA_FLAGS lacks {' '.join(settings.flags)} "
+            "(CPU convolutions 2-3x faster): import crp_jax first, or call crp_jax.configure_cpu() "
+            f"before any JAX computation; {ENV}=0 silences this")
+  return None
+
+
+def _on_cpu() -> bool:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.default_backend() == "cpu"
+
+
+def on_import() -> CpuSettings:
+  """What ``import crp_jax`` runs: :func:`configure_cpu` with the opt-outs, and its :func:`notice` on stderr."""
+  settings = configure_cpu(opt_out=True)
+  line = notice(settings, os.environ)
+  if line:
+    print(line, file=sys.stderr, flush=True)
+  return settings
