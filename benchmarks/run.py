@@ -71,7 +71,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import _env, _flops, _timing
-from crp_jax import attacks
+from crp_jax import attacks, cpu
 from crp_jax.runner import train
 from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables
 from crp_jax.perturbations import make_delta
@@ -130,6 +130,11 @@ def on_accelerator() -> bool:
 def default_rows() -> list[str]:
   """Every row but ``wrn`` on a CPU; every row but ``memory`` and ``plain`` (CPU only) on an accelerator."""
   return [r for r in ROWS if r not in (("memory", "plain") if on_accelerator() else ("wrn",))]
+
+
+def plain_wanted(rows: str) -> bool:
+  """Whether ``--rows`` asks for the plain table, without starting JAX (by default: no accelerator plugin)."""
+  return "plain" in rows.split(",") if rows else not cpu.accelerator_plugin()
 
 
 @dataclasses.dataclass
@@ -782,7 +787,7 @@ def run_rows(args: Args) -> str:
   compile_times: dict[str, float] = {}
   rows: list[Row] = []
   plain = ""
-  if "plain" in wanted:
+  if "plain" in wanted and (args.rows or plain_wanted(args.rows)):
     settings, measured = plain_rows(args)
     plain = plain_section(settings, measured)
     for r in measured:
@@ -845,8 +850,7 @@ def _command_line(args: Args) -> None:
   ``$CRP_BENCH_PLAIN_JSON``.
   """
   extra: dict[str, str] = {}
-  wanted = args.rows.split(",") if args.rows else default_rows()
-  if "plain" in wanted and not os.environ.get(PLAIN_JSON):
+  if plain_wanted(args.rows) and not os.environ.get(PLAIN_JSON):
     extra[PLAIN_JSON] = os.path.join(tempfile.mkdtemp(prefix="crp_bench_plain_"), "plain.json")
     measure_plain(args, extra[PLAIN_JSON], dict(os.environ))
     os.environ.update(extra)

@@ -1,39 +1,43 @@
-"""CPU settings that make crp_jax fast in any process, applied when ``crp_jax`` is imported.
+"""CPU settings that make crp_jax fast in any process: an XLA flag at ``import crp_jax``, malloc on request.
 
-Two settings, each measured in a plain process on a 2-core VM
-(``python -m benchmarks.plain``; ``benchmarks/results.md``, plain-process
-table). Neither changes a result beyond float rounding (a different
-convolution kernel sums in a different order); the test suite runs with both.
+Measured in a plain process on a 2-core VM (``python -m benchmarks.plain``;
+``benchmarks/results.md``, plain-process table). Neither changes a result
+beyond float rounding (a different convolution kernel sums in a different
+order); the test suite runs with the flag.
 
-* **The XLA flag** ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``:
-  single convolutions go to Eigen instead of YNNPACK, whose 5x5 and 3x3
-  convolutions and their gradients are 2-3x slower on this CPU (LeNet's
-  second convolution: 39 vs 100 ms at batch 256). XLA reads ``XLA_FLAGS``
-  once, when JAX starts its first backend (the first ``jax.devices()``,
-  array or compiled call), not at ``import jax``; so the flag is added to
+* **The XLA flag** ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``,
+  applied by ``import crp_jax``: single convolutions go to Eigen instead of
+  YNNPACK, whose 5x5 convolutions and their gradients are 2-3x slower on this
+  CPU (LeNet's second convolution: 39 vs 100 ms at batch 256; a user's
+  ``ball_loss`` step 3.3x faster). XLA reads ``XLA_FLAGS`` once, when JAX
+  starts its first backend (the first ``jax.devices()``, array or compiled
+  call), not at ``import jax``; so the flag is added to
   ``os.environ["XLA_FLAGS"]`` only if no backend has started. It exists in
   jaxlib 0.10 only, and XLA aborts on an unknown flag, so other jaxlib
   versions get nothing.
-* **glibc's malloc keeps freed memory** (``mallopt(M_MMAP_MAX, 0)`` and an
-  infinite ``M_TRIM_THRESHOLD``): XLA:CPU allocates each execution's
-  buffers afresh, and glibc serves blocks over 32 MiB with a new ``mmap``
-  whose every 4 KiB page faults on first touch. A LeNet train step at batch
-  128 took 15,000 faults and 54 ms of system time per step (185 ms); with
-  the setting, 1,900 faults, 8 ms and 151 ms. Memory freed is reused by the
-  process instead of returned to the kernel, as tcmalloc and jemalloc do.
-  Only with glibc on Linux, and only when no JAX accelerator plugin (CUDA,
-  ROCm, TPU) is installed: there the host is not where the work is.
+* **glibc's malloc keeping freed memory** (``mallopt(M_MMAP_MAX, 0)`` and an
+  infinite ``M_TRIM_THRESHOLD``), only with
+  ``configure_cpu(retain_freed_memory=True)``: glibc serves blocks over
+  32 MiB with a fresh ``mmap`` whose every 4 KiB page faults on first touch,
+  and XLA:CPU allocates each execution's temporaries afresh. The CLI's LeNet
+  step at batch 128 took 15,000 faults and 54 ms of system time per step
+  (185 ms); with the setting, 1,900 faults, 8 ms and 147 ms. It is not
+  applied at import: it changes how the whole process, PyTorch included,
+  uses memory (freed memory is reused, not returned to the kernel), and in
+  the plain-process benchmark it sped PyTorch's large-batch steps up more
+  than ours. Only with glibc on Linux, and not when a JAX accelerator plugin
+  (CUDA, ROCm, TPU) is installed: there the host is not where the work is.
 
-``import crp_jax`` applies both (:func:`on_import`) and prints one line saying
-so. ``CRP_JAX_CPU_TUNING`` controls this:
+``import crp_jax`` applies the flag (:func:`on_import`) and prints one line
+saying so. ``CRP_JAX_CPU_TUNING`` controls this:
 
-* unset: apply them and say so once;
-* ``1``: apply them silently (the entry points set this);
+* unset: apply it and say so once;
+* ``1``: apply it silently (the entry points set this);
 * ``0``: apply nothing (so does ``CRP_PLAIN_PROCESS=1``).
 
-If JAX had already started a backend on the CPU, the line says the XLA flag
-could not be applied and how to get it. :func:`configure_cpu` applies both
-explicitly, before any JAX computation, whatever the environment says.
+If JAX had already started a backend on the CPU, the line says the flag
+could not be applied and how to get it: :func:`configure_cpu`, called before
+any JAX computation, applies it whatever the environment says.
 """
 
 from __future__ import annotations
@@ -65,13 +69,13 @@ class CpuSettings:
     status: the XLA flag: ``"added"``, ``"present"`` (already in ``XLA_FLAGS``),
       ``"opted_out"``, ``"unsupported"`` (another jaxlib) or ``"too_late"`` (a
       backend had started).
-    malloc: ``"retain"`` (set), ``"opted_out"``, ``"accelerator"`` (a JAX
-      accelerator plugin is installed) or ``"not_glibc"``.
+    malloc: ``"default"`` (not asked for), ``"retain"`` (set), ``"opted_out"``,
+      ``"accelerator"`` (a JAX accelerator plugin is installed) or ``"not_glibc"``.
   """
   added: tuple[str, ...]
   flags: tuple[str, ...]
   status: str
-  malloc: str = "opted_out"
+  malloc: str = "default"
 
   @property
   def active(self) -> bool:
@@ -110,6 +114,10 @@ def accelerator_plugin() -> bool:
   return bool(importlib.metadata.entry_points(group="jax_plugins")) or importlib.util.find_spec("libtpu") is not None
 
 
+def _retain() -> str:
+  return retain_freed_memory()
+
+
 def retain_freed_memory() -> str:
   """Sets glibc's malloc to serve large blocks from its heap and keep what is freed; returns the malloc status."""
   if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
@@ -121,26 +129,28 @@ def retain_freed_memory() -> str:
   return "retain" if ok else "not_glibc"
 
 
-def configure_cpu(environ: MutableMapping[str, str] | None = None, *, version: str | None = None,
-                  started: Callable[[], bool] = backends_started, malloc: Callable[[], str] = retain_freed_memory,
-                  opt_out: bool = False) -> CpuSettings:
-  """Applies the two settings of the module doc: :data:`FLAGS` to ``XLA_FLAGS`` if still possible, and malloc's.
+def configure_cpu(environ: MutableMapping[str, str] | None = None, *, retain_freed_memory: bool = False,
+                  version: str | None = None, started: Callable[[], bool] = backends_started,
+                  malloc: Callable[[], str] | None = None, opt_out: bool = False) -> CpuSettings:
+  """Adds :data:`FLAGS` to ``XLA_FLAGS`` if still possible, and with ``retain_freed_memory`` sets malloc.
 
-  Call it before the first JAX computation; ``import crp_jax`` does (see the
-  module doc). Idempotent. Returns what it did; prints nothing.
+  Call it before the first JAX computation; ``import crp_jax`` does, without
+  ``retain_freed_memory`` (see the module doc). Idempotent. Returns what it
+  did; prints nothing.
 
   Args:
     environ: the environment to change (``os.environ``).
+    retain_freed_memory: also set glibc's malloc to keep freed memory (module doc).
     version: the jaxlib version (default: the installed one).
     started: whether a JAX backend has started (default: :func:`backends_started`).
-    malloc: sets malloc and returns its status (default: :func:`retain_freed_memory`).
+    malloc: sets malloc and returns its status (default: the module's ``retain_freed_memory``).
     opt_out: respect ``CRP_JAX_CPU_TUNING=0`` and ``CRP_PLAIN_PROCESS=1`` (the import-time call does).
   """
   env = os.environ if environ is None else environ
   flags = flags_for(jaxlib_version() if version is None else version)
   if opt_out and (env.get(ENV) == "0" or env.get(PLAIN) == "1"):
     return CpuSettings((), flags, "opted_out", "opted_out")
-  memory = malloc()
+  memory = (malloc or _retain)() if retain_freed_memory else "default"
   if not flags:
     return CpuSettings((), flags, "unsupported", memory)
   missing = tuple(f for f in flags if f not in env.get("XLA_FLAGS", "").split())
@@ -156,9 +166,8 @@ def notice(settings: CpuSettings, environ: Mapping[str, str]) -> str | None:
   """The one line ``import crp_jax`` prints for ``settings``, or ``None`` (nothing to say, or ``CRP_JAX_CPU_TUNING=1``)."""
   if environ.get(ENV) == "1":
     return None
-  kept = "; malloc keeps freed memory" if settings.malloc == "retain" else ""
   if settings.status == "added":
-    return f"crp_jax: added {' '.join(settings.added)} to XLA_FLAGS{kept} (faster CPU steps; {ENV}=0 opts out)"
+    return f"crp_jax: added {' '.join(settings.added)} to XLA_FLAGS (faster CPU convolutions; {ENV}=0 opts out)"
   if settings.status == "too_late" and _on_cpu():
     return (f"crp_jax: JAX started before `import crp_jax`, so XLA_FLAGS lacks {' '.join(settings.flags)} "
             "(CPU convolutions 2-3x faster): import crp_jax first, or call crp_jax.configure_cpu() "

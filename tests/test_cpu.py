@@ -1,6 +1,5 @@
 """crp_jax.cpu: the CPU settings ``import crp_jax`` applies (an XLA flag, malloc), their opt-outs and the notice."""
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ def configure(env, **kw):
   kw.setdefault("version", "0.10.2")
   kw.setdefault("started", lambda: False)
   kw.setdefault("malloc", lambda: "retain")
+  kw.setdefault("retain_freed_memory", True)
   return cpu.configure_cpu(env, **kw)
 
 
@@ -46,11 +46,12 @@ def test_other_jaxlib_versions_get_nothing():
   assert env == {} and cpu.flags_for("0.10.0") == cpu.FLAGS
 
 
-def test_malloc_retention_on_this_process():
-  status = cpu.retain_freed_memory()     # idempotent: the import already ran it
+def test_malloc_retention_on_request_only():
+  assert configure({}, retain_freed_memory=False, malloc=lambda: pytest.fail("malloc set")).malloc == "default"
+  code = "import crp_jax; print(crp_jax.configure_cpu(retain_freed_memory=True).malloc)"
+  status = _python(code, CRP_JAX_CPU_TUNING="0").stdout.strip()
+  assert status == ("retain" if sys.platform == "linux" and not cpu.accelerator_plugin() else status)
   assert status in ("retain", "accelerator", "not_glibc")
-  if sys.platform == "linux" and not cpu.accelerator_plugin():
-    assert status == "retain"
 
 
 def test_too_late_once_a_backend_has_started():
@@ -61,10 +62,9 @@ def test_too_late_once_a_backend_has_started():
 
 
 def test_notice_lines():
-  added = cpu.CpuSettings((FLAG,), (FLAG,), "added", "retain")
+  added = cpu.CpuSettings((FLAG,), (FLAG,), "added")
   line = cpu.notice(added, {})
-  assert FLAG in line and "malloc keeps freed memory" in line and "CRP_JAX_CPU_TUNING=0" in line
-  assert "\n" not in line and "malloc" not in cpu.notice(dataclasses.replace(added, malloc="accelerator"), {})
+  assert FLAG in line and "CRP_JAX_CPU_TUNING=0" in line and "\n" not in line
   assert cpu.notice(added, {"CRP_JAX_CPU_TUNING": "1"}) is None
   assert cpu.notice(cpu.CpuSettings((), (FLAG,), "present"), {}) is None
 
@@ -83,12 +83,9 @@ SHOW = ("import os, jax, crp_jax; print(crp_jax.cpu_settings.status); print(os.e
 @pytest.mark.skipif(not cpu.flags_for(cpu.jaxlib_version()), reason="no flag for this jaxlib")
 def test_import_applies_the_flag_and_says_so_once():
   out = _python(SHOW)
-  status, flags, value, malloc = out.stdout.split("\n")[:4]
-  assert (status, flags, value) == ("added", FLAG, "2")
-  expected = "retain" if sys.platform == "linux" and not cpu.accelerator_plugin() else malloc
-  assert malloc == expected
+  assert out.stdout.split("\n")[:4] == ["added", FLAG, "2", "default"]   # malloc only on request
   assert [line for line in out.stderr.splitlines() if line.startswith("crp_jax:")] == [cpu.notice(
-      cpu.CpuSettings((FLAG,), (FLAG,), "added", malloc), {})]
+      cpu.CpuSettings((FLAG,), (FLAG,), "added"), {})]
 
 
 @pytest.mark.skipif(not cpu.flags_for(cpu.jaxlib_version()), reason="no flag for this jaxlib")

@@ -113,7 +113,8 @@ def torch_profile(fn: Callable[[], object], steps: int = 10) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _env.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-  print(f"devices {jax.devices()}, XLA_FLAGS via import crp_jax: {crp_jax.cpu_settings.status}", flush=True)
+  print(f"devices {jax.devices()}, import crp_jax: XLA flag {crp_jax.cpu_settings.status}, "
+        f"malloc {crp_jax.cpu_settings.malloc}", flush=True)
   ours, theirs = stages()
   if flags.FLAGS.profile:
     jax_profile(ours["fgsm"])
