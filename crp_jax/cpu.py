@@ -1,4 +1,4 @@
-"""CPU settings that make crp_jax fast in any process: an XLA flag at ``import crp_jax``, malloc on request.
+"""CPU settings that make crp_jax fast in any process: XLA flags at ``import crp_jax``, malloc on request.
 
 Measured in a plain process on a 2-core VM (``python -m benchmarks.plain``;
 ``benchmarks/results.md``, plain-process table). Neither changes a result
@@ -15,21 +15,30 @@ order); the test suite runs with the flag.
   ``os.environ["XLA_FLAGS"]`` only if no backend has started. It exists in
   jaxlib 0.10 only, and XLA aborts on an unknown flag, so other jaxlib
   versions get nothing.
+* **Temporary buffers of 16 MiB at most** (``--xla_multiheap_size_constraint_per_heap=16777216``),
+  with the flag above: XLA:CPU allocates each execution's temporaries
+  afresh, and packed into one block of over 32 MiB they are a fresh
+  ``mmap`` from glibc every time, whose every 4 KiB page faults on first
+  touch. Heaps of 16 MiB stay under glibc's adaptive mmap threshold and are
+  reused. The CLI's LeNet step at batch 128: 15,100 faults and 52 ms of
+  system time per step (162 ms) before, 2,400 faults, 10 ms and 149 ms
+  after. Buffer placement only: the same operations in the same order. Not
+  when a JAX accelerator plugin is installed (it would split a GPU's
+  buffers too).
 * **glibc's malloc keeping freed memory** (``mallopt(M_MMAP_MAX, 0)`` and an
   infinite ``M_TRIM_THRESHOLD``), only with
-  ``configure_cpu(retain_freed_memory=True)``: glibc serves blocks over
-  32 MiB with a fresh ``mmap`` whose every 4 KiB page faults on first touch,
-  and XLA:CPU allocates each execution's temporaries afresh. The CLI's LeNet
-  step at batch 128 took 15,000 faults and 54 ms of system time per step
-  (185 ms); with the setting, 1,900 faults, 8 ms and 147 ms. It is not
+  ``configure_cpu(retain_freed_memory=True)``: the same faults for every
+  block over 32 MiB, XLA's or not. The CLI's LeNet step at batch 128 took
+  15,000 faults and 54 ms of system time per step (185 ms); with the
+  setting, 1,900 faults, 8 ms and 147 ms. It is not
   applied at import: it changes how the whole process, PyTorch included,
   uses memory (freed memory is reused, not returned to the kernel), and in
   the plain-process benchmark it sped PyTorch's large-batch steps up more
   than ours. Only with glibc on Linux, and not when a JAX accelerator plugin
   (CUDA, ROCm, TPU) is installed: there the host is not where the work is.
 
-``import crp_jax`` applies the flag (:func:`on_import`) and prints one line
-saying so. ``CRP_JAX_CPU_TUNING`` controls this:
+``import crp_jax`` applies the two flags (:func:`on_import`) and prints one
+line saying so. ``CRP_JAX_CPU_TUNING`` controls this:
 
 * unset: apply it and say so once;
 * ``1``: apply it silently (the entry points set this);
@@ -52,6 +61,8 @@ import sys
 from typing import Callable, Mapping, MutableMapping
 
 FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+#: Only without an accelerator plugin: it would split a GPU's or TPU's temporary buffers too.
+HOST_FLAGS = ("--xla_multiheap_size_constraint_per_heap=16777216",)
 ENV = "CRP_JAX_CPU_TUNING"
 PLAIN = "CRP_PLAIN_PROCESS"
 _JAXLIB = "0.10."
@@ -90,15 +101,26 @@ def jaxlib_version() -> str:
     return ""
 
 
-def flags_for(version: str) -> tuple[str, ...]:
-  """The flags for jaxlib ``version``: :data:`FLAGS` on 0.10.x, none elsewhere."""
-  return FLAGS if version.startswith(_JAXLIB) else ()
+def flags_for(version: str, accelerator: bool = False) -> tuple[str, ...]:
+  """The flags for jaxlib ``version``: :data:`FLAGS` (and :data:`HOST_FLAGS` without an accelerator) on 0.10.x."""
+  if not version.startswith(_JAXLIB):
+    return ()
+  return FLAGS if accelerator else FLAGS + HOST_FLAGS
+
+
+def _name(flag: str) -> str:
+  return flag.split("=", 1)[0]
+
+
+def missing_flags(xla_flags: str, flags: tuple[str, ...]) -> tuple[str, ...]:
+  """Those of ``flags`` whose name ``xla_flags`` does not set (a value the user chose stays theirs)."""
+  have = {_name(f) for f in xla_flags.split()}
+  return tuple(f for f in flags if _name(f) not in have)
 
 
 def with_flags(xla_flags: str, flags: tuple[str, ...]) -> str:
-  """``xla_flags`` with each of ``flags`` appended unless already there (in any position)."""
-  have = xla_flags.split()
-  return " ".join(have + [f for f in flags if f not in have])
+  """``xla_flags`` with each of ``flags`` appended unless it already sets that flag (to any value)."""
+  return " ".join(xla_flags.split() + list(missing_flags(xla_flags, flags)))
 
 
 def backends_started() -> bool:
@@ -131,7 +153,8 @@ def retain_freed_memory() -> str:
 
 def configure_cpu(environ: MutableMapping[str, str] | None = None, *, retain_freed_memory: bool = False,
                   version: str | None = None, started: Callable[[], bool] = backends_started,
-                  malloc: Callable[[], str] | None = None, opt_out: bool = False) -> CpuSettings:
+                  accelerator: Callable[[], bool] | None = None, malloc: Callable[[], str] | None = None,
+                  opt_out: bool = False) -> CpuSettings:
   """Adds :data:`FLAGS` to ``XLA_FLAGS`` if still possible, and with ``retain_freed_memory`` sets malloc.
 
   Call it before the first JAX computation; ``import crp_jax`` does, without
@@ -143,17 +166,18 @@ def configure_cpu(environ: MutableMapping[str, str] | None = None, *, retain_fre
     retain_freed_memory: also set glibc's malloc to keep freed memory (module doc).
     version: the jaxlib version (default: the installed one).
     started: whether a JAX backend has started (default: :func:`backends_started`).
+    accelerator: whether an accelerator plugin is installed (default: :func:`accelerator_plugin`).
     malloc: sets malloc and returns its status (default: the module's ``retain_freed_memory``).
     opt_out: respect ``CRP_JAX_CPU_TUNING=0`` and ``CRP_PLAIN_PROCESS=1`` (the import-time call does).
   """
   env = os.environ if environ is None else environ
-  flags = flags_for(jaxlib_version() if version is None else version)
+  flags = flags_for(jaxlib_version() if version is None else version, (accelerator or accelerator_plugin)())
   if opt_out and (env.get(ENV) == "0" or env.get(PLAIN) == "1"):
     return CpuSettings((), flags, "opted_out", "opted_out")
   memory = (malloc or _retain)() if retain_freed_memory else "default"
   if not flags:
     return CpuSettings((), flags, "unsupported", memory)
-  missing = tuple(f for f in flags if f not in env.get("XLA_FLAGS", "").split())
+  missing = missing_flags(env.get("XLA_FLAGS", ""), flags)
   if not missing:
     return CpuSettings((), flags, "present", memory)
   if started():

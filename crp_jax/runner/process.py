@@ -32,7 +32,7 @@ from typing import Mapping
 from crp_jax import cpu
 
 HUGETLB = "glibc.malloc.hugetlb=1"
-XLA_CPU_FLAGS = cpu.FLAGS
+XLA_CPU_FLAGS = cpu.FLAGS + cpu.HOST_FLAGS
 _MARK = "CRP_TUNED_PROCESS"
 PLAIN = cpu.PLAIN
 
@@ -43,7 +43,7 @@ def tuned_env(environ: Mapping[str, str]) -> dict[str, str]:
   tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
   if HUGETLB not in tunables:
     env["GLIBC_TUNABLES"] = ":".join(tunables + [HUGETLB])
-  flags = cpu.flags_for(cpu.jaxlib_version())
+  flags = cpu.flags_for(cpu.jaxlib_version(), cpu.accelerator_plugin())
   if flags:
     env["XLA_FLAGS"] = cpu.with_flags(env.get("XLA_FLAGS", ""), flags)
   return env
