@@ -1,4 +1,4 @@
-"""CPU settings that make crp_jax fast in any process: XLA flags at ``import crp_jax``, malloc on request.
+"""CPU settings that make crp_jax fast in any process: an XLA flag at ``import crp_jax``, malloc on request.
 
 Measured in a plain process on a 2-core VM (``python -m benchmarks.plain``;
 ``benchmarks/results.md``, plain-process table). Neither changes a result
@@ -15,16 +15,6 @@ order); the test suite runs with the flag.
   ``os.environ["XLA_FLAGS"]`` only if no backend has started. It exists in
   jaxlib 0.10 only, and XLA aborts on an unknown flag, so other jaxlib
   versions get nothing.
-* **Temporary buffers of 16 MiB at most** (``--xla_multiheap_size_constraint_per_heap=16777216``),
-  with the flag above: XLA:CPU allocates each execution's temporaries
-  afresh, and packed into one block of over 32 MiB they are a fresh
-  ``mmap`` from glibc every time, whose every 4 KiB page faults on first
-  touch. Heaps of 16 MiB stay under glibc's adaptive mmap threshold and are
-  reused. The CLI's LeNet step at batch 128: 15,100 faults and 52 ms of
-  system time per step (162 ms) before, 2,400 faults, 10 ms and 149 ms
-  after. Buffer placement only: the same operations in the same order. Not
-  when a JAX accelerator plugin is installed (it would split a GPU's
-  buffers too).
 * **glibc's malloc keeping freed memory** (``mallopt(M_MMAP_MAX, 0)`` and an
   infinite ``M_TRIM_THRESHOLD``), only with
   ``configure_cpu(retain_freed_memory=True)``: the same faults for every
@@ -34,11 +24,15 @@ order); the test suite runs with the flag.
   applied at import: it changes how the whole process, PyTorch included,
   uses memory (freed memory is reused, not returned to the kernel), and in
   the plain-process benchmark it sped PyTorch's large-batch steps up more
-  than ours. Only with glibc on Linux, and not when a JAX accelerator plugin
+  than ours. (``--xla_multiheap_size_constraint_per_heap=16777216``, which
+  keeps XLA's temporary heaps under glibc's mmap threshold, fixed the same
+  faults for XLA alone, the CLI step 1.12x PyTorch in a plain process, but
+  it cost the ``ball_loss`` step 14% and the CLI's ResNet-18 step 19%:
+  ``benchmarks/results.md``; not applied.) Only with glibc on Linux, and not when a JAX accelerator plugin
   (CUDA, ROCm, TPU) is installed: there the host is not where the work is.
 
-``import crp_jax`` applies the two flags (:func:`on_import`) and prints one
-line saying so. ``CRP_JAX_CPU_TUNING`` controls this:
+``import crp_jax`` applies the flag (:func:`on_import`) and prints one line
+saying so. ``CRP_JAX_CPU_TUNING`` controls this:
 
 * unset: apply it and say so once;
 * ``1``: apply it silently (the entry points set this);
@@ -61,8 +55,6 @@ import sys
 from typing import Callable, Mapping, MutableMapping
 
 FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
-#: Only without an accelerator plugin: it would split a GPU's or TPU's temporary buffers too.
-HOST_FLAGS = ("--xla_multiheap_size_constraint_per_heap=16777216",)
 ENV = "CRP_JAX_CPU_TUNING"
 PLAIN = "CRP_PLAIN_PROCESS"
 _JAXLIB = "0.10."
@@ -101,11 +93,9 @@ def jaxlib_version() -> str:
     return ""
 
 
-def flags_for(version: str, accelerator: bool = False) -> tuple[str, ...]:
-  """The flags for jaxlib ``version``: :data:`FLAGS` (and :data:`HOST_FLAGS` without an accelerator) on 0.10.x."""
-  if not version.startswith(_JAXLIB):
-    return ()
-  return FLAGS if accelerator else FLAGS + HOST_FLAGS
+def flags_for(version: str) -> tuple[str, ...]:
+  """The flags for jaxlib ``version``: :data:`FLAGS` on 0.10.x, none elsewhere."""
+  return FLAGS if version.startswith(_JAXLIB) else ()
 
 
 def _name(flag: str) -> str:
@@ -153,8 +143,7 @@ def retain_freed_memory() -> str:
 
 def configure_cpu(environ: MutableMapping[str, str] | None = None, *, retain_freed_memory: bool = False,
                   version: str | None = None, started: Callable[[], bool] = backends_started,
-                  accelerator: Callable[[], bool] | None = None, malloc: Callable[[], str] | None = None,
-                  opt_out: bool = False) -> CpuSettings:
+                  malloc: Callable[[], str] | None = None, opt_out: bool = False) -> CpuSettings:
   """Adds :data:`FLAGS` to ``XLA_FLAGS`` if still possible, and with ``retain_freed_memory`` sets malloc.
 
   Call it before the first JAX computation; ``import crp_jax`` does, without
@@ -166,12 +155,11 @@ def configure_cpu(environ: MutableMapping[str, str] | None = None, *, retain_fre
     retain_freed_memory: also set glibc's malloc to keep freed memory (module doc).
     version: the jaxlib version (default: the installed one).
     started: whether a JAX backend has started (default: :func:`backends_started`).
-    accelerator: whether an accelerator plugin is installed (default: :func:`accelerator_plugin`).
     malloc: sets malloc and returns its status (default: the module's ``retain_freed_memory``).
     opt_out: respect ``CRP_JAX_CPU_TUNING=0`` and ``CRP_PLAIN_PROCESS=1`` (the import-time call does).
   """
   env = os.environ if environ is None else environ
-  flags = flags_for(jaxlib_version() if version is None else version, (accelerator or accelerator_plugin)())
+  flags = flags_for(jaxlib_version() if version is None else version)
   if opt_out and (env.get(ENV) == "0" or env.get(PLAIN) == "1"):
     return CpuSettings((), flags, "opted_out", "opted_out")
   memory = (malloc or _retain)() if retain_freed_memory else "default"

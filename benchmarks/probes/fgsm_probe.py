@@ -2,6 +2,7 @@
 
     python -m benchmarks.probes.fgsm_probe              # stages, interleaved, then per-op profiles
     python -m benchmarks.probes.fgsm_probe --noprofile  # the stages only
+    python -m benchmarks.probes.fgsm_probe --layers     # each of LeNet's pieces alone
 
 A plain process as in ``benchmarks.plain`` (``import crp_jax`` first, one CPU
 device, torch at its default threads). Stages, each jitted on its own
@@ -13,7 +14,10 @@ device, torch at its default threads). Stages, each jitted on its own
   against ``torchattacks.FGSM``.
 
 Then per-thunk times of crp_jax's ``fgsm`` from a ``jax.profiler`` trace and
-per-operator times of torchattacks' from ``torch.profiler``.
+per-operator times of torchattacks' from ``torch.profiler``. XLA:CPU runs
+Eigen convolutions as tasks the trace does not name, so ``--layers`` also
+times each of LeNet's pieces jitted alone (run it once with
+``CRP_JAX_CPU_TUNING=0`` for YNNPACK's convolutions).
 """
 
 from __future__ import annotations
@@ -110,11 +114,39 @@ def torch_profile(fn: Callable[[], object], steps: int = 10) -> None:
     print(f"{e.self_cpu_time_total / (1e3 * steps):8.3f}  {e.key[:100]}")
 
 
+def layers() -> None:
+  """Median ms of each piece of LeNet's forward and input gradient at batch 256, each jitted alone."""
+  from crp_jax.models import conv as c  # pylint: disable=g-import-not-at-top
+  from crp_jax.models.lenet import max_pool_2x2  # pylint: disable=g-import-not-at-top
+  k, pads = jax.random.key(0), ((2, 2), (2, 2))
+  normal = lambda *shape: jax.random.normal(k, shape)
+  conv = jax.jit(lambda x, w: c._plain(x, w, pads, None))  # pylint: disable=protected-access
+  flip = lambda w: jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+  w1, w2, dense = normal(5, 5, 1, 32), normal(5, 5, 32, 64), normal(3136, 1024)
+  pool_vjp = jax.jit(lambda h, g: jax.vjp(lambda h: max_pool_2x2(jax.nn.relu(h)), h)[1](g)[0])
+  pieces = {
+      "conv1 forward (1 -> 32)": (conv, normal(BATCH, 28, 28, 1), w1),
+      "conv2 forward (32 -> 64)": (conv, normal(BATCH, 14, 14, 32), w2),
+      "conv2 input grad (64 -> 32)": (conv, normal(BATCH, 14, 14, 64), flip(w2)),
+      "conv1 input grad (32 -> 1)": (conv, normal(BATCH, 28, 28, 32), flip(w1)),
+      "relu + max-pool vjp, 28x28x32": (pool_vjp, normal(BATCH, 28, 28, 32), normal(BATCH, 14, 14, 32)),
+      "dense1 forward": (jax.jit(jnp.matmul), normal(BATCH, 3136), dense),
+      "dense1 input grad": (jax.jit(lambda g, w: g @ w.T), normal(BATCH, 1024), dense),
+  }
+  for name, (fn, *args) in pieces.items():
+    run = lambda fn=fn, args=args: fn(*args).block_until_ready()
+    times = _timing.interleave({name: run}, repeats=REPEATS, warmup=2)[name]
+    print(f"{name:30s} {1e3 * _timing.median(times):7.2f} ms", flush=True)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _env.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
   print(f"devices {jax.devices()}, import crp_jax: XLA flag {crp_jax.cpu_settings.status}, "
         f"malloc {crp_jax.cpu_settings.malloc}", flush=True)
+  if flags.FLAGS.layers:
+    layers()
+    return
   ours, theirs = stages()
   if flags.FLAGS.profile:
     jax_profile(ours["fgsm"])
@@ -123,4 +155,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   flags.DEFINE_bool("profile", True, "Print per-op profiles after the stages.")
+  flags.DEFINE_bool("layers", False, "Time each piece of LeNet alone instead (the module doc).")
   app.run(main, flags_parser=_env.parse_flags)

@@ -11,9 +11,9 @@ rounding (measured in ``benchmarks/results.md``):
 * ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``: single
   convolutions go to Eigen instead of YNNPACK, whose weight gradients of 3x3
   kernels are up to 10x slower (ResNet-18's first stage). The flag and the
-  jaxlib versions that get it are the library's (:mod:`crp_jax.cpu`,
-  which ``import crp_jax`` applies in any process); the re-executed command
-  has it from the start.
+  jaxlib versions that get it are the library's (:mod:`crp_jax.cpu`, which
+  ``import crp_jax`` applies in any process); the re-executed command has it
+  from the start.
 
 And a persistent compilation cache (:func:`setup_compilation_cache`), so a
 second model of the same shapes, or the same command run again, loads its
@@ -32,7 +32,7 @@ from typing import Mapping
 from crp_jax import cpu
 
 HUGETLB = "glibc.malloc.hugetlb=1"
-XLA_CPU_FLAGS = cpu.FLAGS + cpu.HOST_FLAGS
+XLA_CPU_FLAGS = cpu.FLAGS
 _MARK = "CRP_TUNED_PROCESS"
 PLAIN = cpu.PLAIN
 
@@ -43,7 +43,7 @@ def tuned_env(environ: Mapping[str, str]) -> dict[str, str]:
   tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
   if HUGETLB not in tunables:
     env["GLIBC_TUNABLES"] = ":".join(tunables + [HUGETLB])
-  flags = cpu.flags_for(cpu.jaxlib_version(), cpu.accelerator_plugin())
+  flags = cpu.flags_for(cpu.jaxlib_version())
   if flags:
     env["XLA_FLAGS"] = cpu.with_flags(env.get("XLA_FLAGS", ""), flags)
   return env
