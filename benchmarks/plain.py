@@ -36,7 +36,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -201,7 +201,8 @@ def main(argv: Sequence[str]) -> None:
   if unknown:
     _env.usage_error(f"--rows: unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}")
   jax.config.update("jax_num_cpu_devices", 1)   # JAX's default, whatever device count the caller forces
-  rows = measure(names, bench.sizes(FLAGS.tiny), _load_torch(FLAGS.torch), FLAGS.repeats)
+  tr = bench.load_torch(FLAGS.torch, threads=None)   # torch's default threads: a user's script sets none
+  rows = measure(names, bench.sizes(FLAGS.tiny), tr, FLAGS.repeats)
   for r in rows:
     print(f"{r.name:10s} {r.ours:34s} {r.ref:40s} {r.ratio:>8s}  {r.status}", flush=True)
   if FLAGS.json_out:
@@ -211,18 +212,6 @@ def main(argv: Sequence[str]) -> None:
     os.replace(FLAGS.json_out + ".tmp", FLAGS.json_out)
   if any(r.status == bench.FAILED for r in rows):
     sys.exit(1)
-
-
-def _load_torch(enabled: bool) -> Any | None:
-  """The reference module at torch's default thread count (a user's script sets none)."""
-  if not enabled:
-    return None
-  try:
-    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return None
-  from reference import torch_models  # pylint: disable=g-import-not-at-top
-  return torch_models
 
 
 if __name__ == "__main__":

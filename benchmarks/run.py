@@ -152,15 +152,16 @@ class Row:
 # ----------------------------------------------------------------------------- torch
 
 
-def load_torch(enabled: bool) -> Any | None:
-  """The reference module, or ``None`` when torch is missing or ``--notorch``."""
+def load_torch(enabled: bool, threads: int | None = os.cpu_count() or 1) -> Any | None:
+  """The reference module, or ``None`` when torch is missing or ``--notorch``; ``threads=None``: torch's default."""
   if not enabled:
     return None
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
-  torch.set_num_threads(os.cpu_count() or 1)
+  if threads is not None:
+    torch.set_num_threads(threads)
   from reference import torch_models  # pylint: disable=g-import-not-at-top
   return torch_models
 

@@ -19,8 +19,9 @@ order); the test suite runs with the flag.
   infinite ``M_TRIM_THRESHOLD``), only with
   ``configure_cpu(retain_freed_memory=True)``: the same faults for every
   block over 32 MiB, XLA's or not. The CLI's LeNet step at batch 128 took
-  15,000 faults and 54 ms of system time per step (185 ms); with the
-  setting, 1,900 faults, 8 ms and 147 ms. It is not
+  15,100 faults and 52-54 ms of system time per step (162-185 ms); with
+  the setting, 1,100-1,900 faults, 4-8 ms and 147-151 ms
+  (``python -m benchmarks.probes.fault_probe``). It is not
   applied at import: it changes how the whole process, PyTorch included,
   uses memory (freed memory is reused, not returned to the kernel), and in
   the plain-process benchmark it sped PyTorch's large-batch steps up more
