@@ -60,8 +60,12 @@ def test_one_and_four_devices_agree(tmp_path):
   one = _fit(tmp_path, "one", 1)
   four = _fit(tmp_path, "four", 4)
   assert int(one.step) == int(four.step) == 128 * 3 // 16
+  # Float rounding only: each device sums its shard's gradient, then the all-reduce sums the four. Under
+  # the XLA:CPU convolution flag that `import crp_jax` applies (Eigen kernels; the CLI always ran with
+  # it), 1 of 3.2M parameters differed by 2.7e-5 after 24 Adam steps (2e-5 passed without the flag).
+  # 5e-5 is 5% of one Adam step at lr 1e-3.
   for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5, rtol=1e-4)
 
 
 def test_train_mesh_is_one_device_per_process_on_a_cpu_only(monkeypatch):
