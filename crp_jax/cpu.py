@@ -127,11 +127,7 @@ def accelerator_plugin() -> bool:
   return bool(importlib.metadata.entry_points(group="jax_plugins")) or importlib.util.find_spec("libtpu") is not None
 
 
-def _retain() -> str:
-  return retain_freed_memory()
-
-
-def retain_freed_memory() -> str:
+def keep_freed_memory() -> str:
   """Sets glibc's malloc to serve large blocks from its heap and keep what is freed; returns the malloc status."""
   if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
     return "not_glibc"
@@ -144,7 +140,7 @@ def retain_freed_memory() -> str:
 
 def configure_cpu(environ: MutableMapping[str, str] | None = None, *, retain_freed_memory: bool = False,
                   version: str | None = None, started: Callable[[], bool] = backends_started,
-                  malloc: Callable[[], str] | None = None, opt_out: bool = False) -> CpuSettings:
+                  malloc: Callable[[], str] = keep_freed_memory, opt_out: bool = False) -> CpuSettings:
   """Adds :data:`FLAGS` to ``XLA_FLAGS`` if still possible, and with ``retain_freed_memory`` sets malloc.
 
   Call it before the first JAX computation; ``import crp_jax`` does, without
@@ -156,14 +152,14 @@ def configure_cpu(environ: MutableMapping[str, str] | None = None, *, retain_fre
     retain_freed_memory: also set glibc's malloc to keep freed memory (module doc).
     version: the jaxlib version (default: the installed one).
     started: whether a JAX backend has started (default: :func:`backends_started`).
-    malloc: sets malloc and returns its status (default: the module's ``retain_freed_memory``).
+    malloc: sets malloc and returns its status (default: :func:`keep_freed_memory`).
     opt_out: respect ``CRP_JAX_CPU_TUNING=0`` and ``CRP_PLAIN_PROCESS=1`` (the import-time call does).
   """
   env = os.environ if environ is None else environ
   flags = flags_for(jaxlib_version() if version is None else version)
   if opt_out and (env.get(ENV) == "0" or env.get(PLAIN) == "1"):
     return CpuSettings((), flags, "opted_out", "opted_out")
-  memory = (malloc or _retain)() if retain_freed_memory else "default"
+  memory = malloc() if retain_freed_memory else "default"
   if not flags:
     return CpuSettings((), flags, "unsupported", memory)
   missing = missing_flags(env.get("XLA_FLAGS", ""), flags)
