@@ -40,6 +40,36 @@ def setup_process(module: str) -> None:
     fail(str(e))
 
 
+def define_distributed_flags() -> None:
+  """The flags of a multi-process launch (:class:`crp_jax.runner.distributed.Launch`), for every entry point."""
+  flags.DEFINE_bool("distributed", False, "Join a multi-process run, letting JAX detect the cluster (Cloud TPU, "
+                    "SLURM, Open MPI, Kubernetes); implied by the three flags below or JAX_COORDINATOR_ADDRESS.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 in a multi-process run.")
+  flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.", lower_bound=1)
+  flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.", lower_bound=0)
+
+
+def start_distributed() -> bool:
+  """Joins the multi-process run the flags ask for (call it first in ``main``); one line on stderr says so.
+
+  Returns whether this process writes the outputs and shows progress: process 0 of a
+  multi-process run, or the only process.
+  """
+  from crp_jax.runner import distributed  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  launch = distributed.Launch(f.distributed, f.coordinator_address, f.num_processes, f.process_id)
+  with user_errors():
+    if launch.wanted(os.environ):
+      print(f"joining a multi-process run (coordinator {launch.coordinator_address or 'from the environment'})",
+            file=sys.stderr, flush=True)
+    if distributed.initialize(launch):
+      import jax  # pylint: disable=g-import-not-at-top
+      print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} of "
+            f"{jax.device_count()} {jax.devices()[0].platform} devices; process 0 writes the outputs",
+            file=sys.stderr, flush=True)
+    return distributed.is_writer()
+
+
 def flag_value(argv: list[str], name: str) -> str | None:
   """The value of ``--name=v`` or ``--name v`` in ``argv`` (the last one wins), before flags are defined."""
   value = None

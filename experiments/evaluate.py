@@ -40,6 +40,7 @@ flags.DEFINE_enum("strong", None, list(STRONG),
                   "autoattack-plus, apgd-square (APGD-CE, APGD-T, Square, no FAB-T), true (as trained) or "
                   "false (off); default: as trained.", case_sensitive=False)
 flags.DEFINE_bool("progress", True, "Show progress bars.")
+cli.define_distributed_flags()
 
 _EVAL_FLAGS = ("attack_subset", "square_queries", "apgd_steps", "num_targets", "fab_steps")
 
@@ -47,14 +48,17 @@ _EVAL_FLAGS = ("attack_subset", "square_queries", "apgd_steps", "num_targets", "
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  writer = cli.start_distributed()
   overrides = {f: flags.FLAGS[f].value for f in _EVAL_FLAGS if flags.FLAGS[f].value is not None}
   if flags.FLAGS.strong is not None:
     overrides.update(STRONG[flags.FLAGS.strong.lower()])
   command = "python -m experiments.evaluate " + shlex.join(sys.argv[1:])
   from crp_jax.runner import pipeline  # pylint: disable=g-import-not-at-top
   with cli.user_errors():
-    print(pipeline.evaluate_saved(flags.FLAGS.workdir, eval_overrides=overrides,
-                                  progress=flags.FLAGS.progress, command=command))
+    text = pipeline.evaluate_saved(flags.FLAGS.workdir, eval_overrides=overrides,
+                                   progress=flags.FLAGS.progress and writer, command=command)
+    if writer:
+      print(text)
 
 
 if __name__ == "__main__":

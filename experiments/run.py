@@ -5,6 +5,8 @@ r"""Train and evaluate CRP models: ``python -m experiments.run [flags]``.
   python -m experiments.run --preset=control        # PGD-AT beside standard and CRP: the positive control
   python -m experiments.run --dataset=cifar10 --method=variable --config.include_clean=False
   python -m experiments.run --config.epochs=2 --config.eval.pgd_steps='(10,20)'
+  python -m experiments.run --coordinator_address=10.0.0.2:1234 --num_processes=2 --process_id=0  # on host 0
+  python -m experiments.run --distributed ...       # every host of a Cloud TPU pod slice or SLURM job
 
 The workdir defaults to ``runs/<dataset>-<methods>-seed<seed>``, followed by
 the preset (unless ``small``) and every training field that differs from the
@@ -40,6 +42,7 @@ def define_flags(argv: list[str]) -> None:
                       "Folder of prepared tfds datasets (shorthand for --config.tfds_data_dir).")
   flags.DEFINE_bool("allow_config_change", False, "Resume although eval-only fields of the config changed.")
   flags.DEFINE_bool("progress", True, "Show progress bars.")
+  cli.define_distributed_flags()
   dataset, preset = cli.pre_parse(argv, DATASETS, PRESETS)
   config_flags.DEFINE_config_dict("config", get_config(dataset, preset), lock_config=True)
 
@@ -47,6 +50,7 @@ def define_flags(argv: list[str]) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  writer = cli.start_distributed()
   config = cli.apply_shorthands(flags.FLAGS.config, method=flags.FLAGS.method,
                                 tfds_data_dir=flags.FLAGS.tfds_data_dir)
   from experiments.configs import get_config  # pylint: disable=g-import-not-at-top
@@ -55,9 +59,11 @@ def main(argv: list[str]) -> None:
   command = "python -m experiments.run " + shlex.join(sys.argv[1:])
   from crp_jax.runner import pipeline  # pylint: disable=g-import-not-at-top
   with cli.user_errors():
-    print(pipeline.run(config, workdir, progress=flags.FLAGS.progress,
-                       allow_config_change=flags.FLAGS.allow_config_change, command=command))
-    print(f"\nwrote {os.path.join(workdir, 'report.md')}")
+    text = pipeline.run(config, workdir, progress=flags.FLAGS.progress and writer,
+                        allow_config_change=flags.FLAGS.allow_config_change, command=command)
+    if writer:
+      print(text)
+      print(f"\nwrote {os.path.join(workdir, 'report.md')}")
 
 
 if __name__ == "__main__":

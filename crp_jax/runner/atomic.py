@@ -1,4 +1,9 @@
-"""Atomic output files: every file we write appears whole or not at all."""
+"""Atomic output files: every file we write appears whole or not at all, and once.
+
+In a multi-process run only process 0 writes
+(:func:`crp_jax.runner.distributed.is_writer`); the other processes'
+writes are no-ops, so each output exists in exactly one copy.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import json
 import os
 import tempfile
 from typing import Any
+
+from crp_jax.runner import distributed
 
 #: Prefix of the temporary files :func:`atomic_write_text` renames into place.
 TEMP_PREFIX = ".tmp-"
@@ -17,7 +24,10 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
   A crash (or SIGKILL) mid-write leaves the previous file intact, because
   ``os.replace`` is atomic on POSIX within one file system; at worst a
   stray temp file remains, which :func:`remove_stale_temps` deletes.
+  Only process 0 writes.
   """
+  if not distributed.is_writer():
+    return
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
@@ -57,9 +67,10 @@ def _fsync_dir(folder: str) -> None:
 def remove_stale_temps(folder: str) -> list[str]:
   """Deletes the temp files a killed :func:`atomic_write_text` left in ``folder``.
 
-  Only call it when no other process writes to ``folder``. Returns their names.
+  Only call it when no other process writes to ``folder``; only process 0
+  deletes. Returns their names.
   """
-  if not os.path.isdir(folder):
+  if not distributed.is_writer() or not os.path.isdir(folder):
     return []
   stale = sorted(n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX)
                  and os.path.isfile(os.path.join(folder, n)))

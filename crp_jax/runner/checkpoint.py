@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from crp_jax.runner import atomic
+from crp_jax.runner import atomic, distributed
 from crp_jax.runner.config import ADVERSARIAL_METHODS, SAFE_TO_CHANGE, base_config
 
 #: The integrity manifest inside each step folder.
@@ -187,7 +187,9 @@ def file_digests(folder: str) -> dict[str, list[Any]]:
 
 
 def write_manifest(folder: str) -> None:
-  """Records the size and sha256 of each file of a finished step folder."""
+  """Records the size and sha256 of each file of a finished step folder (process 0 only)."""
+  if not distributed.is_writer():
+    return
   atomic.write_json(os.path.join(folder, MANIFEST_NAME), {"files": file_digests(folder)})
 
 
@@ -270,9 +272,10 @@ class Checkpointer:
     if not bad:
       return
     target = os.path.join(self.workdir, QUARANTINE_DIR)
-    os.makedirs(target, exist_ok=True)
-    for step, _ in bad:
-      os.replace(self.step_dir(step), _free_name(os.path.join(target, str(step))))
+    if distributed.is_writer():
+      os.makedirs(target, exist_ok=True)
+      for step, _ in bad:
+        os.replace(self.step_dir(step), _free_name(os.path.join(target, str(step))))
     self._manager.reload()
     warnings.warn(f"unusable checkpoint ({_describe(bad)}) moved to {target}; {outcome}",
                   stacklevel=3)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from crp_jax import attacks
 from crp_jax.attacks import AttackSpec
 from crp_jax.data import Split, to_float
+from crp_jax.runner import distributed
 
 
 class Measurements(NamedTuple):
@@ -69,7 +70,9 @@ def map_batches(fn: Callable, variables: Any, images: np.ndarray, labels: np.nda
                 progress: bool = True) -> np.ndarray:
   """Runs ``fn(variables, images, labels, key) -> (batch, ...)`` over all examples.
 
-  Batches are sharded along the mesh's ``data`` axis. The last batch is
+  Batches are sharded along the mesh's ``data`` axis, each process putting
+  its own rows (:func:`~crp_jax.runner.distributed.global_batch`), and
+  every process gets all the outputs. The last batch is
   padded with copies of the first examples (their results dropped), so
   every batch has one shape and ``fn`` compiles once. Batch ``b`` gets the
   key ``fold_in(key, b)``.
@@ -84,13 +87,15 @@ def map_batches(fn: Callable, variables: Any, images: np.ndarray, labels: np.nda
   idx = np.concatenate([np.arange(n), np.arange(pad) % n])
   data = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
-  jitted = jax.jit(fn, in_shardings=(replicated, data, data, replicated), out_shardings=data)
-  variables = jax.device_put(variables, replicated)
+  # Replicated outputs, so every process can fetch the whole batch's results.
+  jitted = jax.jit(fn, in_shardings=(replicated, data, data, replicated), out_shardings=replicated)
+  variables = distributed.replicate(variables, mesh)
   out = []
   for b in tqdm(range(len(idx) // batch_size), desc=desc, disable=not progress, leave=False):
     sl = idx[b * batch_size:(b + 1) * batch_size]
+    batch = [distributed.global_batch(data, a[sl]) for a in (images, labels)]
     # Fetched per batch, so the progress bar follows the work, not the dispatch.
-    out.append(jax.device_get(jitted(variables, images[sl], labels[sl], jax.random.fold_in(key, b))))
+    out.append(jax.device_get(jitted(variables, *batch, jax.random.fold_in(key, b))))
   return np.concatenate(out)[:n]
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from crp_jax import attacks, data
-from crp_jax.runner import atomic, checkpoint, config as config_lib, evaluators, report, train
+from crp_jax.runner import atomic, checkpoint, config as config_lib, distributed, evaluators, report, train
 from crp_jax.models import get_model
 
 
@@ -92,6 +92,7 @@ def result_record(trained: Trained, training: dict[str, Any], evaluation: dict[s
                   command: str) -> dict[str, Any]:
   return {"config": trained.config.to_dict(), "versions": versions(),
           "device_count": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+          "process_count": jax.process_count(),
           "command": command, "training": training, "evaluation": evaluation}
 
 
@@ -137,7 +138,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   Each model lives in ``<workdir>/<method>/`` with its own ``config.json``,
   ``metrics.jsonl``, ``results.json`` and ``report.md``; the side-by-side
   comparison goes to ``<workdir>/report.md`` and ``<workdir>/results.json``.
+  In a multi-process run every process calls it with the same arguments
+  (checked first); process 0 writes the files, and all return after they
+  are written.
   """
+  distributed.agree("config and workdir", [config.to_dict(), workdir, allow_config_change])
   train_split, test = prepare(config, workdir, allow_config_change=allow_config_change)
   atomic.remove_stale_temps(workdir)
   mesh, train_mesh = train.make_mesh(), train.make_train_mesh()
@@ -150,7 +155,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   for m in entries:
     write_outputs(os.path.join(workdir, m), {m: results[m]}, command)
   atomic.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  return write_outputs(workdir, results, command)
+  text = write_outputs(workdir, results, command)
+  distributed.sync("crp_jax-run-written")
+  return text
 
 
 def model_dirs(workdir: str) -> dict[str, str]:
@@ -207,6 +214,7 @@ def evaluate_saved(workdirs: list[str], *, eval_overrides: dict[str, Any] | None
                    progress: bool = True, command: str = "") -> str:
   """Re-evaluates saved models (paper + strong protocol, masking checks, transfer
   between them) and writes ``evaluation.json``/``.md``/``.png`` beside the first."""
+  distributed.agree("models and evaluation settings", [workdirs, eval_overrides])
   dirs = named_model_dirs(workdirs)
   entries = {name: load_trained(d, eval_overrides) for name, d in dirs.items()}
   datasets = {t.config.dataset for t in entries.values()}
@@ -223,4 +231,5 @@ def evaluate_saved(workdirs: list[str], *, eval_overrides: dict[str, Any] | None
   atomic.atomic_write_text(os.path.join(out, "evaluation.md"), text)
   report.plot_curves(results, os.path.join(out, "evaluation.png"))
   write_robustbench(out, results)
+  distributed.sync("crp_jax-evaluation-written")
   return text

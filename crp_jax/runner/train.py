@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from crp_jax import adversarial, extended_set, losses
-from crp_jax.runner import config as config_lib, atomic
+from crp_jax.runner import config as config_lib, atomic, distributed
 from crp_jax.data import Split, to_float
 
 Batch = dict[str, jax.Array]
@@ -303,26 +303,21 @@ def to_device(batches: Iterator[tuple[int, dict[str, np.ndarray]]], mesh: Mesh,
               prefetch: int = 2) -> Iterator[tuple[int, Batch]]:
   """Puts host batches on the mesh ``prefetch`` steps ahead, so copies overlap compute.
 
-  Each process contributes its own slice of the global batch
-  (``make_array_from_process_local_data``), which is what multi-host needs.
+  Every process builds the same host batch and contributes its own slice
+  of it (:func:`~crp_jax.runner.distributed.global_batch`), so the global
+  batch is the same for any process count.
   """
   sharding = NamedSharding(mesh, P("data"))
   queue: list[tuple[int, Batch]] = []
 
   def put(step: int, batch: dict[str, np.ndarray]) -> tuple[int, Batch]:
-    local = {k: _process_slice(v) for k, v in batch.items()}
-    return step, {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+    return step, {k: distributed.global_batch(sharding, v) for k, v in batch.items()}
 
   for item in batches:
     queue.append(put(*item))
     if len(queue) > prefetch:
       yield queue.pop(0)
   yield from queue
-
-
-def _process_slice(array: np.ndarray) -> np.ndarray:
-  per = array.shape[0] // jax.process_count()
-  return array[jax.process_index() * per:(jax.process_index() + 1) * per]
 
 
 def num_train_steps(spec: TrainSpec, num_examples: int) -> tuple[int, int]:
@@ -368,7 +363,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, model: nn.Module, split
   state = ckpt.restore_latest(state) or state
   start = int(state.step)
   _truncate_metrics(workdir, start)
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+  state = distributed.replicate(state, mesh)
   objective = make_objective(spec, keys["perturbations"], spe, keys["adversary"])
   step_fn = jit_train_step(make_train_step(model, tx, objective, keys["dropout"]), mesh)
   logger = _Logger(workdir, spe, ckpt)
