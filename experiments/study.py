@@ -4,6 +4,7 @@ r"""Reproduce a table or figure of the paper: ``python -m experiments.study --st
   python -m experiments.study --study=table1 --dataset=mnist5k            # small preset, offline
   python -m experiments.study --study=table3 --preset=paper               # CIFAR-10, 5 WRN-28-10 runs
   python -m experiments.study --study=table4 --dataset=mnist5k --seeds=3
+  python -m experiments.study --study=table3 --preset=paper --shard=$SLURM_ARRAY_TASK_ID/5   # one job of 5
 
 A study is a list of ordinary ``experiments.run`` runs (one per setting and
 seed, in ``--runs_dir``, shared between studies and reused when finished;
@@ -43,6 +44,9 @@ def define_flags(argv: list[str]) -> None:
   flags.DEFINE_string("runs_dir", "runs/studies", "Where the runs live (<runs_dir>/<dataset>-<preset>/<run>).")
   flags.DEFINE_string("out", "results", "Where the tables go (<out>/<study>/<dataset>-<preset>/).")
   flags.DEFINE_bool("progress", False, "Show the runs' progress bars (the per-run lines are always shown).")
+  flags.DEFINE_string("shard", "0/1", "i/n: train only the runs k with k % n == i (one job of an array job of n); "
+                      "the job that finds every run finished writes the table.")
+  cli.define_distributed_flags()
   default = STUDIES[name].dataset if name else "mnist5k"
   dataset, preset = cli.pre_parse(argv, DATASETS, STUDY_PRESETS, default_dataset=default, config_fn=study_config)
   config_flags.DEFINE_config_dict("config", study_config(dataset, preset), lock_config=True)
@@ -63,6 +67,8 @@ def main(argv: list[str]) -> None:
     return
   if not flags.FLAGS.study:
     cli.fail("--study is required (or --list to see the studies)")
+  writer = cli.start_distributed()
+  log = print if writer else (lambda line: None)
   from crp_jax.runner import study as study_lib  # pylint: disable=g-import-not-at-top
   from crp_jax.runner.studies import STUDIES  # pylint: disable=g-import-not-at-top
   study, base = STUDIES[flags.FLAGS.study], flags.FLAGS.config
@@ -73,17 +79,24 @@ def main(argv: list[str]) -> None:
   command = "python -m experiments.study " + shlex.join(sys.argv[1:])
   start = time.perf_counter()
   with cli.user_errors():
+    shard = study_lib.Shard.parse(flags.FLAGS.shard)
     runs = study_lib.select_groups(study.runs(base, flags.FLAGS.seeds), flags.FLAGS.groups)
     study_lib.validate_runs(runs)
     root = os.path.join(flags.FLAGS.runs_dir, where)
-    done = study_lib.execute(study, runs, root=root, progress=flags.FLAGS.progress, command=command)
-    ctx = study_lib.Context(study, base, done, cache_dir=os.path.join(root, "_measurements"),
-                            progress=flags.FLAGS.progress)
+    progress = flags.FLAGS.progress and writer
+    done = study_lib.execute(study, runs, root=root, progress=progress, command=command, log=log, shard=shard)
+    waiting = study_lib.missing(runs, done)
+    if waiting:
+      log(f"shard {shard}: its runs are finished; {len(waiting)} run(s) of other shards are not, so no table yet. "
+          "The shard that finishes last writes it, or run this command again without --shard.")
+      return
+    ctx = study_lib.Context(study, base, done, cache_dir=os.path.join(root, "_measurements"), progress=progress)
     outcome = study.aggregate(ctx)
     out_dir = os.path.join(flags.FLAGS.out, study.name, where + part)
-    print(study_lib.write_outputs(out_dir, study, ctx, outcome, command=command,
-                                  seconds=time.perf_counter() - start))
-    print(f"wrote {out_dir}/table.md, study.json" + "".join(f", {f}" for f in outcome.figures))
+    text = study_lib.write_outputs(out_dir, study, ctx, outcome, command=command,
+                                   seconds=time.perf_counter() - start)
+    log(text)
+    log(f"wrote {out_dir}/table.md, study.json" + "".join(f", {f}" for f in outcome.figures))
 
 
 if __name__ == "__main__":

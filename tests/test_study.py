@@ -96,6 +96,28 @@ def test_killed_study_resumes_without_retraining_finished_runs(tmp_path, monkeyp
   assert all(d.reused for d in again) and len(calls) == 7
 
 
+def test_shards_split_a_study_and_each_reuses_the_others_finished_runs(tmp_path, monkeypatch):
+  runs = studies.k_runs(study_config("mnist5k"), 2)   # 6 distinct runs
+  calls = []
+
+  def fake_run(config, workdir, **kw):
+    calls.append(study_lib.run_name(config))
+    atomic.write_json(os.path.join(workdir, "results.json"), _fake_results(config, 0.9, 0.5, 0.1))
+
+  monkeypatch.setattr(pipeline, "run", fake_run)
+  study, names = studies.STUDIES["table4"], [study_lib.run_name(r.config) for r in runs]
+  run = lambda shard: study_lib.execute(study, runs, root=str(tmp_path), log=lambda s: None,
+                                        shard=study_lib.Shard.parse(shard))
+  done = run("1/3")
+  assert calls == [names[1], names[4]] and [d.run for d in done] == [runs[1], runs[4]]
+  assert len(study_lib.missing(runs, done)) == 4
+  run("0/3")
+  done = run("2/3")
+  assert sorted(calls) == sorted(names) and len(calls) == 6   # every run trained once, by its shard
+  assert not study_lib.missing(runs, done) and [d.run for d in done] == runs
+  assert [d.reused for d in done] == [True, True, False, True, True, False]
+
+
 def test_aggregation_matches_hand_computed_mean_std_and_best():
   s = aggregate.stat([0.50, 0.60, 0.70, 0.40, 0.80])
   assert s.mean == pytest.approx(0.60)
@@ -146,9 +168,15 @@ def _study(tmp_path, *args):
 
 
 def test_tiny_study_through_the_cli_writes_table_json_and_figure(tmp_path):
-  p = _study(tmp_path, "--study=table2")  # Table 2's layout (white-box, best, black-box) on mnist5k
-  assert p.returncode == 0, p.stderr[-3000:]
+  # Table 2's layout (white-box, best, black-box) on mnist5k, split over two jobs as an array job would.
+  first = _study(tmp_path, "--study=table2", "--shard=0/2")
+  assert first.returncode == 0, first.stderr[-3000:]
   out = tmp_path / "results" / "table2" / "mnist5k-small"
+  assert "G, seed 1: not finished yet (shard 1/2 runs it)" in first.stdout and "no table yet" in first.stdout
+  assert not out.exists()
+  p = _study(tmp_path, "--study=table2", "--shard=1/2")
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "G, seed 0: reused" in p.stdout and "G, seed 1: trained" in p.stdout
   table = (out / "table.md").read_text()
   assert "Best of 2" in table and "Black-box" in table and studies.STRONG_ROW in table, table
   assert "| FGSM |" in table and "| PGD-2 |" in table
@@ -166,7 +194,9 @@ def test_tiny_study_through_the_cli_writes_table_json_and_figure(tmp_path):
 
 def test_study_bad_input_is_one_line_and_writes_nothing(tmp_path):
   for args, message in ((["--study=tabel1"], "unknown"), (["--study=table9"], "not built yet"),
-                        (["--study=table1", "--config.epochs=0"], "config.epochs=0")):
+                        (["--study=table1", "--config.epochs=0"], "config.epochs=0"),
+                        (["--study=table1", "--shard=2/2"], "need 0 <= i < n"),
+                        (["--study=table1", "--shard=1"], "expected i/n")):
     p = _study(tmp_path, *args)
     assert p.returncode == 2, (args, p.stderr)
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -108,13 +108,46 @@ def finished_results(workdir: str, config: ml_collections.ConfigDict) -> dict[st
   return saved if same else None
 
 
+class Shard(NamedTuple):
+  """``--shard=i/n``: this job runs the distinct runs ``k`` of a study with ``k % n == i`` (in study order).
+
+  The subset is a pure function of the study's run list, so ``n`` jobs of
+  a cluster's array job (``i = 0 .. n-1``) split the study without talking
+  to each other; runs of other shards are reused once they are finished.
+  """
+  index: int = 0
+  count: int = 1
+
+  @classmethod
+  def parse(cls, text: str) -> "Shard":
+    """``"i/n"`` -> ``Shard(i, n)``; :class:`ConfigError` unless ``0 <= i < n``."""
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+      raise config_lib.ConfigError(f"--shard={text!r}: expected i/n, e.g. 0/4 for the first of 4 jobs")
+    index, count = int(parts[0]), int(parts[1])
+    if count < 1 or index >= count:
+      raise config_lib.ConfigError(f"--shard={text!r}: need 0 <= i < n")
+    return cls(index, count)
+
+  def owns(self, k: int) -> bool:
+    return k % self.count == self.index
+
+  def __str__(self) -> str:
+    return f"{self.index}/{self.count}"
+
+
 def _duration(seconds: float) -> str:
   return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def execute(study: Study, runs: list[Run], *, root: str, progress: bool = False, command: str = "",
-            log: Callable[[str], None] = print) -> list[Done]:
-  """Runs (or reuses) every distinct run of ``runs`` in ``<root>/<run name>``; one progress line per run."""
+            log: Callable[[str], None] = print, shard: Shard = Shard()) -> list[Done]:
+  """Runs (or reuses) the distinct runs of ``runs`` in ``<root>/<run name>``; one progress line per run.
+
+  Only the runs ``shard`` owns are trained; another shard's run is reused
+  if it is finished and left out of the result if not (compare with
+  ``runs`` to see what is still missing).
+  """
   unique = list({run_name(r.config): r for r in runs}.items())
   spent, trained, finished = 0.0, 0, {}
   for i, (name, r) in enumerate(unique):
@@ -122,17 +155,27 @@ def execute(study: Study, runs: list[Run], *, root: str, progress: bool = False,
     start = time.perf_counter()
     results = finished_results(workdir, r.config)
     reused = results is not None
+    if not reused and not shard.owns(i):
+      log(f"[{study.name} {i + 1}/{len(unique)}] {r.group}, seed {r.seed}: not finished yet "
+          f"(shard {i % shard.count}/{shard.count} runs it)")
+      continue
     if not reused:
       pipeline.run(r.config, workdir, progress=progress, allow_config_change=True, command=command)
       results = atomic.read_json(os.path.join(workdir, "results.json"))
       spent, trained = spent + time.perf_counter() - start, trained + 1
     seconds = time.perf_counter() - start
-    left = len(unique) - i - 1
+    left = sum(shard.owns(k) for k in range(i + 1, len(unique)))
     eta = f", ETA {_duration(spent / trained * left)}" if trained and left else ""
     what = "reused (already finished)" if reused else f"trained and evaluated in {_duration(seconds)}"
     log(f"[{study.name} {i + 1}/{len(unique)}] {r.group}, seed {r.seed}: {what}; {left} left{eta}")
     finished[name] = Done(r, workdir, results, seconds, reused)
-  return [finished[run_name(r.config)]._replace(run=r) for r in runs]
+  return [finished[run_name(r.config)]._replace(run=r) for r in runs if run_name(r.config) in finished]
+
+
+def missing(runs: list[Run], done: list[Done]) -> list[Run]:
+  """The distinct runs of ``runs`` that ``done`` lacks (those other shards have not finished)."""
+  have = {run_name(d.run.config) for d in done}
+  return list({run_name(r.config): r for r in runs if run_name(r.config) not in have}.values())
 
 
 class Context:
