@@ -26,6 +26,10 @@ warm-up round):
    (crp_jax's ``pgd_at`` method, the attack a ``lax`` loop in the jitted
    step) vs a PyTorch step with ``torchattacks.PGD`` inside the same loop,
    on the same initial weights and clean images.
+4c. ``certify``: randomized smoothing's Monte Carlo counts
+   (:func:`crp_jax.certify.sample_counts`, sharded over the attack mesh) vs
+   the loop of Cohen et al.'s reference code in torch, on the same LeNet
+   weights, in noisy forward passes per second (target ≥ 1.5×).
 5. ``memory``: peak RSS of ``python -m experiments.run`` with K=1 and K=100
    (subprocesses), against the size of a stored K·M float32 set.
 6. ``compile``: compile time of each jitted function above.
@@ -76,7 +80,8 @@ from crp_jax.runner import train
 from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables
 from crp_jax.perturbations import make_delta
 
-ROWS = ("plain", "lenet", "resnet18", "attacks", "autoattack", "perturbation", "pgd_at", "memory", "compile", "wrn")
+ROWS = ("plain", "lenet", "resnet18", "attacks", "autoattack", "certify", "perturbation", "pgd_at", "memory",
+        "compile", "wrn")
 BEGIN = "<!-- benchmarks.run: begin (generated; edit outside these markers) -->"
 END = "<!-- benchmarks.run: end -->"
 NO_TORCH = "not measured: torch not installed"
@@ -107,6 +112,9 @@ class Sizes:
   wrn_depth: int = 28
   wrn_width: int = 10
   wrn_steps: int = 5
+  certify_rows_per_device: int = 1
+  certify_samples: int = 10_000   # noisy copies per example
+  certify_batch: int = 1000       # copies per forward per example
   tiny: bool = False
 
 
@@ -117,7 +125,7 @@ def sizes(tiny: bool, accelerator: bool = False) -> Sizes:
                  attack_batch=8, pgd_steps=2, apgd_steps=2, pgd_at_steps=1, pgd_at_inner=2,
                  aa_examples=8, aa_steps=2, aa_targets=2, aa_queries=4,
                  memory_ks=(1, 3), memory_subset=16,
-                 wrn_depth=10, wrn_width=1, wrn_steps=1, tiny=True)
+                 wrn_depth=10, wrn_width=1, wrn_steps=1, certify_samples=64, certify_batch=32, tiny=True)
   if accelerator:
     return Sizes(lenet_steps=500, resnet_steps=50, wrn_steps=20, pgd_at_steps=50, aa_steps=100, aa_queries=5000)
   return Sizes()
@@ -446,6 +454,35 @@ def perturbation_row(s: Sizes, mesh, repeats: int, compile_times: dict[str, floa
              f"median of {len(times['crp'])} paired ratios",
              fmt_rate(times["crp"], items), "standard: " + fmt_rate(times["standard"], items),
              f"overhead {overhead:+.1f}%", "≤3%", "met" if overhead <= 3.0 else "NOT MET")
+
+
+def certify_row(s: Sizes, mesh, tr, repeats: int, compile_times: dict[str, float]) -> Row:
+  """Randomized smoothing's noise counts (:func:`crp_jax.certify.sample_counts`) vs Cohen et al.'s loop in torch."""
+  from crp_jax import certify  # pylint: disable=g-import-not-at-top
+  model = LeNet()
+  variables = jax.jit(lambda k: init_variables(model, k, (28, 28, 1)))(jax.random.key(0))
+  rows = mesh.devices.size * s.certify_rows_per_device
+  x = jax.random.uniform(jax.random.key(1), (rows, 28, 28, 1))
+  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  sigma, num, batch = 0.25, s.certify_samples, s.certify_batch
+  fn = jax.jit(lambda v, x, k: certify.sample_counts(lambda z: model.apply(v, z, train=False), x, key=k,
+                                                     sigma=sigma, num=num, batch_size=batch),
+               in_shardings=(replicated, data, replicated), out_shardings=replicated)
+  args = (jax.device_put(variables, replicated), jax.device_put(x, data), jax.random.key(2))
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_times["certify counts"] = time.perf_counter() - start
+  work = {"ours": lambda: compiled(*args).block_until_ready()}
+  if tr is not None:
+    net = tr.lenet_from_flax(jax.device_get(variables)).to(torch_device())
+    xt = tr.to_nchw(jax.device_get(x)).to(torch_device())
+    work["ref"] = lambda: (tr.smoothing_counts(net, xt, sigma=sigma, num=num, batch_size=batch, num_classes=10),
+                           torch_sync())
+  times = _timing.interleave(work, repeats=repeats)
+  row = ratio_row("certify", f"randomized smoothing counts on LeNet: {rows} examples × {num:,} noisy copies, "
+                  f"{batch} per forward per example, σ = {sigma}", times, rows * num, floor=1.5, goal=1.5)
+  row.ours, row.ref = (v.replace("img/s", "forwards/s") for v in (row.ours, row.ref))
+  return row
 
 
 def pgd_at_row(s: Sizes, mesh, tr, repeats: int, compile_times: dict[str, float]) -> Row:
@@ -816,6 +853,7 @@ def run_rows(args: Args) -> str:
       ("resnet18", lambda: train_row("resnet18", "resnet18", s, train_mesh, tr, args.repeats, compile_times)),
       ("attacks", lambda: attack_rows(s, mesh, tr, args.repeats, compile_times)),
       ("autoattack", lambda: autoattack_row(s, tr, args.repeats, compile_times)),
+      ("certify", lambda: certify_row(s, mesh, tr, args.repeats, compile_times)),
       ("wrn", lambda: wrn_row(s, train_mesh, args.repeats, compile_times)),
   ]
   failed = [r.name for r in (measured if plain else []) if r.status == FAILED]

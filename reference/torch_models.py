@@ -216,3 +216,25 @@ def autoattack_standard(net: nn.Module, *, eps: float, steps: int = 100, num_tar
       "fab-t": torchattacks.FAB(net, steps=steps, multi_targeted=True, n_classes=num_targets + 1, **common),
       "square": torchattacks.Square(net, n_queries=queries, **common),
   }
+
+
+@torch.no_grad()
+def smoothing_counts(net: nn.Module, x: torch.Tensor, *, sigma: float, num: int, batch_size: int,
+                     num_classes: int) -> torch.Tensor:
+  """Randomized smoothing's Monte Carlo counts as Cohen et al.'s reference code samples them.
+
+  For each example of ``x`` (NCHW), ``num`` copies ``x + σ·N(0, I)`` in
+  batches of ``batch_size``; returns ``(B, classes)`` int64 counts of the
+  argmax class.
+  """
+  net.eval()
+  out = torch.zeros(len(x), num_classes, dtype=torch.int64, device=x.device)
+  for b in range(len(x)):
+    left = num
+    while left > 0:
+      m = min(batch_size, left)
+      batch = x[b:b + 1].repeat(m, 1, 1, 1)
+      top = net(batch + sigma * torch.randn_like(batch)).argmax(1)
+      out[b] += torch.bincount(top, minlength=num_classes)
+      left -= m
+  return out
