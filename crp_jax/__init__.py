@@ -20,6 +20,7 @@ configure_cpu = _cpu.configure_cpu
 #: public name -> (module, attribute or None for the module itself)
 _EXPORTS: dict[str, tuple[str, str | None]] = {
     "attacks": ("crp_jax.attacks", None),
+    "certify": ("crp_jax.certify", None),
     "models": ("crp_jax.models", None),
     "perturbations": ("crp_jax.perturbations", None),
     "ball_loss": ("crp_jax.losses", "ball_loss"),

@@ -15,7 +15,7 @@ import sys
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 flags.DEFINE_float("atol", 0.0, "Largest absolute difference allowed.")
 
@@ -40,6 +40,7 @@ def compare(a: str, b: str) -> dict[str, tuple[int, int, float] | None]:
 def main(argv: list[str]) -> int:
   if len(argv) != 3:
     raise app.UsageError("give two workdirs: A B")
+  logging.set_verbosity(logging.ERROR)   # orbax logs every restore at INFO
   from crp_jax.runner.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
   try:
     found = compare(argv[1], argv[2])
