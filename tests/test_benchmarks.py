@@ -92,8 +92,8 @@ def test_allocator_choice(tmp_path):
 
 
 def test_default_rows_on_this_cpu():
-  assert run.default_rows() == ["plain", "lenet", "resnet18", "attacks", "autoattack", "perturbation", "pgd_at", "memory",
-                                "compile"]
+  assert run.default_rows() == ["plain", "lenet", "resnet18", "attacks", "autoattack", "certify", "perturbation",
+                                "pgd_at", "memory", "compile"]
 
 
 def test_model_flops_match_the_analytic_counts():

@@ -172,11 +172,11 @@ def test_tiny_study_through_the_cli_writes_table_json_and_figure(tmp_path):
   first = _study(tmp_path, "--study=table2", "--shard=0/2")
   assert first.returncode == 0, first.stderr[-3000:]
   out = tmp_path / "results" / "table2" / "mnist5k-small"
-  assert "G, seed 1: not finished yet (shard 1/2 runs it)" in first.stdout and "no table yet" in first.stdout
+  assert "seed 1: not finished yet (shard 1/2 runs it)" in first.stdout and "no table yet" in first.stdout
   assert not out.exists()
   p = _study(tmp_path, "--study=table2", "--shard=1/2")
   assert p.returncode == 0, p.stderr[-3000:]
-  assert "G, seed 0: reused" in p.stdout and "G, seed 1: trained" in p.stdout
+  assert "seed 0: reused" in p.stdout and "seed 1: trained" in p.stdout
   table = (out / "table.md").read_text()
   assert "Best of 2" in table and "Black-box" in table and studies.STRONG_ROW in table, table
   assert "| FGSM |" in table and "| PGD-2 |" in table
