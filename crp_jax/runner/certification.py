@@ -69,13 +69,13 @@ def certify_model(model: pipeline.Trained, test: Split, spec: CertifySpec, *, me
   if rows % mesh.devices.size:
     rows += mesh.devices.size - rows % mesh.devices.size
   key = jax.random.key(spec.seed)
-  common = dict(batch_size=rows, mesh=mesh, progress=progress)
-  counts0 = evaluate.map_batches(_counts(model.model, jax.random.fold_in(key, 0), spec.sigma, spec.n0,
-                                         min(spec.batch_size, spec.n0)),
-                                 model.variables, subset.images, subset.ids, key, desc=f"select {name}", **common)
-  counts = evaluate.map_batches(_counts(model.model, jax.random.fold_in(key, 1), spec.sigma, spec.n,
-                                        spec.batch_size),
-                                model.variables, subset.images, subset.ids, key, desc=f"certify {name}", **common)
+
+  def noise_counts(draw: int, num: int, what: str) -> np.ndarray:
+    fn = _counts(model.model, jax.random.fold_in(key, draw), spec.sigma, num, min(spec.batch_size, num))
+    return evaluate.map_batches(fn, model.variables, subset.images, subset.ids, key, batch_size=rows, mesh=mesh,
+                                desc=f"{what} {name}", progress=progress)
+
+  counts0, counts = noise_counts(0, spec.n0, "select"), noise_counts(1, spec.n, "certify")
   return certify.certificate_from_counts(counts0, counts, sigma=spec.sigma, alpha=spec.alpha), subset.labels
 
 
