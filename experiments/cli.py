@@ -147,13 +147,13 @@ def user_errors() -> Iterator[None]:
     fail(str(e))
   except DivergenceError as e:
     fail(str(e), DIVERGED_EXIT)
-  except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
-    fail(f"cannot write {e.filename}: {e.strerror}")
   except OSError as e:
-    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+      fail(f"cannot write {e.filename or 'the outputs'}: {e.strerror}; rerun the same command to resume",
+           IO_EXIT)
+    if e.filename is None:  # not a file the user named or we write: a bug, so keep its traceback
       raise
-    fail(f"cannot write {e.filename or 'the outputs'}: {e.strerror}; rerun the same command to resume",
-         IO_EXIT)
+    fail(f"cannot use {e.filename}: {e.strerror}")
   except KeyboardInterrupt:
     fail("interrupted; rerun the same command to resume from the last checkpoint", INTERRUPTED_EXIT)
 

@@ -83,6 +83,9 @@ def main(argv: list[str]) -> None:
     runs = study_lib.select_groups(study.runs(base, flags.FLAGS.seeds), flags.FLAGS.groups)
     study_lib.validate_runs(runs)
     root = os.path.join(flags.FLAGS.runs_dir, where)
+    out_dir = os.path.join(flags.FLAGS.out, study.name, where + part)
+    from crp_jax.runner import checkpoint  # pylint: disable=g-import-not-at-top
+    checkpoint.check_workdir(out_dir, "--out folder")  # before hours of training, not after
     progress = flags.FLAGS.progress and writer
     done = study_lib.execute(study, runs, root=root, progress=progress, command=command, log=log, shard=shard)
     waiting = study_lib.missing(runs, done)
@@ -92,7 +95,6 @@ def main(argv: list[str]) -> None:
       return
     ctx = study_lib.Context(study, base, done, cache_dir=os.path.join(root, "_measurements"), progress=progress)
     outcome = study.aggregate(ctx)
-    out_dir = os.path.join(flags.FLAGS.out, study.name, where + part)
     text = study_lib.write_outputs(out_dir, study, ctx, outcome, command=command,
                                    seconds=time.perf_counter() - start)
     log(text)

@@ -91,6 +91,9 @@ CASES: tuple[Case, ...] = (
     Case("workdir_is_a_file", (), ("not a directory",), workdir="file"),
     Case("workdir_under_a_file", (), ("not a directory",), workdir="under_file"),
     Case("workdir_unwritable", (), ("not readable and writable",), workdir="locked", drop_dac=True),
+    # Root may write anywhere by the permission bits, but procfs and sysfs refuse new entries.
+    Case("workdir_in_procfs", (), ("/proc", "refuses new folders"), workdir="procfs"),
+    Case("workdir_in_sysfs", (), ("/sys", "refuses new folders"), workdir="sysfs"),
     Case("tfds_unavailable_offline", ("--dataset=svhn", "--tfds_data_dir={home}/tfds"),
          ("svhn_cropped", "network is unreachable"),
          workdir="empty_tfds", env=tuple(OFFLINE.items())),
@@ -186,6 +189,8 @@ def _make_workdir(case: Case, home: str, finished_run: str) -> str:
   elif case.workdir == "locked":
     workdir = os.path.join(home, "locked", "work")
     os.makedirs(os.path.dirname(workdir), mode=0)
+  elif case.workdir in ("procfs", "sysfs"):
+    workdir = f"/{case.workdir[:-2]}/crp-bad-input/work"
   elif case.workdir == "empty_tfds":
     os.makedirs(os.path.join(home, "tfds"))
   return workdir

@@ -196,7 +196,8 @@ def test_study_bad_input_is_one_line_and_writes_nothing(tmp_path):
   for args, message in ((["--study=tabel1"], "unknown"), (["--study=table9"], "not built yet"),
                         (["--study=table1", "--config.epochs=0"], "config.epochs=0"),
                         (["--study=table1", "--shard=2/2"], "need 0 <= i < n"),
-                        (["--study=table1", "--shard=1"], "expected i/n")):
+                        (["--study=table1", "--shard=1"], "expected i/n"),
+                        (["--study=table1", "--out=/proc/crp-study"], "--out folder /proc/crp-study/table1")):
     p = _study(tmp_path, *args)
     assert p.returncode == 2, (args, p.stderr)
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import warnings
 from typing import Any, Iterable
 
@@ -93,20 +94,29 @@ def _unsafe(diffs: Iterable[str]) -> list[str]:
   return [d for d in diffs if not d.split(":")[0].startswith(SAFE_TO_CHANGE)]
 
 
-def check_workdir(workdir: str) -> None:
+def check_workdir(workdir: str, label: str = "workdir") -> None:
   """Raises :class:`CheckpointError` unless ``workdir`` is, or can become, a writable folder.
 
-  Writes nothing: it inspects ``workdir`` or, if absent, its nearest
-  existing ancestor.
+  Leaves nothing behind: it inspects ``workdir`` or, if absent, its nearest
+  existing ancestor, where it also makes and removes an empty folder: the
+  permission bits cannot tell, since root may write anywhere by them, yet
+  ``/proc`` and ``/sys`` refuse every new entry. (An existing workdir is
+  left untouched; ``os.access`` already sees a read-only mount there.)
   """
   path = os.path.abspath(workdir)
   while not os.path.lexists(path):
     path = os.path.dirname(path)
   what = "the workdir" if path == os.path.abspath(workdir) else f"its ancestor {path}"
   if not os.path.isdir(path):
-    raise CheckpointError(f"cannot use workdir {workdir}: {what} is not a directory")
+    raise CheckpointError(f"cannot use {label} {workdir}: {what} is not a directory")
   if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-    raise CheckpointError(f"cannot use workdir {workdir}: {what} is not readable and writable")
+    raise CheckpointError(f"cannot use {label} {workdir}: {what} is not readable and writable")
+  if path == os.path.abspath(workdir):
+    return
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix=".crp-write-probe-", dir=path))
+  except OSError as e:
+    raise CheckpointError(f"cannot use {label} {workdir}: {what} refuses new folders ({e.strerror})") from e
 
 
 def check_config(workdir: str, config: ml_collections.ConfigDict, *,
