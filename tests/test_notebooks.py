@@ -1,18 +1,96 @@
-"""The notebooks' code cells run in order."""
+"""The notebooks run top to bottom in a Jupyter kernel, at their tiny size, on 1 and on 8 fake CPU devices.
 
+Each one is executed as Colab would (nbclient, kernel ``python3``) in a
+fresh kernel whose environment sets the device count; a cell that raises
+fails the test. The kernel is this interpreter, named by a kernelspec
+written to a temporary ``JUPYTER_PATH``, so neither a user's kernelspecs
+nor a missing ``jupyter kernelspec install`` can change what runs.
+"""
+
+from __future__ import annotations
+
+import base64
 import json
 import os
+import re
 
 import pytest
 
+nbclient = pytest.importorskip("nbclient")
+nbformat = pytest.importorskip("nbformat")
+kernelspec = pytest.importorskip("ipykernel.kernelspec")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICES_LINE = re.compile(r"on cpu: (\d+) device\(s\)")
 
 
-@pytest.mark.slow  # trains two small models; the README test covers the same API in CI
-def test_quickstart_notebook_runs(capsys):
-  nb = json.load(open(os.path.join(ROOT, "notebooks", "quickstart.ipynb")))
-  scope = {}
-  for cell in nb["cells"]:
-    if cell["cell_type"] == "code":
-      exec(compile("".join(cell["source"]), "quickstart.ipynb", "exec"), scope)
-  assert "| standard | crp |" in capsys.readouterr().out
+@pytest.fixture(scope="module")
+def jupyter_path(tmp_path_factory):
+  """A folder holding one kernelspec, ``python3``, that starts ``sys.executable -m ipykernel_launcher``."""
+  path = tmp_path_factory.mktemp("jupyter")
+  kernelspec.write_kernel_spec(path / "kernels" / "python3")
+  return str(path)
+
+
+def execute(name: str, devices: int, cwd, jupyter_path: str) -> nbformat.NotebookNode:
+  """Runs ``notebooks/<name>`` at its tiny size in ``cwd`` on ``devices`` fake CPU devices; returns it with outputs."""
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
+  env = {**os.environ, "JUPYTER_PATH": jupyter_path, "CRP_NOTEBOOK_TINY": "1", "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  os.environ["JUPYTER_PATH"] = jupyter_path  # read here, where the kernelspec is looked up
+  try:
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600, allow_errors=False,
+                                     resources={"metadata": {"path": str(cwd)}})
+    client.execute(env=env)
+  finally:
+    del os.environ["JUPYTER_PATH"]
+  return nb
+
+
+def outputs(nb: nbformat.NotebookNode) -> tuple[str, str, list[bytes]]:
+  """Everything the code cells printed, the markdown they displayed, and the PNGs they displayed."""
+  text, markdown, images = [], [], []
+  for cell in nb.cells:
+    for out in cell.get("outputs", []):
+      assert out["output_type"] != "error", "".join(out.get("traceback", []))
+      if out["output_type"] == "stream":
+        text.append(out["text"])
+      data = out.get("data", {})
+      markdown.append(data.get("text/markdown", ""))
+      if "image/png" in data:
+        images.append(base64.b64decode(data["image/png"]))
+  return "".join(text), "\n".join(markdown), images
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_quickstart_runs_top_to_bottom(devices, tmp_path, jupyter_path):
+  nb = execute("quickstart.ipynb", devices, tmp_path, jupyter_path)
+  text, markdown, images = outputs(nb)
+  assert "Not on Colab: skipped the install" in text
+  assert [int(n) for n in DEVICES_LINE.findall(text)] == [devices]
+  assert f"{devices} device(s): train batch 64, eval batch 16" in text
+  # The report: both models under the paper's protocol and the strong one, and the verdict.
+  assert "| Setting | standard | crp |" in markdown and "*Strong protocol (n=16)*" in markdown
+  assert "Worst case: AutoAttack standard" in markdown and "## Verdict" in markdown
+  assert len(images) == 1 and images[0][:4] == b"\x89PNG"
+  result = json.loads((tmp_path / "runs" / "quickstart-tiny" / "results.json").read_text())
+  assert {r["device_count"] for r in result.values()} == {devices}
+  assert set(result) == {"standard", "crp"}
+  assert images[0] == (tmp_path / "runs" / "quickstart-tiny" / "robustness.png").read_bytes()
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_paper_study_runs_top_to_bottom(devices, tmp_path, jupyter_path):
+  nb = execute("paper_study.ipynb", devices, tmp_path, jupyter_path)
+  text, markdown, images = outputs(nb)
+  assert [int(n) for n in DEVICES_LINE.findall(text)] == [devices]
+  assert f"3 runs on {devices} device(s)" in text
+  for k in (1, 5, 10):
+    assert f"K={k}, seed 0: trained and evaluated" in text
+  assert "Table 4: number of perturbations K" in markdown and "| Setting | 1 | 5 | 10 |" in markdown
+  assert "(paper: 99.43±0.05)" in markdown  # Table 4's clean accuracy at K = 1, as printed
+  assert len(images) == 1 and images[0][:4] == b"\x89PNG"
+  out = tmp_path / "runs" / "notebook-results" / "table4" / "mnist5k-tiny"
+  assert images[0] == (out / "accuracy_vs_k.png").read_bytes()
+  record = json.loads((out / "study.json").read_text())
+  assert record["device_count"] == devices and len(record["runs"]) == 3
