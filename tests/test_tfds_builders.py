@@ -197,6 +197,7 @@ def test_real_builder_prepares_offline_and_trains(dataset, offline, monkeypatch,
   assert builder.info.file_format.value == "array_record"
   progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tfds: preparing")]
   assert len(progress) == 1, progress  # prepared once, for the first split
+  print(progress[0])  # shown by pytest -rP
   assert DOWNLOADS[dataset] in progress[0] and str(builder.data_dir) in progress[0]
   if dataset == "svhn":  # tfds registers 182,040,794 and 64,275,384 bytes, and 1,329,278,602 for extra
     assert "train_32x32.mat (173.6 MiB)" in progress[0] and "test_32x32.mat (61.3 MiB)" in progress[0]
@@ -214,6 +215,7 @@ def test_missing_tensorflow_is_one_line_before_any_download(offline, monkeypatch
   with pytest.raises(data.DataError) as err:
     data.load_split("svhn", "train", data_dir=str(tmp_path / "tfds"))
   message = str(err.value)
+  print(message)  # shown by pytest -rP
   assert "\n" not in message
   assert "'svhn_cropped'" in message and "tensorflow" in message and "pip install 'crp_jax[tfds]'" in message
   assert requested == []
