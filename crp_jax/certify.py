@@ -49,6 +49,11 @@ from scipy import stats
 LogitsFn = Callable[[jax.Array], jax.Array]
 #: The class returned where the smoothed classifier abstains.
 ABSTAIN = -1
+#: CERTIFY's defaults, as in Cohen et al.'s experiments: n0 selection samples, n estimation samples,
+#: failure probability α, and noisy samples per example per step.
+DEFAULT_N0, DEFAULT_N, DEFAULT_ALPHA, DEFAULT_BATCH_SIZE = 100, 100_000, 0.001, 1000
+#: The L2 radii at which certified accuracy is reported by default.
+DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
 
 class Certificate(NamedTuple):
@@ -166,8 +171,8 @@ def prediction_from_counts(counts: np.ndarray, alpha: float) -> np.ndarray:
   return np.where(p <= alpha, np.argmax(counts, axis=1), ABSTAIN)
 
 
-def certify(logits_fn: LogitsFn, x: jax.Array, *, key: jax.Array, sigma: float, n0: int = 100,
-            n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
+def certify(logits_fn: LogitsFn, x: jax.Array, *, key: jax.Array, sigma: float, n0: int = DEFAULT_N0,
+            n: int = DEFAULT_N, alpha: float = DEFAULT_ALPHA, batch_size: int = DEFAULT_BATCH_SIZE,
             mesh: Mesh | None = None, ids: jax.Array | None = None) -> Certificate:
   """The certified class and L2 radius of each row (the paper's CERTIFY; defaults as in the paper).
 

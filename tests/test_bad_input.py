@@ -84,6 +84,9 @@ CASES: tuple[Case, ...] = (
     Case("adversary_eps_negative", ("--method=pgd_at", "--config.adversary.eps=-0.1"), ("adversary.eps", "-0.1")),
     Case("adversary_steps_zero", ("--method=pgd_at", "--config.adversary.steps=0"), ("adversary.steps", "0")),
     Case("adversary_beta_negative", ("--method=trades", "--config.adversary.beta=-1"), ("adversary.beta", "-1")),
+    Case("certify_sigma_negative", ("--config.eval.certify.sigma=-0.25",), ("eval.certify.sigma", "-0.25")),
+    Case("certify_alpha_one", ("--config.eval.certify.sigma=0.25", "--config.eval.certify.alpha=1.0"),
+         ("eval.certify.alpha", "1.0")),
     Case("stray_argument", ("stray",), ("stray",)),
     Case("cpu_devices_not_integer", (), ("CRP_CPU_DEVICES", "abc"), env=(("CRP_CPU_DEVICES", "abc"),)),
     # Were the empty workdir taken for the default, the bad method would stop the run.

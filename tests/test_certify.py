@@ -147,6 +147,40 @@ def test_certify_cli_writes_table_json_and_plot(trained):
   assert max(r["radius"]) <= certify.max_radius(0.25, 200, 0.001) + 1e-9
   assert (trained / "certify-sigma0.25.png").read_bytes()[:4] == b"\x89PNG"
   assert (trained / "certify-sigma0.25.md").exists()
+  # The evaluation plan's certify entry (eval.certify) gives the command's numbers, example by example.
+  section = plan_certification(r["workdir"], sigma=0.25, n0=20, n=200, batch_size=100, num_examples=16,
+                               radii=(0.0, 0.25, 0.5))
+  for field in ("radius", "prediction", "label", "certified_accuracy", "abstain_rate"):
+    assert section[field] == r[field], field
+  assert section["max_radius"] == certify.max_radius(0.25, 200, 0.001)
+
+
+def plan_certification(workdir, **fields):
+  """The ``certify`` section of ``workdir``'s model evaluated with ``eval.certify`` set to ``fields``."""
+  from crp_jax import data  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import evaluators, pipeline, report, train  # pylint: disable=g-import-not-at-top
+  trained = pipeline.load_trained(workdir)
+  trained.config.eval.certify.update(fields)
+  trained.config.eval.strong = False
+  test = data.load_split(trained.config.dataset, "test")
+  assert [e.name for e in evaluators.build_plan(trained.config.eval)] == ["paper", "certify"]
+  out = pipeline.evaluate_all({"m": trained}, test, mesh=train.make_mesh(), progress=False)
+  table = report.accuracy_table({"m": {"config": trained.config.to_dict(), "evaluation": out["m"]}})
+  assert "certified at L2 radius 0.25" in table and "abstained" in table, table
+  return out["m"]["certify"]
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(sigma=-0.5), "config.eval.certify.sigma=-0.5: must be > 0"),
+    (dict(alpha=1.0), "config.eval.certify.alpha=1.0"), (dict(n=0), "config.eval.certify.n=0"),
+    (dict(n0=0), "config.eval.certify.n0=0"), (dict(radii=(-1.0,)), "config.eval.certify.radii")])
+def test_certify_evaluator_bad_config_is_refused(fields, message):
+  from crp_jax.runner import config as config_lib, evaluators  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  assert [e.name for e in evaluators.build_plan(config.eval)] == ["paper", "strong"]  # off by default
+  config.eval.certify.update({"sigma": 0.25, **fields})
+  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    config_lib.validate(config)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from crp_jax import certify
 from crp_jax.data import DATASET_NAMES
 from crp_jax.extended_set import OBJECTIVES
 from crp_jax.perturbations import DISTRIBUTIONS
@@ -132,7 +133,25 @@ def eval_config(*, eps: float, step_size: float) -> ml_collections.ConfigDict:
   # gradient that blinds the sign-based attacks (a saturated but non-zero CE gradient still points
   # the right way; diagnostics.gradient_checks).
   e.zero_grad_threshold = 0.0
+  # Certified L2 accuracy by randomized smoothing (evaluators.certified), on when sigma > 0.
+  e.certify = certify_config()
   return e
+
+
+def certify_config() -> ml_collections.ConfigDict:
+  """``eval.certify``: randomized smoothing's CERTIFY (:mod:`crp_jax.runner.evaluators.certified`).
+
+  Off while ``sigma`` is 0 (every preset: at the paper's n = 100,000 it
+  costs ``num_examples · (n0 + n)`` forward passes); else the noise std σ.
+  """
+  c = ml_collections.ConfigDict()
+  c.sigma = 0.0
+  c.n0, c.n, c.alpha = certify.DEFAULT_N0, certify.DEFAULT_N, certify.DEFAULT_ALPHA
+  c.batch_size = certify.DEFAULT_BATCH_SIZE  # noisy samples per example per step
+  c.num_examples = 500  # a fixed subset of the test split (0: all)
+  c.radii = certify.DEFAULT_RADII
+  c.seed = 0  # the noise's seed, the same for every model (as in experiments.certify)
+  return c
 
 
 class ConfigError(ValueError):
@@ -248,6 +267,20 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
   _int_at_least(config, "eval.restarts", 1)
   if config.eval.get("strong"):
     _validate_strong(config)
+  if "certify" in config.eval and config.eval.certify.sigma != 0:
+    _validate_certify(config)
+
+
+def _validate_certify(config: ml_collections.ConfigDict) -> None:
+  """``eval.certify``'s sizes are integers; then CERTIFY's own argument checks, named as config fields."""
+  c = config.eval.certify
+  for name, low in (("n0", 1), ("n", 1), ("batch_size", 1), ("num_examples", 0), ("seed", 0)):
+    _int_at_least(config, f"eval.certify.{name}", low)
+  _numbers_list(config, "eval.certify.radii", 0.0, math.inf)
+  try:
+    certify.check_arguments(sigma=c.sigma, alpha=c.alpha, batch_size=c.batch_size, n0=c.n0, n=c.n)
+  except ValueError as e:
+    raise ConfigError(f"config.eval.certify.{e}") from e
 
 
 #: ``eval.autoattack``: AutoAttack's version run by the strong protocol, or "" for none.

@@ -40,6 +40,8 @@ class Measurements(NamedTuple):
       the spec's examples crafted on that source (empty with one model).
     chains: evaluator name -> its :attr:`chain` run in order on the subset
       (:class:`~crp_jax.attacks.Chain`).
+    extra: evaluator name -> what its own ``measure`` returned, for an
+      evaluator that measures something other than attacks (certification).
   """
   clean_full: np.ndarray
   num_test: int
@@ -47,6 +49,7 @@ class Measurements(NamedTuple):
   gradients: np.ndarray | None = None
   transfer: dict[AttackSpec, dict[str, np.ndarray]] = {}
   chains: dict[str, attacks.Chain] = {}
+  extra: dict[str, Any] = {}
 
 
 def subset_indices(num_examples: int, size: int) -> np.ndarray:

@@ -40,7 +40,21 @@ def accuracy_table(results: Results) -> str:
   out += black_box_rows(results)
   if _get(first, "evaluation", "strong") is not None:
     out += strong_rows(results)
+  if _get(first, "evaluation", "certify") is not None:
+    out += certified_rows(results)
   return out
+
+
+def certified_rows(results: Results) -> str:
+  """Randomized smoothing's certified L2 accuracy at each radius, and the abstention rate (``eval.certify``)."""
+  c = next(iter(results.values()))["evaluation"]["certify"]
+  spec, vals = c["spec"], lambda *p: [_get(r, "evaluation", "certify", *p) for r in results.values()]
+  out = (f"| *Certified L2, randomized smoothing (σ={spec['sigma']:g}, n={spec['n']:,}, α={spec['alpha']:g}, "
+         f"n_ex={c['num_examples']}; no radius above {c['max_radius']:.3g} can be certified)* |"
+         + " |" * len(results) + "\n")
+  for radius in c["certified_accuracy"]:
+    out += _row(f"certified at L2 radius {float(radius):g}", vals("certified_accuracy", radius))
+  return out + _row("abstained", vals("abstain_rate"))
 
 
 def black_box_rows(results: Results) -> str:
@@ -115,7 +129,18 @@ def verdict(results: Results) -> str:
     accs = {n: _get(results[n], "evaluation", "strong", "all_attacks") for n in ranked}
     if None not in accs.values():
       lines.append("- Under the strong protocol: " + ", ".join(f"{n} {_pct(a)}%" for n, a in accs.items()) + ".")
+  certified = {n: _get(r, "evaluation", "certify") for n, r in results.items()}
+  if all(certified.values()):
+    lines.append("- Certified (a proof, not an attack; L2, for the smoothed classifier, each with probability "
+                 "≥ 1 − α): " + "; ".join(f"{n} {_first_certified(c)}" for n, c in certified.items()) + ".")
   return "\n".join(lines)
+
+
+def _first_certified(section: dict[str, Any]) -> str:
+  """``"x% at radius r"`` at the smallest radius above 0 of a certify section (else at 0)."""
+  acc = section["certified_accuracy"]
+  radius = next((r for r in acc if float(r) > 0), next(iter(acc)))
+  return f"{_pct(acc[radius])}% at radius {float(radius):g}"
 
 
 def _describe_method(c: dict[str, Any]) -> str:

@@ -9,7 +9,10 @@ evaluation is one module here and its name in :data:`EVALUATORS`:
   white-box and black-box (FGSM and PGD-n crafted on the other models);
 * ``strong`` (:mod:`.strong`, with ``eval.strong``): APGD-CE, APGD-T,
   Square, and AutoAttack's number (``eval.autoattack``: FAB-T on the
-  examples they left), the masking sweeps and checks, APGD-CE transfer.
+  examples they left), the masking sweeps and checks, APGD-CE transfer;
+* ``certify`` (:mod:`.certified`, with ``eval.certify.sigma > 0``): the
+  certified L2 accuracy of the smoothed model (randomized smoothing), the
+  one evaluator with its own ``measure`` instead of attack specs.
 
 :func:`evaluate_models` runs a plan: every spec once per model on the
 attacked subset (specs shared by evaluators run once), the gradient
@@ -33,6 +36,7 @@ from crp_jax.attacks import AttackSpec
 from crp_jax.data import Split
 from crp_jax.runner import evaluate
 from crp_jax.runner.evaluators.base import Evaluator
+from crp_jax.runner.evaluators.certified import Certification
 from crp_jax.runner.evaluators.paper import PaperProtocol
 from crp_jax.runner.evaluators.strong import StrongProtocol
 
@@ -40,6 +44,7 @@ from crp_jax.runner.evaluators.strong import StrongProtocol
 EVALUATORS: dict[str, tuple[type, Callable[[ml_collections.ConfigDict], bool]]] = {
     "paper": (PaperProtocol, lambda cfg: True),
     "strong": (StrongProtocol, lambda cfg: bool(cfg.strong)),
+    "certify": (Certification, lambda cfg: "certify" in cfg and cfg.certify.sigma > 0),
 }
 
 
@@ -76,7 +81,9 @@ def measure(plan: tuple[Evaluator, ...], model: Model, test: Split, *, mesh: Mes
                                      subset.labels, model.key, desc="gradients", **common)
   chains = {e.name: run_chain(e.chain, full[indices], correct, model, subset, **common)
             for e in plan if e.chain}
-  return evaluate.Measurements(full, int(test.num_examples), correct, gradients, chains=chains)
+  extra = {e.name: e.measure(model.module, model.variables, test, mesh=mesh, progress=progress)
+           for e in plan if hasattr(e, "measure")}
+  return evaluate.Measurements(full, int(test.num_examples), correct, gradients, chains=chains, extra=extra)
 
 
 def run_chain(specs: tuple[AttackSpec, ...], clean: np.ndarray, measured: dict[AttackSpec, np.ndarray],

@@ -39,3 +39,7 @@ class Evaluator(Protocol):
 
   def summarize(self, m: Measurements, num_classes: int) -> dict[str, Any]:
     """The JSON-able section of this evaluator."""
+
+  # Optional: an evaluator that measures something other than attacks (certification) also defines
+  #   measure(module, variables, test_split, *, mesh, progress) -> Any
+  # which the runner calls once per model; its return value is ``Measurements.extra[name]``.
