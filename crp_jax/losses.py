@@ -19,6 +19,8 @@ two see the same δ for the same ``(key, i, j)``).
 
 from __future__ import annotations
 
+import functools
+import numbers
 from typing import Any, Callable
 
 import jax
@@ -85,6 +87,7 @@ def ball_loss(
     epoch: int | jax.Array | None = None,
     clip: Clip = (0.0, 1.0),
     has_aux: bool = False,
+    draws_per_chunk: int | None = None,
 ) -> Any:
   r"""Per-example ball loss: the mean point loss over K constant perturbations.
 
@@ -101,10 +104,32 @@ def ball_loss(
     \qquad \delta_{ij} = \mathrm{make\_delta}(key, i, j).
 
   With ``include_clean=True`` the clean loss joins the average (divided by
-  K + 1), as in the paper's method G. All ``K·B`` perturbed inputs go through
-  ``loss_fn`` in one call of batch ``(K [+1])·B``: rows ``d·B .. (d+1)·B``
-  hold draw ``d`` (the clean copy first), each a :func:`pair_loss` row. The
-  CLI trains with it under ``--config.objective=ball_loss``.
+  K + 1), as in the paper's method G. By default all ``K·B`` perturbed inputs
+  go through ``loss_fn`` in one call of batch ``(K [+1])·B``: rows
+  ``d·B .. (d+1)·B`` hold draw ``d`` (the clean copy first), each a
+  :func:`pair_loss` row. The CLI trains with it under
+  ``--config.objective=ball_loss``.
+
+  **Chunks.** ``draws_per_chunk=c`` bounds memory: the draws go through
+  ``loss_fn`` c at a time (calls of ``c·B`` rows) in a ``lax.scan``, so one
+  chunk's inputs and activations exist at once, under ``jax.grad`` too (the
+  chunk is rematerialised with ``jax.checkpoint``: the backward pass
+  recomputes its forward, one extra forward pass in all). When c does not
+  divide ``K [+1]``, the last chunk is filled up with fresh draws ``j = K,
+  K+1, …`` of the same law whose losses are dropped. Every row sees the same
+  δ as unchunked, so for a ``loss_fn`` whose rows are independent (no
+  train-mode BatchNorm) the losses equal the unchunked ones.
+
+  **BatchNorm.** In train mode a BatchNorm inside ``loss_fn`` normalises
+  over the rows of one call. Unchunked that is the whole extended batch, the
+  clean and perturbed copies together, and ``aux`` is that call's, e.g. the
+  running statistics updated once from its batch statistics. Chunked, each
+  chunk normalises over its own ``c·B`` rows (fill-up draws included), like
+  a smaller batch, so losses differ from the unchunked ones; ``aux`` then
+  holds every chunk's aux stacked on a leading axis of length
+  ``⌈(K [+1]) / c⌉``, each updated from the same starting statistics.
+  ``jax.tree.map(lambda s: s.mean(0), aux)`` gives running averages updated
+  with the mean of the chunks' batch statistics.
 
   Args:
     loss_fn: ``loss_fn(x, y) -> (batch,)`` per-example point loss, e.g. a
@@ -121,7 +146,10 @@ def ball_loss(
     epoch: ``None`` for constant perturbations, an epoch for variable ones.
     clip: pixel range for :func:`~crp_jax.perturbations.perturb`, or ``None``.
     has_aux: ``loss_fn`` returns ``(losses, aux)``; then this returns
-      ``(ball losses, aux)``, ``aux`` of the whole ``(K [+1])·B`` call.
+      ``(ball losses, aux)``: the aux of the whole ``(K [+1])·B`` call, or
+      with chunks the chunks' auxes stacked on a leading chunk axis.
+    draws_per_chunk: ``None`` (one call), or c ≥ 1 draws per call (static);
+      a c above ``K [+1]`` makes one chunk.
 
   Returns:
     ``(batch,)`` per-example ball losses (and ``aux`` with ``has_aux``).
@@ -138,6 +166,11 @@ def ball_loss(
     ...                  num_perturbations=10, eps=0.3)
     >>> loss.shape
     (2,)
+    >>> # Three draws at a time (four calls, the last with two fill-up draws): the same losses.
+    >>> chunked = ball_loss(loss_fn, x, y, key=jax.random.key(0), example_ids=ids,
+    ...                     num_perturbations=10, eps=0.3, draws_per_chunk=3)
+    >>> bool(jnp.allclose(chunked, loss, rtol=1e-6))
+    True
     >>> # With ε = 0 every perturbed copy is the clean input: log(3) for uniform logits.
     >>> ball_loss(loss_fn, x, y, key=jax.random.key(0), example_ids=ids,
     ...           num_perturbations=10, eps=0.0).round(4)
@@ -149,16 +182,55 @@ def ball_loss(
   """
   if num_perturbations < 1:
     raise ValueError(f"num_perturbations must be >= 1, got {num_perturbations}")
-  batch = x.shape[0]
-  draws = jnp.arange(num_perturbations, dtype=jnp.int32)
-  if include_clean:
-    draws = jnp.concatenate([jnp.array([CLEAN_DRAW], jnp.int32), draws])
-  n = draws.shape[0]
+  draws = ([CLEAN_DRAW] if include_clean else []) + list(range(num_perturbations))
+  rows = functools.partial(_draw_rows, loss_fn, x, y, example_ids, has_aux=has_aux, key=key, eps=eps,
+                           distribution=distribution, epoch=epoch, clip=clip)
+  if draws_per_chunk is None:
+    losses, aux = rows(jnp.asarray(draws, jnp.int32))
+  else:
+    size = _chunk_size(draws_per_chunk, len(draws))
+    losses, aux = _chunked_draw_rows(rows, draws, size, num_perturbations)
+  ball = losses.reshape(len(draws), x.shape[0]).mean(axis=0)
+  return (ball, aux) if has_aux else ball
+
+
+def _chunk_size(draws_per_chunk: Any, num_draws: int) -> int:
+  """``draws_per_chunk`` checked (an int ≥ 1) and capped at the number of draws."""
+  if isinstance(draws_per_chunk, bool) or not isinstance(draws_per_chunk, numbers.Integral) or draws_per_chunk < 1:
+    raise ValueError(f"draws_per_chunk must be None or an int >= 1, got {draws_per_chunk!r}")
+  return min(int(draws_per_chunk), num_draws)
+
+
+def _draw_rows(loss_fn: LossFn, x: jax.Array, y: jax.Array, example_ids: jax.Array, draws: jax.Array, *,
+               has_aux: bool, **perturbation: Any) -> tuple[jax.Array, Any]:
+  """One ``loss_fn`` call on every example at each of ``draws``: ``((D·B,) losses, aux or None)``.
+
+  Rows are draw-major: rows ``d·B .. (d+1)·B`` hold ``draws[d]`` of all B examples.
+  """
+  n, batch = draws.shape[0], x.shape[0]
   ids = jnp.tile(jnp.asarray(example_ids, jnp.int32), n)
   xs = jnp.tile(x, (n,) + (1,) * (x.ndim - 1))
   ys = jnp.tile(y, (n,) + (1,) * (jnp.ndim(y) - 1))
-  out = pair_loss(loss_fn, xs, ys, key=key, example_ids=ids, draw_ids=jnp.repeat(draws, batch), eps=eps,
-                  distribution=distribution, epoch=epoch, clip=clip)
-  losses, aux = out if has_aux else (out, None)
-  ball = losses.reshape(n, batch).mean(axis=0)
-  return (ball, aux) if has_aux else ball
+  out = pair_loss(loss_fn, xs, ys, example_ids=ids, draw_ids=jnp.repeat(draws, batch), **perturbation)
+  return out if has_aux else (out, None)
+
+
+def _chunked_draw_rows(rows: Callable[[jax.Array], tuple[jax.Array, Any]], draws: list[int], size: int,
+                       num_perturbations: int, remat: bool = True) -> tuple[jax.Array, Any]:
+  """``rows`` over ``draws``, ``size`` draws a call, looped with ``lax.scan``.
+
+  The last chunk is filled up with fresh draws ``K, K+1, …`` whose rows are
+  dropped. ``remat`` (``jax.checkpoint`` on a chunk) keeps the backward
+  pass from storing every chunk's activations; ``False`` only for the
+  memory probe (``benchmarks/probes/ball_loss_memory.py``).
+
+  Returns:
+    ``(len(draws)·B,)`` draw-major losses, as one call gives them, and the
+    chunks' auxes stacked on a leading ``(num_chunks,)`` axis.
+  """
+  num_chunks = -(-len(draws) // size)
+  fill = list(range(num_perturbations, num_perturbations + num_chunks * size - len(draws)))
+  chunks = jnp.asarray(draws + fill, jnp.int32).reshape(num_chunks, size)
+  body = lambda carry, chunk: (carry, rows(chunk))
+  _, (losses, aux) = jax.lax.scan(jax.checkpoint(body) if remat else body, None, chunks)
+  return losses.reshape(-1)[:len(draws) * (losses.shape[1] // size)], aux

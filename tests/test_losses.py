@@ -109,3 +109,90 @@ def test_has_aux_returns_the_loss_fns_aux_of_the_whole_call():
                          include_clean=True, has_aux=True)
   np.testing.assert_array_equal(loss, ball(W, include_clean=True))
   assert rows == 5 * B
+
+
+# ----------------------------------------------------------------------------- draws_per_chunk
+
+CHUNKS = [1, 2, 3, 4, 7]   # K = 4: one draw a call, uneven last chunks (3), one chunk (4), above K [+1] (7)
+
+
+@pytest.mark.parametrize("include_clean", [False, True])
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_chunked_equals_unchunked(chunk, include_clean):
+  whole = ball(W, include_clean=include_clean)
+  np.testing.assert_allclose(ball(W, include_clean=include_clean, draws_per_chunk=chunk), whole, rtol=1e-6)
+  jitted = jax.jit(lambda w: ball(w, include_clean=include_clean, draws_per_chunk=chunk))
+  np.testing.assert_allclose(jitted(W), jax.jit(lambda w: ball(w, include_clean=include_clean))(W),
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_chunked_gradients_equal_unchunked(chunk):
+  grad = lambda **kw: jax.grad(lambda w: ball(w, include_clean=True, **kw).sum())(W)
+  np.testing.assert_allclose(grad(draws_per_chunk=chunk), grad(), rtol=1e-5, atol=1e-7)
+  check_grads(lambda w: ball(w, draws_per_chunk=chunk).sum(), (W,), order=1, modes=("rev",),
+              atol=1e-2, rtol=1e-2)
+  check_grads(lambda x: ball(W, x=x, clip=None, draws_per_chunk=chunk).sum(), (X,), order=1,
+              modes=("rev",), atol=1e-2, rtol=1e-2)
+
+
+def batch_norm_loss_fn(x, y):
+  """A point loss that normalises over the rows of its call, as train-mode BatchNorm does; aux: the call's mean."""
+  z = (x - x.mean(axis=0, keepdims=True)) / (x.std(axis=0, keepdims=True) + 1.0)
+  return make_loss_fn(W)(z, y), {"mean": x.mean(axis=0), "rows": jnp.asarray(x.shape[0])}
+
+
+@pytest.mark.parametrize("include_clean", [False, True])
+def test_chunks_normalise_per_chunk_and_stack_their_aux(include_clean):
+  """With batch statistics, chunk 0..n is one call on its draws (the last filled up with draws K, K+1, ...)."""
+  k, chunk = 4, 3
+  draws = ([-1] if include_clean else []) + list(range(k))
+  chunks = [draws[:3], draws[3:] + list(range(k, k + 6 - len(draws)))]
+  refs = [pair_loss_rows(batch_norm_loss_fn, d) for d in chunks]
+  rows = jnp.concatenate([r[0].reshape(chunk, B) for r in refs])[:len(draws)]
+  loss, aux = ball_loss(batch_norm_loss_fn, X, Y, key=KEY, example_ids=IDS, num_perturbations=k, eps=0.3,
+                        include_clean=include_clean, has_aux=True, draws_per_chunk=chunk)
+  np.testing.assert_allclose(loss, rows.mean(axis=0), rtol=1e-6)
+  np.testing.assert_allclose(aux["mean"], jnp.stack([r[1]["mean"] for r in refs]), rtol=1e-6)
+  np.testing.assert_array_equal(aux["rows"], [chunk * B, chunk * B])
+  whole, whole_aux = ball_loss(batch_norm_loss_fn, X, Y, key=KEY, example_ids=IDS, num_perturbations=k,
+                               eps=0.3, include_clean=include_clean, has_aux=True)
+  assert not np.allclose(loss, whole)   # the normalisation differs: this loss_fn's rows are not independent
+  np.testing.assert_array_equal(whole_aux["rows"], len(draws) * B)
+
+
+def pair_loss_rows(loss_fn, draws):
+  """One call of ``loss_fn`` on every example at each of ``draws`` (draw-major), through ``pair_loss``."""
+  from crp_jax import pair_loss  # pylint: disable=g-import-not-at-top
+  n = len(draws)
+  return pair_loss(loss_fn, jnp.tile(X, (n, 1)), jnp.tile(Y, n), key=KEY, example_ids=jnp.tile(IDS, n),
+                   draw_ids=jnp.repeat(jnp.asarray(draws), B), eps=0.3)
+
+
+def test_one_chunk_has_a_chunk_axis_of_one():
+  _, aux = ball_loss(batch_norm_loss_fn, X, Y, key=KEY, example_ids=IDS, num_perturbations=4, eps=0.3,
+                     has_aux=True, draws_per_chunk=10)
+  _, whole = ball_loss(batch_norm_loss_fn, X, Y, key=KEY, example_ids=IDS, num_perturbations=4, eps=0.3,
+                       has_aux=True)
+  assert aux["mean"].shape == (1, D)
+  np.testing.assert_allclose(aux["mean"][0], whole["mean"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "3"])
+def test_rejects_a_bad_draws_per_chunk(bad):
+  with pytest.raises(ValueError, match="draws_per_chunk must be None or an int >= 1"):
+    ball(W, draws_per_chunk=bad)
+
+
+def test_chunks_bound_the_compiled_memory_of_the_gradient():
+  """XLA's buffer plan for value_and_grad: one chunk's activations at a time, not all K draws'."""
+  w1 = jnp.zeros((D, 512))
+  def temp_bytes(chunk):
+    def objective(w1):
+      loss_fn = lambda x, y: optax.softmax_cross_entropy_with_integer_labels(jnp.tanh(x @ w1)[:, :C], y)
+      return ball_loss(loss_fn, X, Y, key=KEY, example_ids=IDS, num_perturbations=64, eps=0.3,
+                       draws_per_chunk=chunk).sum()
+    return jax.jit(jax.value_and_grad(objective)).lower(w1).compile().memory_analysis().temp_size_in_bytes
+  activations = 64 * B * 512 * 4
+  assert temp_bytes(None) >= activations
+  assert temp_bytes(2) < activations / 8
