@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import re
+import subprocess
 
 import pytest
 
@@ -32,18 +33,15 @@ def jupyter_path(tmp_path_factory):
   return str(path)
 
 
-def execute(name: str, devices: int, cwd, jupyter_path: str) -> nbformat.NotebookNode:
+def execute(name: str, devices: int, cwd, monkeypatch, jupyter_path: str) -> nbformat.NotebookNode:
   """Runs ``notebooks/<name>`` at its tiny size in ``cwd`` on ``devices`` fake CPU devices; returns it with outputs."""
   nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
-  env = {**os.environ, "JUPYTER_PATH": jupyter_path, "CRP_NOTEBOOK_TINY": "1", "JAX_PLATFORMS": "cpu",
+  monkeypatch.setenv("JUPYTER_PATH", jupyter_path)  # where nbclient looks up the kernelspec
+  env = {**os.environ, "CRP_NOTEBOOK_TINY": "1", "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  os.environ["JUPYTER_PATH"] = jupyter_path  # read here, where the kernelspec is looked up
-  try:
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600, allow_errors=False,
-                                     resources={"metadata": {"path": str(cwd)}})
-    client.execute(env=env)
-  finally:
-    del os.environ["JUPYTER_PATH"]
+  client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600, allow_errors=False,
+                                   resources={"metadata": {"path": str(cwd)}})
+  client.execute(env=env)
   return nb
 
 
@@ -63,8 +61,8 @@ def outputs(nb: nbformat.NotebookNode) -> tuple[str, str, list[bytes]]:
 
 
 @pytest.mark.parametrize("devices", [1, 8])
-def test_quickstart_runs_top_to_bottom(devices, tmp_path, jupyter_path):
-  nb = execute("quickstart.ipynb", devices, tmp_path, jupyter_path)
+def test_quickstart_runs_top_to_bottom(devices, tmp_path, monkeypatch, jupyter_path):
+  nb = execute("quickstart.ipynb", devices, tmp_path, monkeypatch, jupyter_path)
   text, markdown, images = outputs(nb)
   assert "Not on Colab: skipped the install" in text
   assert [int(n) for n in DEVICES_LINE.findall(text)] == [devices]
@@ -80,8 +78,8 @@ def test_quickstart_runs_top_to_bottom(devices, tmp_path, jupyter_path):
 
 
 @pytest.mark.parametrize("devices", [1, 8])
-def test_paper_study_runs_top_to_bottom(devices, tmp_path, jupyter_path):
-  nb = execute("paper_study.ipynb", devices, tmp_path, jupyter_path)
+def test_paper_study_runs_top_to_bottom(devices, tmp_path, monkeypatch, jupyter_path):
+  nb = execute("paper_study.ipynb", devices, tmp_path, monkeypatch, jupyter_path)
   text, markdown, images = outputs(nb)
   assert [int(n) for n in DEVICES_LINE.findall(text)] == [devices]
   assert f"3 runs on {devices} device(s)" in text
@@ -89,8 +87,34 @@ def test_paper_study_runs_top_to_bottom(devices, tmp_path, jupyter_path):
     assert f"K={k}, seed 0: trained and evaluated" in text
   assert "Table 4: number of perturbations K" in markdown and "| Setting | 1 | 5 | 10 |" in markdown
   assert "(paper: 99.43±0.05)" in markdown  # Table 4's clean accuracy at K = 1, as printed
+  assert "| PGD-4 |" in markdown and "| Strong worst case (AutoAttack: APGD-CE, APGD-T, FAB-T, Square) |" in markdown
   assert len(images) == 1 and images[0][:4] == b"\x89PNG"
   out = tmp_path / "runs" / "notebook-results" / "table4" / "mnist5k-tiny"
   assert images[0] == (out / "accuracy_vs_k.png").read_bytes()
   record = json.loads((out / "study.json").read_text())
   assert record["device_count"] == devices and len(record["runs"]) == 3
+
+
+def install_cell(name: str) -> str:
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
+  return next(c.source for c in nb.cells if c.cell_type == "code" and "def install_command" in c.source)
+
+
+def test_install_cell_picks_the_jax_build_of_the_accelerator_and_skips_outside_colab(monkeypatch, capsys):
+  source = install_cell("quickstart.ipynb")
+  assert install_cell("paper_study.ipynb") == source
+  def no_pip(*args, **kwargs):
+    raise AssertionError(f"the install cell ran {args} outside Colab")
+  for name in ("run", "call", "check_call", "check_output", "Popen"):
+    monkeypatch.setattr(subprocess, name, no_pip)
+  scope = {"REPO": "https://example.org/crp_jax"}
+  exec(compile(source, "install cell", "exec"), scope)  # outside Colab: prints, runs nothing
+  assert capsys.readouterr().out == "Not on Colab: skipped the install (crp_jax is already installed).\n"
+  command = scope["install_command"]("https://example.org/crp_jax", "tpu")
+  assert command[-2:] == ["crp_jax @ git+https://example.org/crp_jax", "jax[tpu]"]
+  assert scope["install_command"]("https://example.org/crp_jax", "gpu")[-1] == "jax[cuda12]"
+  assert scope["install_command"]("https://example.org/crp_jax", "cpu")[-1].startswith("crp_jax @ git+")
+  for var in ("COLAB_TPU_ADDR", "TPU_NAME", "TPU_ACCELERATOR_TYPE"):
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setenv("TPU_NAME", "local")
+  assert scope["accelerator"]() == "tpu"
