@@ -15,11 +15,10 @@ import os
 import re
 import subprocess
 
+import nbclient  # the test extra's notebook packages: missing, the suite fails rather than skips
+import nbformat
 import pytest
-
-nbclient = pytest.importorskip("nbclient")
-nbformat = pytest.importorskip("nbformat")
-kernelspec = pytest.importorskip("ipykernel.kernelspec")
+from ipykernel import kernelspec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES_LINE = re.compile(r"on cpu: (\d+) device\(s\)")
