@@ -10,6 +10,7 @@ per model into the first workdir.
   python -m experiments.evaluate --workdir=runs/mnist5k-crp-vs-standard-seed0
   python -m experiments.evaluate --workdir=runs/a/crp,runs/b/crp,runs/c/crp --attack_subset=1000
   python -m experiments.evaluate --workdir=DIR --strong=autoattack-plus
+  python -m experiments.evaluate --workdir=DIR --certify_sigma=0.25 --certify_n=10000   # adds certified accuracy
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ flags.DEFINE_enum("strong", None, list(STRONG),
                   "The strong protocol and masking checks: autoattack-standard (APGD-CE, APGD-T, FAB-T, Square), "
                   "autoattack-plus, apgd-square (APGD-CE, APGD-T, Square, no FAB-T), true (as trained) or "
                   "false (off); default: as trained.", case_sensitive=False)
+flags.DEFINE_float("certify_sigma", None, "Also certify (randomized smoothing, eval.certify) at this noise std σ; "
+                   "0 turns it off; default: as trained (off unless the run set it).")
+flags.DEFINE_integer("certify_n", None, "CERTIFY's n (noisy samples per example); default: as trained (100,000).")
+flags.DEFINE_integer("certify_examples", None, "Test examples to certify (0: all); default: as trained (500).")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 cli.define_distributed_flags()
 
@@ -52,6 +57,10 @@ def main(argv: list[str]) -> None:
   overrides = {f: flags.FLAGS[f].value for f in _EVAL_FLAGS if flags.FLAGS[f].value is not None}
   if flags.FLAGS.strong is not None:
     overrides.update(STRONG[flags.FLAGS.strong.lower()])
+  certify = {field: flags.FLAGS[f"certify_{name}"].value for field, name in
+             (("sigma", "sigma"), ("n", "n"), ("num_examples", "examples")) if flags.FLAGS[f"certify_{name}"].value is not None}
+  if certify:
+    overrides["certify"] = certify
   command = "python -m experiments.evaluate " + shlex.join(sys.argv[1:])
   from crp_jax.runner import pipeline  # pylint: disable=g-import-not-at-top
   with cli.user_errors():

@@ -155,6 +155,20 @@ def test_certify_cli_writes_table_json_and_plot(trained):
   assert section["max_radius"] == certify.max_radius(0.25, 200, 0.001)
 
 
+def test_evaluate_cli_certifies_a_saved_model(trained):
+  cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={trained}", "--progress=false"]
+  p = subprocess.run(cmd + ["--certify_sigma=0.25", "--certify_n=200", "--certify_examples=16"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "certified at L2 radius 0.5 |" in p.stdout and "Certified (a proof" in p.stdout
+  section = json.loads((trained / "evaluation.json").read_text())["standard"]["evaluation"]["certify"]
+  assert section["spec"]["sigma"] == 0.25 and section["spec"]["n"] == 200 and section["spec"]["n0"] == 100
+  assert section["num_examples"] == 16 and len(section["certified_accuracy"]) == len(certify.DEFAULT_RADII)
+  bad = subprocess.run(cmd + ["--certify_sigma=-1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert bad.returncode == 2 and "config.eval.certify.sigma=-1.0: must be > 0" in bad.stderr, bad.stderr[-2000:]
+  assert len(bad.stderr.strip().splitlines()) == 1
+
+
 def plan_certification(workdir, **fields):
   """The ``certify`` section of ``workdir``'s model evaluated with ``eval.certify`` set to ``fields``."""
   from crp_jax import data  # pylint: disable=g-import-not-at-top

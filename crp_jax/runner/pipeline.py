@@ -192,11 +192,15 @@ def load_trained(workdir: str, eval_overrides: dict[str, Any] | None = None) -> 
   """The latest checkpoint of the model in ``workdir``, with its saved config.
 
   ``eval_overrides`` replaces fields of ``config.eval`` (they do not affect
-  the trained weights).
+  the trained weights); a dict updates a nested group field by field
+  (``{"certify": {"sigma": 0.25}}``).
   """
   config = ml_collections.ConfigDict(checkpoint.with_new_fields(atomic.read_json(os.path.join(workdir, "config.json"))))
   for k, v in (eval_overrides or {}).items():
-    config.eval[k] = v
+    if isinstance(v, dict):
+      config.eval[k].update(v)
+    else:
+      config.eval[k] = v
   config_lib.validate(config)
   info = data.dataset_info(config.dataset)
   model = model_for(config, info.num_classes)
