@@ -57,8 +57,9 @@ def main(argv: list[str]) -> None:
   overrides = {f: flags.FLAGS[f].value for f in _EVAL_FLAGS if flags.FLAGS[f].value is not None}
   if flags.FLAGS.strong is not None:
     overrides.update(STRONG[flags.FLAGS.strong.lower()])
-  certify = {field: flags.FLAGS[f"certify_{name}"].value for field, name in
-             (("sigma", "sigma"), ("n", "n"), ("num_examples", "examples")) if flags.FLAGS[f"certify_{name}"].value is not None}
+  certify = {"sigma": flags.FLAGS.certify_sigma, "n": flags.FLAGS.certify_n,
+             "num_examples": flags.FLAGS.certify_examples}
+  certify = {k: v for k, v in certify.items() if v is not None}
   if certify:
     overrides["certify"] = certify
   command = "python -m experiments.evaluate " + shlex.join(sys.argv[1:])
