@@ -113,3 +113,72 @@ def test_import_after_jax_started_says_how_to_get_the_flag():
   assert out.stdout.strip() == "too_late"
   assert "crp_jax.configure_cpu()" in out.stderr and FLAG in out.stderr
 
+
+
+MiB = 2**20
+
+
+@pytest.mark.parametrize("temp_mib, want", [(None, None), (16, None), (32, None), (32.5, cpu.HEAP_BYTES),
+                                            (58.8, cpu.HEAP_BYTES), (128, cpu.HEAP_BYTES), (161, None),
+                                            (1253.6, None)])
+def test_heap_split_only_in_its_window(temp_mib, want):
+  temp = None if temp_mib is None else int(temp_mib * MiB)
+  got = cpu.heap_split_options(temp, "cpu", {}, version="0.10.2")
+  assert got == (None if want is None else {cpu.HEAP_OPTION: want})
+
+
+@pytest.mark.parametrize("env, backend, version", [({"CRP_JAX_CPU_TUNING": "0"}, "cpu", "0.10.2"),
+                                                   ({"CRP_PLAIN_PROCESS": "1"}, "cpu", "0.10.2"),
+                                                   ({}, "gpu", "0.10.2"), ({}, "tpu", "0.10.2"),
+                                                   ({}, "cpu", "0.11.0")])
+def test_heap_split_not_on_opt_out_accelerators_or_other_jaxlibs(env, backend, version):
+  assert cpu.heap_split_options(60 * MiB, backend, env, version=version) is None
+
+
+def _lenet_step(batch: int):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from crp_jax.models import LeNet  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
+  mesh = train.make_train_mesh()
+  spec = train.TrainSpec(method="crp", perturbation_eps=0.3)
+  tx, keys = train.make_optimizer(spec, 100), train.run_keys(0)
+  objective = train.make_objective(spec, keys["perturbations"], 10, keys["adversary"])
+  step = train.jit_train_step(train.make_train_step(LeNet(), tx, objective, keys["dropout"]), mesh)
+  state = jax.device_get(train.create_state(LeNet(), tx, keys["init"], (28, 28, 1)))
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.integers(0, 256, (batch, 28, 28, 1), dtype=np.uint8),
+              "label": rng.integers(0, 10, batch).astype(np.int32),
+              "example_id": np.arange(batch, dtype=np.int32) + i * batch,
+              "draw_id": rng.integers(-1, 10, batch).astype(np.int32)} for i in range(2)]
+  put = lambda tree, spec: jax.device_put(tree, NamedSharding(mesh, spec))
+  return step, (lambda: put(state, P())), [put(b, P("data")) for b in batches]
+
+
+@pytest.mark.skipif(not cpu.flags_for(cpu.jaxlib_version()), reason="no heap option for this jaxlib")
+def test_compile_for_cpu_splits_the_clis_lenet_step_and_keeps_its_bits():
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  step, fresh_state, batches = _lenet_step(128)
+  plain = step.lower(fresh_state(), batches[0]).compile()
+  split = cpu.compile_for_cpu(step, fresh_state(), batches[0])
+  temp = plain.memory_analysis().temp_size_in_bytes
+  assert cpu.MMAP_THRESHOLD_MAX < temp <= cpu.HEAP_SPLIT_MAX   # the window this test is about
+  # The option changes XLA's buffer assignment, so the split executable's temporaries differ.
+  assert split.memory_analysis().temp_size_in_bytes != temp
+  a, b = fresh_state(), fresh_state()
+  for batch in batches:
+    a, _ = plain(a, batch)
+    b, _ = split(b, batch)
+  for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_compile_for_cpu_outside_the_window_compiles_once():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  f = jax.jit(lambda x: jnp.sin(x) * 2)
+  compiled = cpu.compile_for_cpu(f, jnp.ones(8))
+  assert compiled.memory_analysis().temp_size_in_bytes < cpu.MMAP_THRESHOLD_MAX
+  assert compiled.as_text() == f.lower(jnp.ones(8)).compile().as_text()

@@ -28,7 +28,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from crp_jax import adversarial, extended_set, losses
+from crp_jax import adversarial, cpu, extended_set, losses
 from crp_jax.runner import config as config_lib, atomic, distributed
 from crp_jax.data import Split, to_float
 
@@ -369,8 +369,11 @@ def fit(config: ml_collections.ConfigDict, workdir: str, model: nn.Module, split
   logger = _Logger(workdir, spe, ckpt)
   bar = tqdm(total=total, initial=start, disable=not progress, desc=f"train {config.method}",
              unit="step", dynamic_ncols=True)
+  compiled = None
   for step, batch in to_device(host_batches(split, spec, num_examples, start, end), mesh):
-    state, metrics = step_fn(state, batch)
+    if compiled is None:   # the CPU's heap option, where it applies (crp_jax.cpu.heap_split_options)
+      compiled = cpu.compile_for_cpu(step_fn, state, batch)
+    state, metrics = compiled(state, batch)
     logger.pending.append(metrics)
     done = step + 1
     saving = done % config.checkpoint_every_steps == 0 or done == end
