@@ -25,12 +25,16 @@ order); the test suite runs with the flag.
   applied at import: it changes how the whole process, PyTorch included,
   uses memory (freed memory is reused, not returned to the kernel), and in
   the plain-process benchmark it sped PyTorch's large-batch steps up more
-  than ours. (``--xla_multiheap_size_constraint_per_heap=16777216``, which
-  keeps XLA's temporary heaps under glibc's mmap threshold, fixed the same
-  faults for XLA alone, the CLI step 1.12x PyTorch in a plain process, but
-  it cost the ``ball_loss`` step 14% and the CLI's ResNet-18 step 19%:
-  ``benchmarks/results.md``; not applied.) Only with glibc on Linux, and not when a JAX accelerator plugin
+  than ours. Only with glibc on Linux, and not when a JAX accelerator plugin
   (CUDA, ROCm, TPU) is installed: there the host is not where the work is.
+* **A heap cap for one executable** (:func:`compile_for_cpu`, which
+  ``crp_jax.runner.train.fit`` uses for its step): XLA's
+  ``xla_multiheap_size_constraint_per_heap`` keeps the temporary heaps under
+  glibc's mmap threshold, so the faults above stop for XLA alone, with the
+  same bits. As a global ``XLA_FLAGS`` flag it cost the ``ball_loss`` step
+  14% and the CLI's ResNet-18 step 19% (2026-12-01, ``benchmarks/results.md``),
+  so it is given per executable (``compiler_options``), and only in the size
+  window where it helped (:func:`heap_split_options`).
 
 ``import crp_jax`` applies the flag (:func:`on_import`) and prints one line
 saying so. ``CRP_JAX_CPU_TUNING`` controls this:

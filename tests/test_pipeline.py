@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from crp_jax import data
+from crp_jax import cpu, data
 from crp_jax.runner import pipeline, train
 from crp_jax.models import get_model
 from crp_jax.runner.config import base_config
@@ -73,6 +73,25 @@ def test_train_mesh_is_one_device_per_process_on_a_cpu_only(monkeypatch):
   assert train.make_train_mesh().devices.tolist() == [jax.devices()[0]]
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")   # accelerators train on every device
   assert train.make_train_mesh().devices.size == 4
+
+
+@pytest.mark.skipif(not cpu.flags_for(cpu.jaxlib_version()), reason="no heap option for this jaxlib")
+def test_fit_compiles_its_cpu_step_with_the_heap_cap_and_the_same_bits(tmp_path, monkeypatch):
+  seen = []
+  real = cpu.heap_split_options
+
+  def spy(temp, backend, *args, **kwargs):
+    seen.append(real(temp, backend, *args, **kwargs))
+    return seen[-1]
+
+  monkeypatch.setattr(cpu, "heap_split_options", spy)
+  capped = _fit(tmp_path, "capped", 1, overrides={"batch_size": 128})
+  monkeypatch.setenv("CRP_JAX_CPU_TUNING", "0")
+  plain = _fit(tmp_path, "plain", 1, overrides={"batch_size": 128})
+  assert seen == [{cpu.HEAP_OPTION: cpu.HEAP_BYTES}, None]   # LeNet at batch 128: 58.8 MiB of temporaries
+  assert int(capped.step) == int(plain.step) == 3
+  for a, b in zip(jax.tree.leaves(capped), jax.tree.leaves(plain)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_resume_gives_identical_parameters(tmp_path):
