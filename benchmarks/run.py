@@ -267,6 +267,7 @@ class JaxTrainer:
     sharding = NamedSharding(mesh, P("data"))
     self.batches = [jax.device_put(data.batch(i), sharding) for i in range(len(data.image))]
     start = time.perf_counter()
+    self.step = step
     self.compiled = cpu.compile_for_cpu(step, self.state, self.batches[0])   # as train.fit compiles it
     self.compile_s = time.perf_counter() - start
     self.metrics = None

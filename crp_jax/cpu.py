@@ -208,12 +208,13 @@ def heap_split_options(temp_bytes: int | None, backend: str, environ: Mapping[st
   ``xla_multiheap_size_constraint_per_heap`` at :data:`HEAP_BYTES` the same
   buffers go into heaps under the threshold, which glibc reuses; the
   results are bit-identical (``tests/test_cpu.py``). Given only where it
-  helped (``python -m benchmarks.probes.heap_probe``): a CPU executable on
-  jaxlib 0.10 with ``temp_bytes`` in (32, 128] MiB. The CLI's LeNet step
-  (58.8 MiB at batch 128) ran 1.3-1.5x faster beside PyTorch in a plain
-  process, and +13% alone at batch 256 (80.6 MiB); larger temporaries hold
-  buffers above the heap size and ran 5-20% slower (LeNet at batch 512,
-  161 MiB; ResNet-18, 1.25 GiB). ``CRP_JAX_CPU_TUNING=0`` opts out.
+  helped (``python -m benchmarks.probes.options_probe``): a CPU executable on
+  jaxlib 0.10 with ``temp_bytes`` in (32, 128] MiB. In a plain process the
+  CLI's LeNet step ran 27% faster alone at batch 128 (58.8 MiB) and 15% at
+  256 (80.6 MiB); larger temporaries hold buffers above the heap size, and
+  the cap cost 10-18% (LeNet at batch 512 and 1,024: 161 and 322 MiB); the
+  ResNet-18 step (947 MiB) was slower with it too. ``benchmarks/results.md`` has the
+  tables. ``CRP_JAX_CPU_TUNING=0`` opts out.
 
   Args:
     temp_bytes: the executable's temporaries (``memory_analysis().temp_size_in_bytes``).
