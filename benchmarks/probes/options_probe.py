@@ -90,7 +90,8 @@ def minimal_step(batch: int) -> Callable[[int], Any]:
 
 
 def main(argv: list[str]) -> None:
-  _env.parse_flags(argv)
+  if len(argv) > 1:
+    _env.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     variants = json.loads(FLAGS.variants)
   except json.JSONDecodeError as e:
@@ -118,4 +119,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_env.parse_flags)
