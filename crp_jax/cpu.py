@@ -1,9 +1,9 @@
-"""CPU settings that make crp_jax fast in any process: an XLA flag at ``import crp_jax``, malloc on request.
+"""CPU settings for crp_jax in any process: an XLA flag at import, a heap cap per executable, malloc on request.
 
 Measured in a plain process on a 2-core VM (``python -m benchmarks.plain``;
-``benchmarks/results.md``, plain-process table). Neither changes a result
+``benchmarks/results.md``, plain-process table). None changes a result
 beyond float rounding (a different convolution kernel sums in a different
-order); the test suite runs with the flag.
+order; the heap cap keeps the bits); the test suite runs with the flag.
 
 * **The XLA flag** ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``,
   applied by ``import crp_jax``: single convolutions go to Eigen instead of
