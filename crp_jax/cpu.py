@@ -235,24 +235,15 @@ def compile_for_cpu(jitted: Any, *args: Any) -> Any:
 
   Returns a ``jax.stages.Compiled`` for arguments of ``args``' shapes and
   shardings: a train loop calls it in place of ``jitted``. The second
-  compile happens only for a CPU executable in the size window (about a
-  second for the CLI's LeNet step).
+  compile happens only when JAX's default backend is the CPU and the
+  temporaries lie in the size window (about a second for the CLI's LeNet step).
   """
+  import jax  # pylint: disable=g-import-not-at-top
   lowered = jitted.lower(*args)
   compiled = lowered.compile()
-  analysis = compiled.memory_analysis()
-  temp = getattr(analysis, "temp_size_in_bytes", None) if analysis is not None else None
-  options = heap_split_options(temp, _platform(args))
+  temp = getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)
+  options = heap_split_options(temp, jax.default_backend())
   return lowered.compile(compiler_options=options) if options else compiled
-
-
-def _platform(args: tuple[Any, ...]) -> str:
-  import jax  # pylint: disable=g-import-not-at-top
-  for leaf in jax.tree.leaves(args):
-    sharding = getattr(leaf, "sharding", None)
-    if sharding is not None:
-      return next(iter(sharding.device_set)).platform
-  return jax.default_backend()
 
 
 def on_import() -> CpuSettings:
