@@ -11,7 +11,7 @@ import pytest
 from crp_jax import adversarial, attacks, data
 from crp_jax.data import to_float
 from crp_jax.models import get_model
-from crp_jax.runner import checkpoint, train
+from crp_jax.runner import checkpoint, train, meshes, seeds
 from crp_jax.runner.config import ConfigError, base_config, validate
 
 EPS = 0.1
@@ -26,11 +26,11 @@ def _steps(spec, split, num_steps, start=None):
   """``num_steps`` train steps of ``spec`` from the seed-0 init (or ``start``) on ``split``'s first examples."""
   model = get_model("lenet")
   tx = optax.adam(1e-3)
-  keys = train.run_keys(0)
+  keys = seeds.run_keys(0)
   state = start or train.create_state(model, tx, keys["init"], split.image_shape)
   objective = train.make_objective(spec, keys["perturbations"], 10, keys["adversary"])
   step = train.jit_train_step(train.make_train_step(model, tx, objective, keys["dropout"]),
-                              train.make_mesh(jax.devices()[:1]))
+                              meshes.make_mesh(jax.devices()[:1]))
   for i in range(num_steps):
     sl = slice(i * 64 % 1024, i * 64 % 1024 + 64)
     batch = {"image": split.images[sl], "label": split.labels[sl], "example_id": split.ids[sl],
@@ -110,7 +110,7 @@ def _fit(tmp_path, name, **kw):
   config.method, config.train_subset, config.batch_size, config.epochs = "pgd_at", 256, 32, 1
   config.adversary.eps, config.adversary.steps, config.adversary.step_size = EPS, 3, 0.04
   config.log_every_steps, config.checkpoint_every_steps = 2, 4
-  mesh = train.make_mesh(jax.devices()[:2])
+  mesh = meshes.make_mesh(jax.devices()[:2])
   split = data.load_split("mnist5k", "train")
   return train.fit(config, str(tmp_path / name), get_model("lenet"), split, mesh, progress=False, **kw)
 

@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from crp_jax import attacks
-from crp_jax.runner import train
+from crp_jax.runner import train, meshes, seeds
 from crp_jax.models import LeNet
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
@@ -52,11 +52,11 @@ def test_counter_sees_a_recompile():
 
 
 def test_train_step_compiles_once():
-  mesh = train.make_mesh()
+  mesh = meshes.make_mesh()
   config = train.TrainSpec(method="crp", perturbation_eps=0.3)
   model, shape = LeNet(), (28, 28, 1)
   tx = train.make_optimizer(config, 100)
-  keys = train.run_keys(0)
+  keys = seeds.run_keys(0)
   state = jax.device_put(train.create_state(model, tx, keys["init"], shape), NamedSharding(mesh, P()))
   step = train.jit_train_step(
       train.make_train_step(model, tx, train.make_objective(config, keys["perturbations"], 10),

@@ -9,7 +9,8 @@ import optax
 import pytest
 
 from crp_jax import attacks, data
-from crp_jax.runner import evaluate, evaluators, train
+from crp_jax.runner import evaluators, train, meshes
+from crp_jax.runner.evaluators import batches
 from crp_jax.models import get_model
 from crp_jax.runner import config as base
 
@@ -67,7 +68,7 @@ def mnist():
 
 
 def run_report(model, variables, test, cfg):
-  mesh = train.make_mesh(jax.devices()[:2])
+  mesh = meshes.make_mesh(jax.devices()[:2])
   plan = evaluators.build_plan(cfg)
   measured = evaluators.measure(plan, evaluators.Model(model, variables, cfg, jax.random.key(0)), test,
                                 mesh=mesh, progress=False)
@@ -133,7 +134,7 @@ class _Apply(nn.Module):
 def test_standard_lenet_breaks_under_the_strong_protocol(mnist, lenet):
   _, test = mnist
   model = get_model("lenet")
-  subset = evaluate.take(test, evaluate.subset_indices(test.num_examples, 48))
+  subset = batches.take(test, batches.subset_indices(test.num_examples, 48))
   logits_fn = lambda z: model.apply(lenet, z, train=False)
   out = jax.jit(lambda x, y, k: attacks.strong_eval(logits_fn, x, y, key=k, eps=0.3, apgd_steps=25,
                                                     num_targets=2, square_queries=100))(
@@ -154,7 +155,7 @@ def test_standard_lenet_full_report(mnist, lenet):
 
 
 def test_check_6a_flags_zero_gradients_and_only_reports_saturated_ones():
-  from crp_jax.runner.diagnostics import gradient_checks  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner.evaluators.masking import gradient_checks  # pylint: disable=g-import-not-at-top
   grads = np.ones((100, 3)) * np.array([1.0, -20.0, -5.0])   # (‖∇‖₁, logit row sum, min logit)
   grads[:5, 0] = 1e-12                                    # saturated, not zero: the signs still point
   six_a = gradient_checks(grads, 0.0)[0]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from crp_jax import perturbations
-from crp_jax.runner import atomic, distributed, pipeline, train
+from crp_jax.runner import atomic, distributed, pipeline, train, seeds
 from crp_jax.runner.config import ConfigError
 from tools import compare_checkpoints, compare_results
 
@@ -190,9 +190,9 @@ def test_perturbations_are_the_same_bits_for_any_process_count(tmp_path):
   finish(one)
   from tests.multiprocess_worker import fake_split   # pylint: disable=g-import-not-at-top
   split, spec = fake_split(), train.TrainSpec(num_perturbations=3, batch_size=16, seed=5)
-  key = train.run_keys(spec.seed)["perturbations"]
-  direct = np.stack([np.asarray(perturbations.make_delta(key, b["example_id"], b["draw_id"], split.image_shape,
-                                                         eps=0.3))
+  key = seeds.run_keys(spec.seed)["perturbations"]
+  direct = np.stack([np.asarray(perturbations.make_delta(b["example_id"], b["draw_id"], split.image_shape,
+                                                         key=key, eps=0.3))
                      for _, b in train.host_batches(split, spec, split.num_examples, 0, 6)])
   a, b = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
   assert a.shape == (6, 16, 4, 4, 1) and np.abs(a).max() > 0

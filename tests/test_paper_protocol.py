@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from crp_jax import attacks, data
-from crp_jax.attacks import AttackSpec
-from crp_jax.runner import evaluate, evaluators, report, train
+from crp_jax.attacks import AttackSpec, _autoattack
+from crp_jax.runner import evaluators, report, train, meshes
+from crp_jax.runner.evaluators import batches
 from crp_jax.runner import config as base
 from crp_jax.runner.evaluators.paper import PaperProtocol, black_box_specs, paper_specs
 from crp_jax.runner.evaluators.strong import StrongProtocol
@@ -66,7 +67,7 @@ def three_models():
 def test_transfer_alone_gives_every_spec_from_every_other_model(three_models):
   test, models = three_models
   plan = evaluators.build_plan(cfg())
-  mesh = train.make_mesh(jax.devices()[:2])
+  mesh = meshes.make_mesh(jax.devices()[:2])
   out = evaluators.transfer(plan, models, test, mesh=mesh, progress=False)
   specs = black_box_specs(cfg())
   assert set(out) == set(models)
@@ -76,9 +77,9 @@ def test_transfer_alone_gives_every_spec_from_every_other_model(three_models):
       assert set(by_spec[spec]) == set(models) - {target}
       assert all(v.shape == (16,) and v.dtype == np.bool_ for v in by_spec[spec].values())
   # The same numbers as transfer_matrix on that one spec.
-  subset = evaluate.take(test, evaluate.subset_indices(test.num_examples, 16))
+  subset = batches.take(test, batches.subset_indices(test.num_examples, 16))
   pgd5 = specs[-1]
-  alone = evaluate.transfer_matrix({n: (m.module, m.variables) for n, m in models.items()}, subset, pgd5,
+  alone = batches.transfer_matrix({n: (m.module, m.variables) for n, m in models.items()}, subset, pgd5,
                                    jax.random.key(0), mesh=mesh, batch_size=8, progress=False)
   np.testing.assert_array_equal(out["m0"][pgd5]["m2"], alone["m0"]["m2"])
   assert evaluators.transfer(plan, dict(list(models.items())[:1]), test, mesh=mesh, progress=False) == {}
@@ -90,9 +91,9 @@ def _measurements(plan, transfer, n=20, seed=0):
   correct = {s: rng.random(n) < 0.7 for s in specs}
   grads = np.tile([1.0, -3.0, -5.0], (n, 1))
   # AutoAttack's loop over the evaluators' chains: measured specs read, the others (FAB-T) drawn.
-  chains = {e.name: attacks.run_in_order(e.chain, np.ones(n, bool), lambda s, idx: (
+  chains = {e.name: _autoattack.run_in_order(e.chain, np.ones(n, bool), lambda s, idx: (
       correct[s][idx] if s in correct else rng.random(idx.size) < 0.7, None)) for e in plan if e.chain}
-  return evaluate.Measurements(rng.random(100) < 0.9, 100, correct, grads, transfer, chains)
+  return batches.Measurements(rng.random(100) < 0.9, 100, correct, grads, transfer, chains)
 
 
 def test_summaries_read_their_own_transfer_entries():

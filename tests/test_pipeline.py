@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from crp_jax import cpu, data
-from crp_jax.runner import pipeline, train
+from crp_jax.runner import pipeline, train, meshes, seeds
 from crp_jax.models import get_model
 from crp_jax.runner.config import base_config
 from experiments.configs import get_config
@@ -52,7 +52,7 @@ def test_tfds_dataset_trains_under_mock_data(dataset, tmp_path, monkeypatch):
 def _fit(tmp_path, name, devices, **kw):
   config = tiny(base_config(), method="crp", train_subset=128, **kw.pop("overrides", {}))
   split = data.load_split("mnist5k", "train")
-  mesh = train.make_mesh(jax.devices()[:devices])
+  mesh = meshes.make_mesh(jax.devices()[:devices])
   return train.fit(config, str(tmp_path / name), get_model("lenet"), split, mesh, progress=False, **kw)
 
 
@@ -69,10 +69,10 @@ def test_one_and_four_devices_agree(tmp_path):
 
 
 def test_train_mesh_is_one_device_per_process_on_a_cpu_only(monkeypatch):
-  assert train.make_mesh().devices.size == 4
-  assert train.make_train_mesh().devices.tolist() == [jax.devices()[0]]
+  assert meshes.make_mesh().devices.size == 4
+  assert meshes.make_train_mesh().devices.tolist() == [jax.devices()[0]]
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")   # accelerators train on every device
-  assert train.make_train_mesh().devices.size == 4
+  assert meshes.make_train_mesh().devices.size == 4
 
 
 @pytest.mark.skipif(not cpu.flags_for(cpu.jaxlib_version()), reason="no heap option for this jaxlib")
@@ -134,9 +134,9 @@ def test_ball_loss_objective_is_a_user_loop_over_the_public_ball_loss(tmp_path):
   config = tiny(base_config(), method="crp", train_subset=64, objective="ball_loss")
   split = data.load_split("mnist5k", "train")
   model = get_model("lenet")
-  ours = train.fit(config, str(tmp_path), model, split, train.make_mesh(jax.devices()[:1]), progress=False,
+  ours = train.fit(config, str(tmp_path), model, split, meshes.make_mesh(jax.devices()[:1]), progress=False,
                    stop_at=2)
-  keys = train.run_keys(config.seed)
+  keys = seeds.run_keys(config.seed)
   params = model.init(keys["init"], jnp.zeros((1, 28, 28, 1)), train=False)["params"]
   tx = optax.adam(config.learning_rate)
   opt_state = tx.init(params)

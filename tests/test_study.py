@@ -11,7 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from crp_jax.runner import aggregate, atomic, checkpoint, pipeline, study as study_lib, studies
+from crp_jax.runner import atomic, checkpoint, pipeline
+from studies import cells as aggregate, common, engine as study_lib, k, registry, variable, white_black
 from experiments import cli
 from experiments.configs import get_config, study_config
 
@@ -45,9 +46,9 @@ def test_identical_training_configs_share_a_workdir_whatever_their_evaluation():
   b.eval.attack_subset, b.eval.pgd_steps, b.log_every_steps = 7, (3,), 9
   assert study_lib.run_name(a) == study_lib.run_name(b)
   # Table 1's uniform runs are Table 4's K = 10, Table 7's G and flatness' G.
-  t1 = {study_lib.run_name(r.config) for r in studies.table1_runs(a, 2) if r.group.startswith("U")}
-  t4 = {study_lib.run_name(r.config) for r in studies.k_runs(a, 2) if r.group == "K=10"}
-  t7 = {study_lib.run_name(r.config) for r in studies.table7_runs(a, 2) if r.group == "G"}
+  t1 = {study_lib.run_name(r.config) for r in white_black.table1_runs(a, 2) if r.group.startswith("U")}
+  t4 = {study_lib.run_name(r.config) for r in k.k_runs(a, 2) if r.group == "K=10"}
+  t7 = {study_lib.run_name(r.config) for r in variable.table7_runs(a, 2) if r.group == "G"}
   assert t1 == t4 == t7 and len(t1) == 2
 
 
@@ -73,7 +74,7 @@ def _fake_results(config, clean, fgsm, pgd):
 
 def test_killed_study_resumes_without_retraining_finished_runs(tmp_path, monkeypatch):
   base = study_config("mnist5k")
-  runs = studies.k_runs(base, 2)
+  runs = k.k_runs(base, 2)
   calls = []
 
   def fake_run(config, workdir, **kw):
@@ -83,7 +84,7 @@ def test_killed_study_resumes_without_retraining_finished_runs(tmp_path, monkeyp
     atomic.write_json(os.path.join(workdir, "results.json"), _fake_results(config, 0.9, 0.5, 0.1))
 
   monkeypatch.setattr(pipeline, "run", fake_run)
-  study = studies.STUDIES["table4"]
+  study = registry.STUDIES["table4"]
   with pytest.raises(KeyboardInterrupt):
     study_lib.execute(study, runs, root=str(tmp_path), log=lambda s: None)
   assert len(calls) == 3
@@ -97,7 +98,7 @@ def test_killed_study_resumes_without_retraining_finished_runs(tmp_path, monkeyp
 
 
 def test_shards_split_a_study_and_each_reuses_the_others_finished_runs(tmp_path, monkeypatch):
-  runs = studies.k_runs(study_config("mnist5k"), 2)   # 6 distinct runs
+  runs = k.k_runs(study_config("mnist5k"), 2)   # 6 distinct runs
   calls = []
 
   def fake_run(config, workdir, **kw):
@@ -105,7 +106,7 @@ def test_shards_split_a_study_and_each_reuses_the_others_finished_runs(tmp_path,
     atomic.write_json(os.path.join(workdir, "results.json"), _fake_results(config, 0.9, 0.5, 0.1))
 
   monkeypatch.setattr(pipeline, "run", fake_run)
-  study, names = studies.STUDIES["table4"], [study_lib.run_name(r.config) for r in runs]
+  study, names = registry.STUDIES["table4"], [study_lib.run_name(r.config) for r in runs]
   run = lambda shard: study_lib.execute(study, runs, root=str(tmp_path), log=lambda s: None,
                                         shard=study_lib.Shard.parse(shard))
   done = run("1/3")
@@ -126,20 +127,20 @@ def test_aggregation_matches_hand_computed_mean_std_and_best():
   assert aggregate.best_index([0.3, 0.9, 0.9, 0.1]) == 1
   base = study_config("mnist5k")
   base.eval.pgd_steps = (20, 100)
-  runs = studies.k_runs(base, 3)
+  runs = k.k_runs(base, 3)
   pgd = {1: [0.1, 0.3, 0.2], 5: [0.4, 0.5, 0.9], 10: [0.7, 0.6, 0.8]}
   done = [study_lib.Done(r, "", _fake_results(r.config, 0.9 + 0.01 * r.seed, 0.5, pgd[r.config.num_perturbations][r.seed]),
                          0.0, False) for r in runs]
-  ctx = study_lib.Context(studies.STUDIES["table4"], base, done, cache_dir="")
-  outcome = studies.k_table(ctx)
+  ctx = study_lib.Context(registry.STUDIES["table4"], base, done)
+  outcome = k.k_table(ctx)
   t = outcome.tables[0]
   assert t.cells[("PGD-100", "5")].ours.text() == "60.00 ± 26.46"
   assert t.cells[("PGD-100", "5")].paper == "96.24±0.39"  # Table 4 as printed
   assert t.cells[("No attack", "1")].ours.text() == "91.00 ± 1.00"
-  assert t.cells[(studies.FLAGS_ROW, "10")].text() == "1, 1, 1"
+  assert t.cells[(common.FLAGS_ROW, "10")].text() == "1, 1, 1"
   assert "accuracy_vs_k.png" in outcome.figures and outcome.figures["accuracy_vs_k.png"][:4] == b"\x89PNG"
   g = [d for d in done if d.run.config.num_perturbations == 5]
-  assert studies.best(g, base).run.seed == 2
+  assert common.best(g, base)[0].run.seed == 2
 
 
 def test_evaluate_saved_keeps_models_that_share_a_folder_name(tmp_path):
@@ -178,17 +179,33 @@ def test_tiny_study_through_the_cli_writes_table_json_and_figure(tmp_path):
   assert p.returncode == 0, p.stderr[-3000:]
   assert "seed 0: reused" in p.stdout and "seed 1: trained" in p.stdout
   table = (out / "table.md").read_text()
-  assert "Best of 2" in table and "Black-box" in table and studies.STRONG_ROW in table, table
+  assert "Best of 2" in table and "Black-box" in table and common.STRONG_ROW in table, table
   assert "| FGSM |" in table and "| PGD-2 |" in table
   assert "[table2 2/2]" in p.stdout
   record = json.loads((out / "study.json").read_text())
   assert [r["seed"] for r in record["runs"]] == [0, 1] and record["runs"][0]["config"]["num_perturbations"] == 10
   black = record["extras"][record["runs"][0]["group"]]["black_box"]
   assert set(black) == {"fgsm", "pgd2"} and len(black["fgsm"]) == 2
+  # The cross-run file holds every (source, target) number; the table's cell is their mean over sources, then targets.
+  group = record["runs"][0]["group"]
+  crossed = record["black_box"][group]
+  assert set(crossed["accuracy"]) == {"seed0", "seed1"}
+  assert crossed["accuracy"]["seed0"]["fgsm"].keys() == {"seed1"} and crossed["settings"]["models"].keys() == {"seed0", "seed1"}
+  per_target = [np.mean(list(crossed["accuracy"][t]["fgsm"].values())) for t in ("seed0", "seed1")]
+  assert black["fgsm"] == pytest.approx(per_target, abs=0)
+  cell = next(c for c in record["tables"][0]["cells"] if c["row"] == "FGSM" and c["column"] == "Black-box")
+  assert cell["ours"]["mean"] == pytest.approx(np.mean(per_target), abs=1e-12)
+  files = list((tmp_path / "runs" / "mnist5k-small" / "_black_box").glob("*.json"))
+  assert len(files) == 1 and json.loads(files[0].read_text())["accuracy"] == crossed["accuracy"]
+  assert record["code"]["crp_jax"] and "Regenerate: `python -m experiments.study" in table
   # Fig. 3 reads the same G models: reused, not retrained.
   p = _study(tmp_path, "--study=fig3")
   assert p.returncode == 0, p.stderr[-3000:]
   assert "G, seed 0: reused" in p.stdout and "G, seed 1: reused" in p.stdout
+  assert ": trained" not in p.stdout and "evaluated with eps_curve added" in p.stdout   # only the new evaluator ran
+  g0 = json.loads(next((tmp_path / "runs" / "mnist5k-small").glob("crp-*seed0-*/results.json")).read_text())
+  assert g0["evaluation"]["eps_curve"]["eps"] == [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]
+  assert g0["added_evaluations"][0]["evaluators"] == ["eps_curve"] and "paper" in g0["evaluation"]
   assert (tmp_path / "results" / "fig3" / "mnist5k-small" / "fig3.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -205,8 +222,69 @@ def test_study_bad_input_is_one_line_and_writes_nothing(tmp_path):
 
 
 def test_groups_select_settings_by_short_name():
-  runs = studies.table1_runs(study_config("mnist5k"), 2)
+  runs = white_black.table1_runs(study_config("mnist5k"), 2)
   assert {r.group for r in study_lib.select_groups(runs, ["U"])} == {"U(−0.3, 0.3)"}
   assert len(study_lib.select_groups(runs, [])) == 4
   with pytest.raises(study_lib.config_lib.ConfigError, match="no group 'G'; this study has U, N"):
     study_lib.select_groups(runs, ["G"])
+
+
+def _full_fake_results(run, rng):
+  """A run's record with every section a study reads (paper, strong, flatness, saturation, ε curve)."""
+  cfg = run.config
+  r = _fake_results(cfg, *rng.random(3))
+  n = max(cfg.eval.pgd_steps)
+  r["evaluation"]["paper"]["accuracy"].update({f"pgd{k}": float(rng.random()) for k in cfg.eval.pgd_steps})
+  r["evaluation"]["flatness"] = {"mean": float(rng.random()), "variance": float(rng.random()), "draws": 10}
+  r["evaluation"]["saturation"] = {
+      "clean_subset": 0.9, "zero_gradient": {"ce": 0.0, "prob_ce": 0.5},
+      "accuracy": {f"{a}-{loss}": float(rng.random()) for a in ("fgsm", f"pgd{n}", f"bim{n}") for loss in ("ce", "prob_ce")}}
+  grid = (0.1, 0.2)
+  r["evaluation"]["eps_curve"] = {"eps": list(grid), "pgd20": [0.5, 0.2], "apgd": [0.4, 0.1],
+                                  "accuracy": {"pgd20@0.1": 0.5, "pgd20@0.2": 0.2, "apgd@0.1": 0.4, "apgd@0.2": 0.1}}
+  return r
+
+
+def test_aggregation_loads_no_checkpoint_and_runs_no_attack(monkeypatch):
+  from crp_jax import attacks  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import black_box  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner.evaluators import batches  # pylint: disable=g-import-not-at-top
+  calls = []
+  for owner, name in ((pipeline, "load_trained"), (pipeline, "load_saved"), (pipeline, "run"),
+                      (pipeline, "add_evaluations"), (black_box, "measure"), (attacks, "run_attack"),
+                      (batches, "run_specs"), (batches, "map_batches"), (batches, "transfer_matrix")):
+    monkeypatch.setattr(owner, name, lambda *a, _n=name, **k: calls.append(_n))
+  rng = np.random.default_rng(0)
+  built = 0
+  for study in registry.STUDIES.values():
+    if study.waits_for:
+      continue
+    base = study_config("mnist5k")
+    runs = study_lib.study_runs(study, base, 3)
+    done = [study_lib.Done(r, f"/runs/{i}", _full_fake_results(r, rng), 0.0, True) for i, r in enumerate(runs)]
+    crossed = {g: {"mean": {f"seed{d.run.seed}": {"fgsm": 0.5, "pgd20": 0.4, "pgd100": 0.3} for d in ds}}
+               for g, ds in study_lib.by_group(done).items()} if study.black_box else {}
+    outcome = study.aggregate(study_lib.Context(study, base, done, crossed))
+    assert outcome.tables and all(t.markdown() for t in outcome.tables), study.name
+    built += 1
+  assert calls == [] and built == 12
+
+
+def test_best_of_n_says_when_the_pick_is_a_tie():
+  base = study_config("mnist5k")
+  runs = [r for r in k.k_runs(base, 3) if r.group == "K=10"]
+  make = lambda pgd: [study_lib.Done(r, "", _fake_results(r.config, 0.9, 0.5, p), 0.0, False)
+                      for r, p in zip(runs, pgd)]
+  top, note = common.best(make([0.0, 0.0, 0.0]), base)
+  assert top.run.seed == 0 and note == "tie: seeds 0, 1, 2 all 0.00 under PGD-100; seed 0 shown"
+  top, note = common.best(make([0.1, 0.3, 0.2]), base)
+  assert top.run.seed == 1 and note == ""
+  top, note = common.best(make([0.1, 0.3, 0.3]), base)
+  assert top.run.seed == 1 and "seeds 1, 2" in note
+  table = variable.table7(study_lib.Context(registry.STUDIES["table7"], base, make([0.0, 0.0, 0.0]) and [
+      study_lib.Done(r._replace(group="G"), "", _fake_results(r.config, 0.9, 0.5, 0.0), 0.0, False) for r in runs]))
+  assert any(n.startswith("G-best: tie: seeds 0, 1, 2") for n in table.notes)
+  table = variable.table7(study_lib.Context(registry.STUDIES["table7"], base, [
+      study_lib.Done(r._replace(group="G"), "", _fake_results(r.config, 0.9, 0.5, 0.1 * i), 0.0, False)
+      for i, r in enumerate(runs)]))
+  assert not any("tie" in n for n in table.notes)

@@ -1,7 +1,7 @@
 """Certified accuracy of saved models by randomized smoothing (:mod:`crp_jax.certify`), for ``experiments.certify``.
 
 The measurement is the evaluation plan's (:mod:`crp_jax.runner.evaluators.certified`):
-the noise counts run through :func:`crp_jax.runner.evaluate.map_batches`
+the noise counts run through :func:`crp_jax.runner.evaluators.batches.map_batches`
 (rows sharded on the mesh, one compile, padded last batch); each test
 example's noise is keyed by its id, so it does not depend on how the test
 split is cut. Every model gets the same noise (common random numbers), so
@@ -16,10 +16,8 @@ import os
 import time
 from typing import Any
 
-import jax
-
-from crp_jax import certify, data
-from crp_jax.runner import aggregate, atomic, distributed, pipeline, train
+from crp_jax import certify
+from crp_jax.runner import atomic, distributed, figures, meshes, pipeline, provenance
 from crp_jax.runner.evaluators.certified import DEFAULT_RADII, CertifySpec, certify_model, summary
 
 __all__ = ["DEFAULT_RADII", "CertifySpec", "certify_model", "summary", "markdown", "figure", "run"]
@@ -42,21 +40,18 @@ def markdown(results: dict[str, dict[str, Any]], spec: CertifySpec, command: str
 
 def figure(results: dict[str, dict[str, Any]], spec: CertifySpec) -> bytes:
   """PNG: certified accuracy vs L2 radius, one curve per model."""
-  series = tuple(aggregate.Series(name, spec.radii, tuple(aggregate.stat([v]) for v in r["certified_accuracy"].values()))
+  series = tuple(figures.Series(name, spec.radii, tuple(r["certified_accuracy"].values()), (0.0,) * len(spec.radii))
                  for name, r in results.items())
-  return aggregate.figure_png([aggregate.Panel(f"σ = {spec.sigma:g}", "L2 radius", series)],
-                              "Certified accuracy (randomized smoothing)")
+  return figures.figure_png([figures.Panel(f"σ = {spec.sigma:g}", "L2 radius", series)],
+                            "Certified accuracy (randomized smoothing)")
 
 
 def run(workdirs: list[str], spec: CertifySpec, *, command: str = "", progress: bool = True) -> str:
   """Certifies every model under ``workdirs``; writes ``certify-sigma<σ>.json|md|png`` into the first."""
   spec.check()
   distributed.agree("models and certification settings", [workdirs, dataclasses.asdict(spec)])
-  dirs = pipeline.named_model_dirs(workdirs)
-  models = {name: pipeline.load_trained(d) for name, d in dirs.items()}
-  first = next(iter(models.values())).config
-  test = data.load_split(first.dataset, "test", data_dir=first.tfds_data_dir or None)
-  mesh = train.make_mesh()
+  dirs, models, test = pipeline.load_saved(workdirs)
+  mesh = meshes.make_mesh()
   results = {}
   for name, model in models.items():
     start = time.perf_counter()
@@ -66,9 +61,8 @@ def run(workdirs: list[str], spec: CertifySpec, *, command: str = "", progress: 
                      "perturbation_eps": model.config.perturbation_eps}
   stem = os.path.join(workdirs[0], f"certify-sigma{spec.sigma:g}")
   text = markdown(results, spec, command)
-  atomic.write_json(stem + ".json", {"spec": dataclasses.asdict(spec), "command": command,
-                                     "versions": pipeline.versions(), "device_count": jax.device_count(),
-                                     "device_kind": jax.devices()[0].device_kind, "models": results})
+  atomic.write_json(stem + ".json", {"spec": dataclasses.asdict(spec), **provenance.stamp(command),
+                                     "models": results})
   atomic.atomic_write_text(stem + ".md", text)
   atomic.atomic_write_bytes(stem + ".png", figure(results, spec))
   distributed.sync("crp_jax-certify-written")

@@ -135,7 +135,17 @@ def eval_config(*, eps: float, step_size: float) -> ml_collections.ConfigDict:
   e.zero_grad_threshold = 0.0
   # Certified L2 accuracy by randomized smoothing (evaluators.certified), on when sigma > 0.
   e.certify = certify_config()
+  # The studies' extra evaluators, off by default (a study turns on what its table needs):
+  # loss flatness around test examples (draws > 0), the saturation test, accuracy against ε (a grid).
+  e.flatness = flatness_config()
+  e.saturation = False
+  e.eps_curve = ()
   return e
+
+
+def flatness_config() -> ml_collections.ConfigDict:
+  """``eval.flatness`` (:mod:`crp_jax.runner.evaluators.flatness`): draws per test example (0: off) and δ's law."""
+  return ml_collections.ConfigDict({"draws": 0, "eps": 0.3, "distribution": "uniform"})
 
 
 def certify_config() -> ml_collections.ConfigDict:
@@ -269,6 +279,20 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
     _validate_strong(config)
   if "certify" in config.eval and config.eval.certify.sigma != 0:
     _validate_certify(config)
+  _validate_study_evaluators(config)
+
+
+def _validate_study_evaluators(config: ml_collections.ConfigDict) -> None:
+  """``eval.flatness``, ``eval.saturation`` and ``eval.eps_curve``, where present."""
+  e = config.eval
+  if "flatness" in e:
+    _int_at_least(config, "eval.flatness.draws", 0)
+    _number_in(config, "eval.flatness.eps", 0.0, 1.0)
+    _one_of(config, "eval.flatness.distribution", DISTRIBUTIONS)
+  if "saturation" in e and not isinstance(e.saturation, bool):
+    _fail("eval.saturation", e.saturation, "must be True or False")
+  if "eps_curve" in e and e.eps_curve:
+    _numbers_list(config, "eval.eps_curve", 0.0, 1.0)
 
 
 def _validate_certify(config: ml_collections.ConfigDict) -> None:
@@ -286,7 +310,7 @@ def _validate_certify(config: ml_collections.ConfigDict) -> None:
 #: ``eval.autoattack``: AutoAttack's version run by the strong protocol, or "" for none.
 AUTOATTACK_VERSIONS: tuple[str, ...] = ("standard", "plus", "")
 
-#: The strong protocol's fields (``crp_jax.diagnostics``), checked when present.
+#: The strong protocol's fields (``crp_jax.runner.evaluators.masking``), checked when present.
 _STRONG_INTS: tuple[tuple[str, int], ...] = (
     ("apgd_steps", 1), ("num_targets", 1), ("square_queries", 1), ("fab_steps", 1), ("sweep_restarts", 1),
     ("eps_sweep_steps", 1), ("unbounded_steps", 1), ("noise_samples", 1))

@@ -7,28 +7,17 @@ check that can fail on user input runs before the first file is written.
 from __future__ import annotations
 
 import os
-import platform
 import time
 from typing import Any, NamedTuple
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import optax
 
 from crp_jax import attacks, data
-from crp_jax.runner import atomic, checkpoint, config as config_lib, distributed, evaluators, report, train
+from crp_jax.runner import (atomic, checkpoint, config as config_lib, distributed, evaluators, meshes, provenance,
+                            report, seeds, train)
 from crp_jax.models import get_model
-
-
-def versions() -> dict[str, str]:
-  import crp_jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  return {"crp_jax": crp_jax.__version__, "jax": jax.__version__, "flax": flax.__version__,
-          "optax": optax.__version__, "orbax": ocp.__version__, "numpy": np.__version__,
-          "python": platform.python_version()}
 
 
 def method_config(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
@@ -80,20 +69,24 @@ def train_one(config: ml_collections.ConfigDict, workdir: str, train_split: data
   return Trained(config, model, state.variables()), info
 
 
+def as_model(trained: Trained) -> evaluators.Model:
+  """``trained`` as the evaluation plan takes it: module, variables, eval config and the run's eval key."""
+  return evaluators.Model(trained.model, trained.variables, trained.config.eval,
+                          seeds.run_keys(trained.config.seed)["eval"])
+
+
 def evaluate_all(entries: dict[str, Trained], test: data.Split, *, mesh: jax.sharding.Mesh,
-                 progress: bool = True) -> dict[str, dict[str, Any]]:
-  """Each model's ``evaluation`` record: its config's evaluation plan, transfer between the models."""
-  models = {n: evaluators.Model(t.model, t.variables, t.config.eval, train.run_keys(t.config.seed)["eval"])
-            for n, t in entries.items()}
-  return evaluators.evaluate_models(models, test, mesh=mesh, progress=progress)
+                 progress: bool = True, only: tuple[str, ...] | None = None) -> dict[str, dict[str, Any]]:
+  """Each model's ``evaluation`` record: its config's evaluation plan (``only``: those evaluators), transfer
+  between the models."""
+  models = {n: as_model(t) for n, t in entries.items()}
+  return evaluators.evaluate_models(models, test, mesh=mesh, progress=progress, only=only)
 
 
 def result_record(trained: Trained, training: dict[str, Any], evaluation: dict[str, Any],
                   command: str) -> dict[str, Any]:
-  return {"config": trained.config.to_dict(), "versions": versions(),
-          "device_count": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
-          "process_count": jax.process_count(),
-          "command": command, "training": training, "evaluation": evaluation}
+  return {"config": trained.config.to_dict(), **provenance.stamp(command), "training": training,
+          "evaluation": evaluation}
 
 
 def robustbench_entries(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -145,7 +138,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   distributed.agree("config and workdir", [config.to_dict(), workdir, allow_config_change])
   train_split, test = prepare(config, workdir, allow_config_change=allow_config_change)
   atomic.remove_stale_temps(workdir)
-  mesh, train_mesh = train.make_mesh(), train.make_train_mesh()
+  mesh, train_mesh = meshes.make_mesh(), meshes.make_train_mesh()
   entries, training = {}, {}
   for m in methods_of(config):
     entries[m], training[m] = train_one(method_config(config, m), os.path.join(workdir, m), train_split,
@@ -188,6 +181,11 @@ def named_model_dirs(workdirs: list[str]) -> dict[str, str]:
   return {(b if base.count(b) == 1 else d): d for b, d in zip(base, found)}
 
 
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The saved config of the model in ``workdir``, with fields added since at their defaults."""
+  return ml_collections.ConfigDict(checkpoint.with_new_fields(atomic.read_json(os.path.join(workdir, "config.json"))))
+
+
 def load_trained(workdir: str, eval_overrides: dict[str, Any] | None = None) -> Trained:
   """The latest checkpoint of the model in ``workdir``, with its saved config.
 
@@ -195,7 +193,7 @@ def load_trained(workdir: str, eval_overrides: dict[str, Any] | None = None) -> 
   the trained weights); a dict updates a nested group field by field
   (``{"certify": {"sigma": 0.25}}``).
   """
-  config = ml_collections.ConfigDict(checkpoint.with_new_fields(atomic.read_json(os.path.join(workdir, "config.json"))))
+  config = load_config(workdir)
   for k, v in (eval_overrides or {}).items():
     if isinstance(v, dict):
       config.eval[k].update(v)
@@ -205,7 +203,7 @@ def load_trained(workdir: str, eval_overrides: dict[str, Any] | None = None) -> 
   info = data.dataset_info(config.dataset)
   model = model_for(config, info.num_classes)
   tx = train.make_optimizer(train.TrainSpec.from_config(config), 1)
-  template = train.create_state(model, tx, train.run_keys(config.seed)["init"], info.image_shape)
+  template = train.create_state(model, tx, seeds.run_keys(config.seed)["init"], info.image_shape)
   ckpt = checkpoint.Checkpointer(workdir, config.max_checkpoints)
   state = ckpt.restore_latest(template)
   ckpt.close()
@@ -214,21 +212,36 @@ def load_trained(workdir: str, eval_overrides: dict[str, Any] | None = None) -> 
   return Trained(config, model, state.variables())
 
 
-def evaluate_saved(workdirs: list[str], *, eval_overrides: dict[str, Any] | None = None,
-                   progress: bool = True, command: str = "") -> str:
-  """Re-evaluates saved models (paper + strong protocol, masking checks, transfer
-  between them) and writes ``evaluation.json``/``.md``/``.png`` beside the first."""
-  distributed.agree("models and evaluation settings", [workdirs, eval_overrides])
+class Saved(NamedTuple):
+  """Saved models loaded for evaluation: their folders and trained models by name, and their test split."""
+  dirs: dict[str, str]
+  entries: dict[str, Trained]
+  test: data.Split
+
+
+def load_saved(workdirs: list[str], eval_overrides: dict[str, Any] | None = None) -> Saved:
+  """Every model under ``workdirs`` (:func:`named_model_dirs`), with ``eval_overrides``, and their test split.
+
+  Raises :class:`~crp_jax.runner.config.ConfigError` for models of different datasets.
+  """
   dirs = named_model_dirs(workdirs)
   entries = {name: load_trained(d, eval_overrides) for name, d in dirs.items()}
   datasets = {t.config.dataset for t in entries.values()}
   if len(datasets) > 1:
     raise config_lib.ConfigError(f"models of different datasets cannot be compared: {sorted(datasets)}")
   first = next(iter(entries.values())).config
-  test = data.load_split(first.dataset, "test", data_dir=first.tfds_data_dir or None)
-  final = evaluate_all(entries, test, mesh=train.make_mesh(), progress=progress)
-  results = {n: result_record(entries[n], {"steps": None, "seconds": 0.0, "workdir": dirs[n]}, final[n], command)
-             for n in entries}
+  return Saved(dirs, entries, data.load_split(first.dataset, "test", data_dir=first.tfds_data_dir or None))
+
+
+def evaluate_saved(workdirs: list[str], *, eval_overrides: dict[str, Any] | None = None,
+                   progress: bool = True, command: str = "") -> str:
+  """Re-evaluates saved models (their evaluation plan, transfer between them) and writes
+  ``evaluation.json``/``.md``/``.png`` beside the first."""
+  distributed.agree("models and evaluation settings", [workdirs, eval_overrides])
+  saved = load_saved(workdirs, eval_overrides)
+  final = evaluate_all(saved.entries, saved.test, mesh=meshes.make_mesh(), progress=progress)
+  results = {n: result_record(t, {"steps": None, "seconds": 0.0, "workdir": saved.dirs[n]}, final[n], command)
+             for n, t in saved.entries.items()}
   out = workdirs[0]
   atomic.write_json(os.path.join(out, "evaluation.json"), results)
   text = report.markdown_report(results, command)
@@ -237,3 +250,31 @@ def evaluate_saved(workdirs: list[str], *, eval_overrides: dict[str, Any] | None
   write_robustbench(out, results)
   distributed.sync("crp_jax-evaluation-written")
   return text
+
+
+def add_evaluations(workdir: str, config: ml_collections.ConfigDict, names: tuple[str, ...], *,
+                    progress: bool = True, command: str = "") -> dict[str, Any]:
+  """Runs the evaluators ``names`` of ``config``'s plan on the finished one-model run in ``workdir`` and
+  adds their sections to its ``results.json`` and ``report.md``; returns the new record.
+
+  The attacks' keys come from the run's eval key and each spec's key path,
+  as in :func:`run`, so a section added later has the same bits as one
+  measured with the run. The record's ``config.eval`` gains those
+  evaluators' fields (:data:`~crp_jax.runner.evaluators.EVALUATORS`), and
+  ``added_evaluations`` says what was added, by which code.
+  """
+  distributed.agree("run and evaluators to add", [workdir, config.to_dict(), list(names)])
+  record = atomic.read_json(os.path.join(workdir, "results.json"))
+  trained = load_trained(os.path.join(workdir, config.method), eval_overrides=config.eval.to_dict())
+  test = data.load_split(config.dataset, "test", data_dir=config.tfds_data_dir or None)
+  sections = evaluate_all({config.method: trained}, test, mesh=meshes.make_mesh(), progress=progress,
+                          only=names)[config.method]
+  record["evaluation"].update(sections)
+  for name in names:
+    for field in evaluators.EVALUATORS[name].fields:
+      record["config"]["eval"][field] = config.eval.to_dict()[field]
+  record.setdefault("added_evaluations", []).append({"evaluators": list(names), **provenance.stamp(command)})
+  write_outputs(os.path.join(workdir, config.method), {config.method: record}, record["command"])
+  write_outputs(workdir, {config.method: record}, record["command"])
+  distributed.sync("crp_jax-evaluations-added")
+  return record

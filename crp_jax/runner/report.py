@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from crp_jax.runner import provenance
 from crp_jax.runner.config import ADVERSARIAL_METHODS
 
 Results = dict[str, dict[str, Any]]
@@ -170,8 +171,8 @@ def markdown_report(results: Results, command: str) -> str:
   first = next(iter(results.values()))
   e = first["config"]["eval"]
   lines = [f"# Robustness report: {first['config']['dataset']}", "", f"Command: `{command}`", "",
-           f"White-box attacks at L∞ ε = {e['eps']:.4g}; {paper_pgd(e)}; accuracy in %. Device: "
-           f"{first['device_count']} × {first['device_kind']}.", ""]
+           f"White-box attacks at L∞ ε = {e['eps']:.4g}; {paper_pgd(e)}; accuracy in %.", "",
+           provenance.line(first), ""]
   lines += [f"- **{name}**: {describe_run(r)}" for name, r in results.items()]
   lines += ["", accuracy_table(results), checks_section(results), verdict(results), ""]
   return "\n".join(lines)

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from crp_jax import adversarial, cpu, extended_set, losses
-from crp_jax.runner import config as config_lib, atomic, distributed
+from crp_jax.runner import config as config_lib, atomic, distributed, seeds
 from crp_jax.data import Split, to_float
 
 Batch = dict[str, jax.Array]
@@ -103,42 +103,6 @@ class TrainState(struct.PyTreeNode):
     if self.batch_stats:
       return {"params": self.params, "batch_stats": self.batch_stats}
     return {"params": self.params}
-
-
-def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-  """A 1-D data-parallel mesh over ``devices`` (default: all devices of all hosts)."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), ("data",))
-
-
-def make_train_mesh() -> Mesh:
-  """The mesh the pipeline trains on: all devices, except one per process on the CPU backend.
-
-  The CPU devices of one process are slices of the same cores
-  (``jax_num_cpu_devices``), and XLA:CPU already spreads one device's
-  convolutions over all of them; two devices add an all-reduce and a second
-  copy of the Adam update. On 2 cores a ResNet-18 crp step ran 9–11% faster
-  on one device than sharded over two, LeNet's 3–7%
-  (``python -m benchmarks.probes.train_probe mesh --model=resnet18``). Attacks, with
-  many steps per batch and no optimizer, stay on :func:`make_mesh`.
-  """
-  if jax.default_backend() != "cpu":
-    return make_mesh()
-  return make_mesh([jax.local_devices(process_index=p)[0] for p in range(jax.process_count())])
-
-
-def run_keys(seed: int) -> dict[str, jax.Array]:
-  """Independent keys of a run: init, perturbation set, dropout, evaluation, adversarial training's attack.
-
-  The init key uses the ``rbg`` generator: threefry makes XLA compile one
-  hash per parameter tensor, which costs seconds on a CPU (7 s vs 1.3 s for
-  LeNet). The perturbation set keeps threefry, whose ``fold_in`` gives the
-  same bits for any batch or device layout.
-  """
-  root = jax.random.key(seed)
-  keys = {name: jax.random.fold_in(root, i) for i, name in enumerate(("perturbations", "dropout", "eval", "adversary"))}
-  keys["init"] = jax.random.key(seed, impl="rbg")
-  return keys
 
 
 def learning_rate_schedule(spec: TrainSpec, total_steps: int) -> optax.Schedule:
@@ -335,7 +299,6 @@ def summarize_metrics(metrics: list[Metrics]) -> dict[str, float]:
   return out
 
 
-
 class DivergenceError(RuntimeError):
   """The loss or the gradients became NaN or inf."""
 
@@ -347,13 +310,14 @@ def fit(config: ml_collections.ConfigDict, workdir: str, model: nn.Module, split
   Metrics are fetched only every ``log_every_steps`` (and before each
   checkpoint, so a diverged state is never saved). ``stop_at`` ends the
   run early at that step, with a checkpoint, as a preemption would.
-  Returns the final state.
+  ``config`` is one that :func:`crp_jax.runner.pipeline.prepare` accepted
+  (its checks, batch size against the epoch included, run there, before
+  anything is written). Returns the final state.
   """
   from crp_jax.runner.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   spec = TrainSpec.from_config(config)
-  keys = run_keys(spec.seed)
+  keys = seeds.run_keys(spec.seed)
   num_examples = min(config.train_subset or split.num_examples, split.num_examples)
-  config_lib.check_sizes(config, split.num_examples)
   spe, total = num_train_steps(spec, num_examples)
   tx = make_optimizer(spec, total)
   end = total if stop_at is None else min(stop_at, total)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
+import flax.linen as nn
+import jax
 import ml_collections
 
 from crp_jax.attacks import AttackSpec
-from crp_jax.runner.evaluate import Measurements
+from crp_jax.runner.evaluators.batches import Measurements
+
+
+class Model(NamedTuple):
+  """A model to evaluate: its module, eval-mode variables, eval config and root key."""
+  module: nn.Module
+  variables: Any
+  cfg: ml_collections.ConfigDict
+  key: jax.Array
 
 
 class Evaluator(Protocol):
@@ -16,7 +26,7 @@ class Evaluator(Protocol):
   The runner (:func:`crp_jax.runner.evaluators.measure`) runs the union of
   every evaluator's :attr:`specs` once per model, the gradient statistics if
   any evaluator asks for them, and the transfer attacks between models;
-  then each evaluator turns the :class:`~crp_jax.runner.evaluate.Measurements`
+  then each evaluator turns the :class:`~crp_jax.runner.evaluators.batches.Measurements`
   into the JSON section ``results["evaluation"][name]``. The train loop and
   the pipeline never learn an attack's name.
   """
@@ -32,7 +42,7 @@ class Evaluator(Protocol):
   #: Each crafted once on every model of a comparison and evaluated on every
   #: other (:func:`crp_jax.runner.evaluators.transfer`); may be empty.
   transfer_specs: tuple[AttackSpec, ...]
-  #: Whether :func:`~crp_jax.runner.evaluate.gradient_stats` is needed.
+  #: Whether :func:`~crp_jax.runner.evaluators.batches.gradient_stats` is needed.
   needs_gradients: bool
 
   def __init__(self, cfg: ml_collections.ConfigDict) -> None: ...
@@ -40,6 +50,7 @@ class Evaluator(Protocol):
   def summarize(self, m: Measurements, num_classes: int) -> dict[str, Any]:
     """The JSON-able section of this evaluator."""
 
-  # Optional: an evaluator that measures something other than attacks (certification) also defines
-  #   measure(module, variables, test_split, *, mesh, progress) -> Any
+  # Optional: an evaluator that measures something other than attacks (certification, flatness,
+  # zero gradients) also defines
+  #   measure(model: Model, test_split, *, mesh, progress) -> Any
   # which the runner calls once per model; its return value is ``Measurements.extra[name]``.

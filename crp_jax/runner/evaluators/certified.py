@@ -23,8 +23,9 @@ import numpy as np
 
 from crp_jax import certify
 from crp_jax.data import Split, to_float
-from crp_jax.runner import evaluate
-from crp_jax.runner.evaluate import Measurements
+from crp_jax.runner.evaluators import batches
+from crp_jax.runner.evaluators.base import Model
+from crp_jax.runner.evaluators.batches import Measurements
 
 DEFAULT_RADII = certify.DEFAULT_RADII
 
@@ -34,7 +35,7 @@ class CertifySpec:
   """One certification: σ, CERTIFY's n0, n, α, samples per row per step, examples, radii, noise seed.
 
   ``num_examples`` test examples (0: all) are the fixed subset of
-  :func:`crp_jax.runner.evaluate.subset_indices`; ``rows`` is the examples
+  :func:`crp_jax.runner.batches.subset_indices`; ``rows`` is the examples
   per call (0: one per device).
   """
   sigma: float
@@ -77,12 +78,12 @@ def certify_model(module: nn.Module, variables: Any, test: Split, spec: CertifyS
                   progress: bool = True, name: str = "") -> tuple[certify.Certificate, np.ndarray]:
   """CERTIFY on ``spec``'s subset of ``test``: the :class:`~crp_jax.certify.Certificate` and the labels.
 
-  The counts run through :func:`~crp_jax.runner.evaluate.map_batches`
+  The counts run through :func:`~crp_jax.runner.batches.map_batches`
   (rows sharded on the mesh, one compile, padded last batch): n0 samples
   keyed ``fold_in(key(seed), 0)`` select the class, n fresh ones keyed
   ``fold_in(key(seed), 1)`` bound its probability.
   """
-  subset = evaluate.take(test, evaluate.subset_indices(test.num_examples, spec.num_examples))
+  subset = batches.take(test, batches.subset_indices(test.num_examples, spec.num_examples))
   rows = spec.rows or mesh.devices.size
   if rows % mesh.devices.size:
     rows += mesh.devices.size - rows % mesh.devices.size
@@ -90,7 +91,7 @@ def certify_model(module: nn.Module, variables: Any, test: Split, spec: CertifyS
 
   def noise_counts(draw: int, num: int, what: str) -> np.ndarray:
     fn = _counts(module, jax.random.fold_in(key, draw), spec.sigma, num, min(spec.batch_size, num))
-    return evaluate.map_batches(fn, variables, subset.images, subset.ids, key, batch_size=rows, mesh=mesh,
+    return batches.map_batches(fn, variables, subset.images, subset.ids, key, batch_size=rows, mesh=mesh,
                                 desc=f"{what} {name}".strip(), progress=progress)
 
   counts0, counts = noise_counts(0, spec.n0, "select"), noise_counts(1, spec.n, "certify")
@@ -122,11 +123,10 @@ class Certification:
   def __init__(self, cfg: ml_collections.ConfigDict):
     self.spec = CertifySpec.from_config(cfg.certify)
 
-  def measure(self, module: nn.Module, variables: Any, test: Split, *, mesh: jax.sharding.Mesh,
-              progress: bool = True) -> dict[str, Any]:
+  def measure(self, model: Model, test: Split, *, mesh: jax.sharding.Mesh, progress: bool = True) -> dict[str, Any]:
     """Runs CERTIFY; its :func:`summary` is this evaluator's measurement."""
     start = time.perf_counter()
-    cert, labels = certify_model(module, variables, test, self.spec, mesh=mesh, progress=progress)
+    cert, labels = certify_model(model.module, model.variables, test, self.spec, mesh=mesh, progress=progress)
     return summary(cert, labels, self.spec, time.perf_counter() - start)
 
   def summarize(self, m: Measurements, num_classes: int) -> dict[str, Any]:

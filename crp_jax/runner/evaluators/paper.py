@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from crp_jax.attacks import AttackSpec
-from crp_jax.runner.evaluate import Measurements
+from crp_jax.runner.evaluators.batches import Measurements
 
 
 def paper_specs(cfg: ml_collections.ConfigDict) -> tuple[AttackSpec, ...]:

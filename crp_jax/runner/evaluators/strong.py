@@ -8,9 +8,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from crp_jax.attacks import AttackSpec, autoattack_attacks, budget, strong_attacks
-from crp_jax.runner import diagnostics
-from crp_jax.runner.evaluate import Measurements
+from crp_jax.attacks import AttackSpec, autoattack_attacks, strong_attacks
+from crp_jax.attacks._autoattack import budget
+from crp_jax.runner.evaluators import masking
+from crp_jax.runner.evaluators.batches import Measurements
 from crp_jax.runner.evaluators.paper import paper_specs
 
 #: The strong protocol's attacks draw from ``fold_in(eval key, 7)``.
@@ -51,7 +52,7 @@ def autoattack_chain(cfg: ml_collections.ConfigDict, own: tuple[AttackSpec, ...]
 
 class StrongProtocol:
   """The strong protocol on the attacked subset, AutoAttack's number (``eval.autoattack``), the
-  sweeps and checks of :mod:`crp_jax.runner.diagnostics`, and APGD-CE transfer from the other models."""
+  sweeps and checks of :mod:`crp_jax.runner.evaluators.masking`, and APGD-CE transfer from the other models."""
 
   name = "strong"
   needs_gradients = True
@@ -62,7 +63,7 @@ class StrongProtocol:
                            square_queries=cfg.square_queries)
     self.apgd_ce, self.apgd_t, self.square = (dataclasses.replace(s, key_path=(STRONG_KEY, *s.key_path))
                                               for s in table)
-    sweeps = diagnostics.sweep_specs(cfg, self.apgd_ce)
+    sweeps = masking.sweep_specs(cfg, self.apgd_ce)
     self.sweeps = sweeps.replace_all(_keyed(sweeps.all(), len(table)))
     self.specs = (self.apgd_ce, self.apgd_t, self.square, *self.sweeps.all())
     # Run in order after ``specs``, each on the examples still robust (attacks.run_in_order).
@@ -75,14 +76,14 @@ class StrongProtocol:
     paper = paper_specs(self.cfg)
     fgsm = next(s for s in paper if s.kind == "fgsm")
     transfer = m.transfer.get(self.transfer_spec, {})  # source -> (n,) bool under APGD-CE transfer
-    c = diagnostics.CheckInputs(self.sweeps, m.correct, m.correct[fgsm], m.correct[self.apgd_ce],
+    c = masking.CheckInputs(self.sweeps, m.correct, m.correct[fgsm], m.correct[self.apgd_ce],
                                 m.correct[self.apgd_t], m.correct[self.square], m.gradients, transfer)
     at_eps = (*paper, self.apgd_ce, self.apgd_t, self.square, *self.sweeps.at_eps())
     worst = c.apgd_ce & c.apgd_t & c.square
     if self.chain:
       worst = m.chains[self.name].robust_after[self.chain[-1].name]
     every = np.logical_and.reduce([m.correct[s] for s in at_eps] + list(transfer.values()) + [worst])
-    checks = diagnostics.masking_checks(c, self.cfg, num_classes)
+    checks = masking.masking_checks(c, self.cfg, num_classes)
     acc = lambda s: float(m.correct[s].mean())
     return {"accuracy": {s.name: acc(s) for s in (*paper, *self.specs)},
             "labels": {s.name: s.label for s in (self.apgd_ce, self.apgd_t, self.square)},

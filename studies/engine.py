@@ -1,9 +1,8 @@
-"""Studies: one per paper table or figure, each a list of ordinary pipeline runs plus an aggregation.
+"""The study engine: a study is a list of ordinary pipeline runs plus an aggregation of what they wrote.
 
 A :class:`Study` turns a base config (a dataset at a preset) into
-:class:`Run` s, one config per (group, seed), and aggregates what they
-measured into tables and figures (:mod:`crp_jax.runner.studies` holds the
-registry). :func:`execute` runs each distinct run once through
+:class:`Run` s, one config per (group, seed); :mod:`studies.registry`
+holds every study. :func:`execute` runs each distinct run once through
 :func:`crp_jax.runner.pipeline.run`, in ``<root>/<run name>``:
 
 * the run name is read from the config (method, distribution, K, ε, seed)
@@ -11,9 +10,18 @@ registry). :func:`execute` runs each distinct run once through
   runs that differ in any training field never share a folder, and equal
   ones always do, whichever study asked for them (Table 1's uniform runs
   are Table 4's K = 10 and Table 7's G);
-* a run whose ``results.json`` holds exactly its config is reused; one that
-  stopped half-way resumes from its checkpoint; one whose evaluation
-  fields changed keeps its weights and is evaluated again.
+* a run whose ``results.json`` holds its config is reused; one that lacks
+  only evaluators a study turns on (flatness, saturation, the ε curve) gets
+  just those added to its ``results.json``
+  (:func:`~crp_jax.runner.pipeline.add_evaluations`); one that stopped
+  half-way resumes from its checkpoint; one whose shared evaluation fields
+  changed keeps its weights and is evaluated again.
+
+:func:`cross_run` then measures what needs several models at once, the
+black-box attacks between the seeds of a setting, into one file per group
+beside the runs (:mod:`crp_jax.runner.black_box`). The aggregation
+(:class:`Context` and the study's ``aggregate``) only reads those files:
+it loads no checkpoint and runs no attack.
 """
 
 from __future__ import annotations
@@ -25,11 +33,10 @@ import os
 import time
 from typing import Any, Callable, NamedTuple
 
-import jax
 import ml_collections
 
-from crp_jax import data
-from crp_jax.runner import aggregate, atomic, checkpoint, config as config_lib, evaluate, evaluators, pipeline, train
+from crp_jax.runner import atomic, black_box, checkpoint, config as config_lib, evaluators, pipeline, provenance
+from studies import cells
 
 
 class Run(NamedTuple):
@@ -50,10 +57,15 @@ class Done(NamedTuple):
 
 class Outcome(NamedTuple):
   """What a study's aggregation produced: tables, PNG figures (file name -> bytes), per-seed extras, notes."""
-  tables: tuple[aggregate.Table, ...]
+  tables: tuple[cells.Table, ...]
   figures: dict[str, bytes]
   extras: dict[str, Any]
   notes: tuple[str, ...] = ()
+
+
+def _no_evals(base: ml_collections.ConfigDict) -> dict[str, Any]:
+  del base
+  return {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +77,10 @@ class Study:
     title: what it reproduces, for ``--list``.
     dataset: the paper's dataset for it (the default ``--dataset``).
     runs: ``(base config, seeds) -> runs``.
-    aggregate: ``Context -> Outcome``.
+    aggregate: ``Context -> Outcome``; reads the runs' records only.
+    evals: ``base config -> {eval field: value}``, the evaluators its table
+      needs beyond the base config's (e.g. ``{"saturation": True}``).
+    black_box: whether its table has black-box columns (:func:`cross_run`).
     waits_for: why it cannot run yet (``""``: it can).
   """
   name: str
@@ -73,7 +88,17 @@ class Study:
   dataset: str
   runs: Callable[[ml_collections.ConfigDict, int], list[Run]]
   aggregate: Callable[["Context"], Outcome]
+  evals: Callable[[ml_collections.ConfigDict], dict[str, Any]] = _no_evals
+  black_box: bool = False
   waits_for: str = ""
+
+
+def study_runs(study: Study, base: ml_collections.ConfigDict, seeds: int) -> list[Run]:
+  """The study's runs, each with the evaluators the study needs turned on in its ``eval``."""
+  c = ml_collections.ConfigDict(base.to_dict())
+  for field, value in study.evals(base).items():
+    c.eval[field] = value
+  return study.runs(c, seeds)
 
 
 def variant(base: ml_collections.ConfigDict, seed: int, **fields: Any) -> ml_collections.ConfigDict:
@@ -94,18 +119,28 @@ def run_name(config: ml_collections.ConfigDict) -> str:
   return f"{what}-seed{c.seed}-{checkpoint.training_fingerprint(c.to_dict())}"
 
 
-def finished_results(workdir: str, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
-  """The run's ``results.json`` record if it holds exactly ``config`` (evaluation included), else ``None``."""
+def finished(workdir: str, config: ml_collections.ConfigDict) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+  """What the run in ``workdir`` still needs for ``config``.
+
+  ``(record, ())``: finished, reuse ``results.json``'s record;
+  ``(record, names)``: finished but for the evaluators ``names``;
+  ``(None, ())``: train (or resume) and evaluate it with the pipeline.
+  """
   path = os.path.join(workdir, "results.json")
   if not os.path.isfile(path):
-    return None
+    return None, ()
   try:
     saved = atomic.read_json(path)
   except (OSError, ValueError):
-    return None
-  same = isinstance(saved, dict) and "config" in saved and not checkpoint.config_diff(
-      checkpoint.with_new_fields(saved["config"]), config.to_dict())
-  return saved if same else None
+    return None, ()
+  if not isinstance(saved, dict) or "config" not in saved or "evaluation" not in saved:
+    return None, ()
+  have = checkpoint.with_new_fields(saved["config"])
+  want = config.to_dict()
+  if checkpoint.config_diff({**have, "eval": {}}, {**want, "eval": {}}):
+    return None, ()
+  names = evaluators.to_add(have["eval"], config.eval)
+  return (None, ()) if names is None else (saved, names)
 
 
 class Shard(NamedTuple):
@@ -140,36 +175,45 @@ def _duration(seconds: float) -> str:
   return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
+def _duration(seconds: float) -> str:
+  return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
 def execute(study: Study, runs: list[Run], *, root: str, progress: bool = False, command: str = "",
             log: Callable[[str], None] = print, shard: Shard = Shard()) -> list[Done]:
-  """Runs (or reuses) the distinct runs of ``runs`` in ``<root>/<run name>``; one progress line per run.
+  """Runs (or reuses, or completes) the distinct runs of ``runs`` in ``<root>/<run name>``; one line per run.
 
-  Only the runs ``shard`` owns are trained; another shard's run is reused
-  if it is finished and left out of the result if not (compare with
-  ``runs`` to see what is still missing).
+  Only the runs ``shard`` owns are trained or completed; another shard's
+  run is reused if it is finished and left out of the result if not
+  (compare with ``runs`` to see what is still missing).
   """
   unique = list({run_name(r.config): r for r in runs}.items())
-  spent, trained, finished = 0.0, 0, {}
+  spent, trained, done = 0.0, 0, {}
   for i, (name, r) in enumerate(unique):
     workdir = os.path.join(root, name)
     start = time.perf_counter()
-    results = finished_results(workdir, r.config)
-    reused = results is not None
+    results, to_add = finished(workdir, r.config)
+    reused = results is not None and not to_add
     if not reused and not shard.owns(i):
       log(f"[{study.name} {i + 1}/{len(unique)}] {r.group}, seed {r.seed}: not finished yet "
           f"(shard {i % shard.count}/{shard.count} runs it)")
       continue
-    if not reused:
+    if results is None:
       pipeline.run(r.config, workdir, progress=progress, allow_config_change=True, command=command)
       results = atomic.read_json(os.path.join(workdir, "results.json"))
-      spent, trained = spent + time.perf_counter() - start, trained + 1
+      what = "trained and evaluated"
+    elif to_add:
+      results = pipeline.add_evaluations(workdir, r.config, to_add, progress=progress, command=command)
+      what = f"reused, evaluated with {', '.join(to_add)} added"
     seconds = time.perf_counter() - start
+    if not reused:
+      spent, trained = spent + seconds, trained + 1
     left = sum(shard.owns(k) for k in range(i + 1, len(unique)))
     eta = f", ETA {_duration(spent / trained * left)}" if trained and left else ""
-    what = "reused (already finished)" if reused else f"trained and evaluated in {_duration(seconds)}"
-    log(f"[{study.name} {i + 1}/{len(unique)}] {r.group}, seed {r.seed}: {what}; {left} left{eta}")
-    finished[name] = Done(r, workdir, results, seconds, reused)
-  return [finished[run_name(r.config)]._replace(run=r) for r in runs if run_name(r.config) in finished]
+    status = "reused (already finished)" if reused else f"{what} in {_duration(seconds)}"
+    log(f"[{study.name} {i + 1}/{len(unique)}] {r.group}, seed {r.seed}: {status}; {left} left{eta}")
+    done[name] = Done(r, workdir, results, seconds, reused)
+  return [done[run_name(r.config)]._replace(run=r) for r in runs if run_name(r.config) in done]
 
 
 def missing(runs: list[Run], done: list[Done]) -> list[Run]:
@@ -178,61 +222,49 @@ def missing(runs: list[Run], done: list[Done]) -> list[Run]:
   return list({run_name(r.config): r for r in runs if run_name(r.config) not in have}.values())
 
 
-class Context:
-  """What an aggregation reads: the finished runs by group, and their models and test split on demand.
+def by_group(done: list[Done]) -> dict[str, list[Done]]:
+  """The finished runs of each group, in study order."""
+  out: dict[str, list[Done]] = {}
+  for d in done:
+    out.setdefault(d.run.group, []).append(d)
+  return out
 
-  Measurements beyond the runs' own ``results.json`` (black-box matrices,
-  flatness, saturation, sweeps) go through :meth:`cached`, so a study
-  aggregated again does not recompute them.
-  """
 
-  def __init__(self, study: Study, base: ml_collections.ConfigDict, done: list[Done], *, cache_dir: str,
-               progress: bool = False):
-    self.study, self.base, self.done, self.cache_dir, self.progress = study, base, done, cache_dir, progress
-    self._test: data.Split | None = None
-    self._mesh: jax.sharding.Mesh | None = None
+def black_box_path(root: str, group: str, done: list[Done]) -> str:
+  """``<root>/_black_box/<group>-<digest of the runs>.json``: one file per set of models."""
+  digest = hashlib.sha256(json.dumps([d.workdir for d in done]).encode()).hexdigest()[:12]
+  safe = "".join(ch if ch.isalnum() else "_" for ch in group_key(group)) or "group"
+  return os.path.join(root, "_black_box", f"{safe}-{digest}.json")
+
+
+def cross_run(study: Study, done: list[Done], *, root: str, progress: bool = False, command: str = "",
+              log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+  """Each group's black-box record (:func:`crp_jax.runner.black_box.measure`) for a study with black-box
+  columns and groups of two or more runs; models named ``seed<s>`` in seed order."""
+  if not study.black_box:
+    return {}
+  out = {}
+  for group, runs in by_group(done).items():
+    if len(runs) < 2:
+      continue
+    path = black_box_path(root, group, runs)
+    models = {f"seed{d.run.seed}": os.path.join(d.workdir, d.run.config.method) for d in runs}
+    start = time.perf_counter()
+    out[group] = black_box.measure(models, path, progress=progress, command=command)
+    log(f"[{study.name}] black-box between the {len(runs)} models of {group}: {os.path.relpath(path)} "
+        f"({_duration(time.perf_counter() - start)})")
+  return out
+
+
+class Context(NamedTuple):
+  """What an aggregation reads: the base config, the finished runs' records, and the cross-run records."""
+  study: Study
+  base: ml_collections.ConfigDict
+  done: list[Done]
+  black_box: dict[str, dict[str, Any]] = {}
 
   def groups(self) -> dict[str, list[Done]]:
-    out: dict[str, list[Done]] = {}
-    for d in self.done:
-      out.setdefault(d.run.group, []).append(d)
-    return out
-
-  @property
-  def test(self) -> data.Split:
-    if self._test is None:
-      self._test = data.load_split(self.base.dataset, "test", data_dir=self.base.tfds_data_dir or None)
-    return self._test
-
-  @property
-  def mesh(self) -> jax.sharding.Mesh:
-    if self._mesh is None:
-      self._mesh = train.make_mesh()
-    return self._mesh
-
-  def model(self, d: Done) -> evaluators.Model:
-    """The trained model of ``d`` in eval mode, with its evaluation config and key."""
-    t = pipeline.load_trained(os.path.join(d.workdir, d.run.config.method))
-    return evaluators.Model(t.model, t.variables, t.config.eval, train.run_keys(t.config.seed)["eval"])
-
-  def attacked_subset(self, m: evaluators.Model) -> data.Split:
-    """The fixed attacked subset of the test split for ``m``'s evaluation config."""
-    return evaluate.take(self.test, evaluate.subset_indices(self.test.num_examples, m.cfg.attack_subset))
-
-  def attack(self, m: evaluators.Model, specs: tuple) -> dict:
-    """Per-example correctness of ``m`` under each spec on its attacked subset (keys from ``m.key``)."""
-    return evaluate.run_specs(m.module, m.variables, self.attacked_subset(m), specs, m.key,
-                              batch_size=m.cfg.batch_size, mesh=self.mesh, progress=self.progress)
-
-  def cached(self, what: str, runs: list[Done], settings: Any, compute: Callable[[], Any]) -> Any:
-    """``compute()``, stored in the cache under ``what``, the runs' folders and ``settings``."""
-    ident = json.dumps([what, [d.workdir for d in runs], settings], sort_keys=True, default=str)
-    path = os.path.join(self.cache_dir, f"{what}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}.json")
-    if os.path.isfile(path):
-      return atomic.read_json(path)
-    value = compute()
-    atomic.write_json(path, value)
-    return value
+    return by_group(self.done)
 
 
 def per_seed(done: list[Done]) -> list[dict[str, Any]]:
@@ -242,7 +274,8 @@ def per_seed(done: list[Done]) -> list[dict[str, Any]]:
     e = d.results["evaluation"]
     strong = e.get("strong") or {}
     out.append({"group": d.run.group, "seed": d.run.seed, "workdir": d.workdir, "config": d.results["config"],
-                "training": d.results["training"], "clean_accuracy": e["paper"]["clean_accuracy"],
+                "training": d.results["training"], "code": d.results.get("code"),
+                "clean_accuracy": e["paper"]["clean_accuracy"],
                 "paper_protocol": e["paper"]["accuracy"], "labels": e["paper"]["labels"],
                 "strong_worst_case": strong.get("worst_case"), "all_attacks": strong.get("all_attacks"),
                 "num_flags": strong.get("num_flags"),
@@ -254,23 +287,22 @@ def write_outputs(out_dir: str, study: Study, ctx: Context, outcome: Outcome, *,
                   seconds: float) -> str:
   """``table.md``, ``study.json`` and the figures of a study, each written atomically; returns the markdown."""
   os.makedirs(out_dir, exist_ok=True)
-  base = ctx.base
+  base, stamp = ctx.base, provenance.stamp(command)
   lines = [f"# {study.title}", "", f"Command: `{command}`", "",
            f"Dataset {base.dataset}, preset as in the command; {len({d.run.seed for d in ctx.done})} seed(s) per "
            f"setting (each seed: a new perturbation set and a new initialisation); mean ± sample std over "
-           f"seeds. Wall time {_duration(seconds)} on {jax.device_count()} × {jax.devices()[0].device_kind}.", ""]
+           f"seeds. Wall time of this command {_duration(seconds)} (finished runs reused).", ""]
   lines += [t.markdown() for t in outcome.tables]
   lines += [f"- {n}" for n in outcome.notes]
   lines += [f"![{name}]({name})" for name in outcome.figures]
+  lines += ["", provenance.line(stamp), "", f"Regenerate: `{command}`"]
   text = "\n".join(lines) + "\n"
   for name, png in outcome.figures.items():
     atomic.atomic_write_bytes(os.path.join(out_dir, name), png)
   atomic.write_json(os.path.join(out_dir, "study.json"), {
-      "study": study.name, "title": study.title, "command": command, "wall_seconds": seconds,
-      "versions": pipeline.versions(), "device_count": jax.device_count(),
-      "device_kind": jax.devices()[0].device_kind, "base_config": base.to_dict(),
-      "tables": [t.to_json() for t in outcome.tables], "runs": per_seed(ctx.done), "extras": outcome.extras,
-      "notes": list(outcome.notes)})
+      "study": study.name, "title": study.title, **stamp, "wall_seconds": seconds,
+      "base_config": base.to_dict(), "tables": [t.to_json() for t in outcome.tables], "runs": per_seed(ctx.done),
+      "black_box": ctx.black_box, "extras": outcome.extras, "notes": list(outcome.notes)})
   atomic.atomic_write_text(os.path.join(out_dir, "table.md"), text)
   return text
 

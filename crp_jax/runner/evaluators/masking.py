@@ -106,7 +106,7 @@ class CheckInputs(NamedTuple):
 
   ``transfer`` maps each other model to the strong protocol's own transfer
   attack (APGD-CE crafted on that model; check 4b), its entry of
-  :attr:`~crp_jax.runner.evaluate.Measurements.transfer`.
+  :attr:`~crp_jax.runner.evaluators.batches.Measurements.transfer`.
   """
   sweeps: Sweeps
   correct: dict[AttackSpec, np.ndarray]

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from crp_jax import attacks
-from crp_jax.attacks import AttackSpec
+from crp_jax.attacks import AttackSpec, _autoattack
 from crp_jax.data import Split, to_float
 from crp_jax.runner import distributed
 
@@ -39,7 +39,7 @@ class Measurements(NamedTuple):
     transfer: spec -> source model -> ``(n,)`` bool, still correct under
       the spec's examples crafted on that source (empty with one model).
     chains: evaluator name -> its :attr:`chain` run in order on the subset
-      (:class:`~crp_jax.attacks.Chain`).
+      (:class:`~crp_jax.attacks._autoattack.Chain`).
     extra: evaluator name -> what its own ``measure`` returned, for an
       evaluator that measures something other than attacks (certification).
   """
@@ -48,7 +48,7 @@ class Measurements(NamedTuple):
   correct: dict[AttackSpec, np.ndarray]
   gradients: np.ndarray | None = None
   transfer: dict[AttackSpec, dict[str, np.ndarray]] = {}
-  chains: dict[str, attacks.Chain] = {}
+  chains: dict[str, _autoattack.Chain] = {}
   extra: dict[str, Any] = {}
 
 

@@ -1,4 +1,4 @@
-"""Aggregation over perturbation sets: mean ± std, best of five, and the paper-style tables and figures.
+"""Table cells over perturbation sets: mean ± std, best of five, and the paper-style markdown tables.
 
 The paper (§4) trains every setting five times, each with a new
 perturbation set and a new initialisation (here: seeds 0–4), and reports
@@ -12,10 +12,13 @@ printed for it.
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import Sequence
 
 import numpy as np
+
+from crp_jax.runner.figures import Panel, Series, figure_png
+
+__all__ = ["Cell", "Panel", "Series", "Stat", "Table", "best_index", "figure_png", "series", "stat", "ties"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +59,12 @@ def best_index(selection: Sequence[float]) -> int:
   return int(np.argmax(np.asarray(selection, dtype=float)))
 
 
+def ties(selection: Sequence[float]) -> bool:
+  """Whether more than one seed holds the highest ``selection`` value (the best-of-N pick is then arbitrary)."""
+  values = np.asarray(selection, dtype=float)
+  return len(values) > 1 and int(np.sum(values == values.max())) > 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
   """One table cell: our number (``None``: not measured) and the paper's, exactly as printed (``""``: none)."""
@@ -90,37 +99,6 @@ class Table:
                        "paper": v.paper, "raw": v.raw} for (r, c), v in self.cells.items()]}
 
 
-@dataclasses.dataclass(frozen=True)
-class Series:
-  """One line of a figure: x values and a :class:`Stat` per x (error bars: ± std over seeds)."""
-  label: str
-  xs: tuple[float, ...]
-  ys: tuple[Stat, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class Panel:
-  title: str
-  xlabel: str
-  series: tuple[Series, ...]
-
-
-def figure_png(panels: Sequence[Panel], title: str) -> bytes:
-  """PNG bytes: one subplot per panel, accuracy axes from 0 to 100 %, error bars over seeds."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-  for ax, panel in zip(axes[0], panels):
-    for s in panel.series:
-      ax.errorbar(s.xs, [100 * y.mean for y in s.ys], yerr=[100 * y.std for y in s.ys], marker="o",
-                  capsize=3, label=s.label)
-    ax.set(title=panel.title, xlabel=panel.xlabel, ylabel="accuracy [%]", ylim=(0, 100))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100)
-  plt.close(fig)
-  return buf.getvalue()
+def series(label: str, xs: Sequence[float], ys: Sequence[Stat]) -> Series:
+  """A figure line of per-x :class:`Stat` s: their means, with ± std error bars."""
+  return Series(label, tuple(xs), tuple(y.mean for y in ys), tuple(y.std for y in ys))
