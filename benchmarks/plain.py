@@ -89,7 +89,7 @@ def user_step(model, tx, key: jax.Array) -> Callable:
 
 def extended_batch(x: np.ndarray, ids: np.ndarray, key: jax.Array) -> np.ndarray:
   """The ``(K + 1)·B`` inputs ``ball_loss`` builds (clean first, then draw d at rows d·B..), on the host."""
-  draws = [x] + [np.clip(x + np.asarray(make_delta(key, ids, np.full_like(ids, d), x.shape[1:], eps=EPS)), 0, 1)
+  draws = [x] + [np.clip(x + np.asarray(make_delta(ids, np.full_like(ids, d), x.shape[1:], key=key, eps=EPS)), 0, 1)
                  for d in range(K)]
   return np.concatenate(draws).astype(np.float32)
 

@@ -285,7 +285,7 @@ def torch_trainer(tr, net, data: Data, shape: tuple[int, ...], key: jax.Array, e
   device = torch_device()
   xs, ys = [], []
   for i in range(len(data.image)):
-    delta = np.asarray(make_delta(key, data.example_id[i], data.draw_id[i], shape, eps=eps))
+    delta = np.asarray(make_delta(data.example_id[i], data.draw_id[i], shape, key=key, eps=eps))
     xs.append(tr.to_nchw(np.clip(data.image[i] / np.float32(255) + delta, 0.0, 1.0)).to(device))
     ys.append(torch.from_numpy(data.label[i].astype(np.int64)).to(device))
   step = tr.make_train_step(net.to(device))

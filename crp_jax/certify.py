@@ -38,6 +38,7 @@ statistics (scipy's beta, binomial and normal laws) run on the host.
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Callable, NamedTuple
 
 import jax
@@ -45,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from scipy import stats
+
+from crp_jax import _checks
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 #: The class returned where the smoothed classifier abstains.
@@ -73,11 +76,16 @@ class Certificate(NamedTuple):
 
 def check_arguments(*, sigma: float, alpha: float, batch_size: int, **sizes: int) -> None:
   """Raises ``ValueError`` (one line) unless σ > 0, 0 < α < 1, and every size is ≥ 1."""
+  for name, value in (("sigma", sigma), ("alpha", alpha)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+      raise TypeError(f"{name}={value!r}: must be a number")
   if not sigma > 0:
     raise ValueError(f"sigma={sigma}: must be > 0")
   if not 0 < alpha < 1:
     raise ValueError(f"alpha={alpha}: must be in (0, 1)")
   for name, value in {**sizes, "batch_size": batch_size}.items():
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+      raise TypeError(f"{name}={value!r}: must be an integer >= 1")
     if int(value) != value or value < 1:
       raise ValueError(f"{name}={value}: must be an integer >= 1")
 
@@ -160,6 +168,7 @@ def predict(logits_fn: LogitsFn, x: jax.Array, *, key: jax.Array, sigma: float, 
   ≤ α (``n_A ≥ n_B`` the top two counts; ties abstain).
   """
   check_arguments(sigma=sigma, alpha=alpha, batch_size=batch_size, n=n)
+  _checks.images(x, clip=None)
   return prediction_from_counts(counts_of(logits_fn, x, key=key, sigma=sigma, num=n, batch_size=batch_size,
                                           mesh=mesh, ids=ids), alpha)
 
@@ -195,6 +204,9 @@ def certify(logits_fn: LogitsFn, x: jax.Array, *, key: jax.Array, sigma: float, 
     a :class:`Certificate` of ``(B,)`` arrays.
   """
   check_arguments(sigma=sigma, alpha=alpha, batch_size=batch_size, n0=n0, n=n)
+  _checks.images(x, clip=None)
+  if ids is not None:
+    _checks.ids(ids, x.shape[0], "ids")
   k0, k1 = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
   common = dict(sigma=sigma, mesh=mesh, ids=ids)
   counts0 = counts_of(logits_fn, x, key=k0, num=n0, batch_size=min(batch_size, n0), **common)

@@ -1,51 +1,44 @@
-"""CPU settings for crp_jax in any process: an XLA flag at import, a heap cap per executable, malloc on request.
+"""CPU settings for XLA:CPU: options per executable, and process-wide ones on request. Importing changes nothing.
 
 Measured in a plain process on a 2-core VM (``python -m benchmarks.plain``;
 ``benchmarks/results.md``, plain-process table). None changes a result
 beyond float rounding (a different convolution kernel sums in a different
-order; the heap cap keeps the bits); the test suite runs with the flag.
+order; the heap cap keeps the bits).
 
-* **The XLA flag** ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``,
-  applied by ``import crp_jax``: single convolutions go to Eigen instead of
-  YNNPACK, whose 5x5 convolutions and their gradients are 2-3x slower on this
-  CPU (LeNet's second convolution: 39 vs 100 ms at batch 256; a user's
-  ``ball_loss`` step 3.3x faster). XLA reads ``XLA_FLAGS`` once, when JAX
-  starts its first backend (the first ``jax.devices()``, array or compiled
-  call), not at ``import jax``; so the flag is added to
-  ``os.environ["XLA_FLAGS"]`` only if no backend has started. It exists in
-  jaxlib 0.10 only, and XLA aborts on an unknown flag, so other jaxlib
-  versions get nothing.
-* **glibc's malloc keeping freed memory** (``mallopt(M_MMAP_MAX, 0)`` and an
-  infinite ``M_TRIM_THRESHOLD``), only with
-  ``configure_cpu(retain_freed_memory=True)``: the same faults for every
-  block over 32 MiB, XLA's or not. The CLI's LeNet step at batch 128 took
-  15,100 faults and 52-54 ms of system time per step (162-185 ms); with
-  the setting, 1,100-1,900 faults, 4-8 ms and 147-151 ms
-  (``python -m benchmarks.probes.fault_probe``). It is not
-  applied at import: it changes how the whole process, PyTorch included,
-  uses memory (freed memory is reused, not returned to the kernel), and in
-  the plain-process benchmark it sped PyTorch's large-batch steps up more
-  than ours. Only with glibc on Linux, and not when a JAX accelerator plugin
-  (CUDA, ROCm, TPU) is installed: there the host is not where the work is.
-* **A heap cap for one executable** (:func:`compile_for_cpu`, which
-  ``crp_jax.runner.train.fit`` uses for its step): XLA's
-  ``xla_multiheap_size_constraint_per_heap`` keeps the temporary heaps under
-  glibc's mmap threshold, so the faults above stop for XLA alone, with the
-  same bits. As a global ``XLA_FLAGS`` flag it cost the ``ball_loss`` step
-  14% and the CLI's ResNet-18 step 19% (2026-12-01, ``benchmarks/results.md``),
-  so it is given per executable (``compiler_options``), and only in the size
-  window where it helped (:func:`heap_split_options`).
+* **Eigen for single convolutions**, XLA's option
+  ``xla_cpu_experimental_ynn_fusion_type=-individual_convolution``: single
+  convolutions go to Eigen instead of YNNPACK, whose 5x5 convolutions and
+  their gradients are 2-3x slower on this CPU (LeNet's second convolution:
+  39 vs 100 ms at batch 256; a user's ``ball_loss`` step 3.3x faster).
+* **A heap cap**, ``xla_multiheap_size_constraint_per_heap``: XLA:CPU packs an
+  execution's temporaries into one block, and glibc serves a block over
+  32 MiB with a fresh ``mmap`` at every run, so every page faults again. The
+  cap keeps the heaps under that threshold, with the same bits. As a global
+  flag it cost the ``ball_loss`` step 14% and the CLI's ResNet-18 step 19%
+  (2026-12-01, ``benchmarks/results.md``), so it is given only to an
+  executable whose temporaries lie where it helped (:func:`heap_split_options`).
 
-``import crp_jax`` applies the flag (:func:`on_import`) and prints one line
-saying so. ``CRP_JAX_CPU_TUNING`` controls this:
+Both are XLA options of one executable (``compiler_options``), so they go
+where an executable is compiled, not into the process:
 
-* unset: apply it and say so once;
-* ``1``: apply it silently (the entry points set this);
-* ``0``: apply nothing (so does ``CRP_PLAIN_PROCESS=1``).
+* :func:`compile_for_cpu` ``(jitted, *args)``: the one call for a step of
+  your own; ``crp_jax.runner.train.fit`` compiles its step with it, and
+  :func:`crp_jax.attacks.autoattack` its attacks.
+* :func:`compiler_options` for ``jax.jit(f, compiler_options=...)`` where
+  the shapes vary (no heap cap then: it needs the compiled sizes).
 
-If JAX had already started a backend on the CPU, the line says the flag
-could not be applied and how to get it: :func:`configure_cpu`, called before
-any JAX computation, applies it whatever the environment says.
+``import crp_jax`` sets nothing: no environment variable, no JAX config, no
+print (optax, flax and equinox do the same). The entry points
+(``python -m experiments.*``) set process-wide settings for their own process
+(:mod:`crp_jax.runner.process`): the same convolution option as an
+``XLA_FLAGS`` flag, and huge pages. :func:`configure_cpu` is the same for a
+script of yours, called before its first JAX computation, and with
+``retain_freed_memory=True`` it makes glibc's malloc keep freed memory
+(opt-in: it changes how the whole process, PyTorch included, uses memory).
+
+The options exist in jaxlib 0.10 (XLA refuses an unknown option), so other
+jaxlib versions get none; ``CRP_JAX_CPU_TUNING=0`` or ``CRP_PLAIN_PROCESS=1``
+in the environment turns them off.
 """
 
 from __future__ import annotations
@@ -59,7 +52,14 @@ import platform
 import sys
 from typing import Any, Callable, Mapping, MutableMapping
 
-FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+#: XLA's option (``compiler_options`` key, or ``XLA_FLAGS`` flag) that picks the ops YNNPACK fuses.
+YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+#: As a flag: XLA's default list without single convolutions.
+FLAGS = (f"--{YNN_OPTION}=-individual_convolution",)
+#: The same list as a per-executable option, which takes the full list (XLA refuses the flag's "-" edit
+#: there): jaxlib 0.10's default, {INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION, REDUCE} (read from its serialised
+#: DebugOptions), without the convolution. ``tests/test_cpu.py`` checks that it compiles what the flag does.
+YNN_VALUE = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 ENV = "CRP_JAX_CPU_TUNING"
 PLAIN = "CRP_PLAIN_PROCESS"
 _JAXLIB = "0.10."
@@ -79,10 +79,9 @@ class CpuSettings:
   Attributes:
     added: flags appended to ``XLA_FLAGS`` by this call.
     flags: the flags this jaxlib gets (empty where none is known to help).
-    status: the XLA flag: ``"added"``, ``"present"`` (already in ``XLA_FLAGS``),
-      ``"opted_out"``, ``"unsupported"`` (another jaxlib) or ``"too_late"`` (a
-      backend had started).
-    malloc: ``"default"`` (not asked for), ``"retain"`` (set), ``"opted_out"``,
+    status: the XLA flag: ``"added"``, ``"present"`` (already in ``XLA_FLAGS``)
+      or ``"unsupported"`` (another jaxlib).
+    malloc: ``"default"`` (not asked for), ``"retain"`` (set),
       ``"accelerator"`` (a JAX accelerator plugin is installed) or ``"not_glibc"``.
   """
   added: tuple[str, ...]
@@ -92,7 +91,7 @@ class CpuSettings:
 
   @property
   def active(self) -> bool:
-    """Whether the XLA flags are in effect in this process."""
+    """Whether the XLA flags are in ``XLA_FLAGS`` (in effect if no JAX backend had started)."""
     return self.status in ("added", "present")
 
 
@@ -123,14 +122,6 @@ def with_flags(xla_flags: str, flags: tuple[str, ...]) -> str:
   return " ".join(xla_flags.split() + list(missing_flags(xla_flags, flags)))
 
 
-def backends_started() -> bool:
-  """Whether JAX has started a backend (after which ``XLA_FLAGS`` is not read again)."""
-  if "jax" not in sys.modules:
-    return False
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  return xla_bridge.backends_are_initialized()
-
-
 def accelerator_plugin() -> bool:
   """Whether a JAX accelerator plugin is installed (CUDA/ROCm register ``jax_plugins``; TPU is ``libtpu``)."""
   return bool(importlib.metadata.entry_points(group="jax_plugins")) or importlib.util.find_spec("libtpu") is not None
@@ -148,59 +139,45 @@ def keep_freed_memory() -> str:
 
 
 def configure_cpu(environ: MutableMapping[str, str] | None = None, *, retain_freed_memory: bool = False,
-                  version: str | None = None, started: Callable[[], bool] = backends_started,
-                  malloc: Callable[[], str] = keep_freed_memory, opt_out: bool = False) -> CpuSettings:
-  """Adds :data:`FLAGS` to ``XLA_FLAGS`` if still possible, and with ``retain_freed_memory`` sets malloc.
+                  version: str | None = None, malloc: Callable[[], str] = keep_freed_memory) -> CpuSettings:
+  """Process-wide CPU settings for a script of yours: :data:`FLAGS` into ``XLA_FLAGS``, malloc on request.
 
-  Call it before the first JAX computation; ``import crp_jax`` does, without
-  ``retain_freed_memory`` (see the module doc). Idempotent. Returns what it
-  did; prints nothing.
+  XLA reads ``XLA_FLAGS`` once, when JAX starts its first backend (the first
+  ``jax.devices()``, array or compiled call), so call it before that; later
+  it changes the variable and nothing else. Idempotent; prints nothing; a
+  value of the flag already in ``XLA_FLAGS`` stays. Nothing in crp_jax calls
+  it: the entry points set the same flag when they start
+  (:mod:`crp_jax.runner.process`), and :func:`compile_for_cpu` gives it to one
+  executable without touching the process.
 
   Args:
     environ: the environment to change (``os.environ``).
     retain_freed_memory: also set glibc's malloc to keep freed memory (module doc).
     version: the jaxlib version (default: the installed one).
-    started: whether a JAX backend has started (default: :func:`backends_started`).
     malloc: sets malloc and returns its status (default: :func:`keep_freed_memory`).
-    opt_out: respect ``CRP_JAX_CPU_TUNING=0`` and ``CRP_PLAIN_PROCESS=1`` (the import-time call does).
   """
   env = os.environ if environ is None else environ
   flags = flags_for(jaxlib_version() if version is None else version)
-  if opt_out and (env.get(ENV) == "0" or env.get(PLAIN) == "1"):
-    return CpuSettings((), flags, "opted_out", "opted_out")
   memory = malloc() if retain_freed_memory else "default"
   if not flags:
     return CpuSettings((), flags, "unsupported", memory)
   missing = missing_flags(env.get("XLA_FLAGS", ""), flags)
   if not missing:
     return CpuSettings((), flags, "present", memory)
-  if started():
-    return CpuSettings((), flags, "too_late", memory)
   env["XLA_FLAGS"] = with_flags(env.get("XLA_FLAGS", ""), flags)
   return CpuSettings(missing, flags, "added", memory)
 
 
-def notice(settings: CpuSettings, environ: Mapping[str, str]) -> str | None:
-  """The one line ``import crp_jax`` prints for ``settings``, or ``None`` (nothing to say, or ``CRP_JAX_CPU_TUNING=1``)."""
-  if environ.get(ENV) == "1":
-    return None
-  if settings.status == "added":
-    return f"crp_jax: added {' '.join(settings.added)} to XLA_FLAGS (faster CPU convolutions; {ENV}=0 opts out)"
-  if settings.status == "too_late" and _on_cpu():
-    return (f"crp_jax: JAX started before `import crp_jax`, so XLA_FLAGS lacks {' '.join(settings.flags)} "
-            "(CPU convolutions 2-3x faster): import crp_jax first, or call crp_jax.configure_cpu() "
-            f"before any JAX computation; {ENV}=0 silences this")
-  return None
-
-
-def _on_cpu() -> bool:
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.default_backend() == "cpu"
+def _tuned(backend: str, environ: Mapping[str, str], version: str | None) -> bool:
+  """Whether an executable for ``backend`` gets this module's options (a CPU, jaxlib 0.10, no opt-out)."""
+  if environ.get(ENV) == "0" or environ.get(PLAIN) == "1" or backend != "cpu":
+    return False
+  return bool(flags_for(jaxlib_version() if version is None else version))
 
 
 def heap_split_options(temp_bytes: int | None, backend: str, environ: Mapping[str, str] | None = None,
                        version: str | None = None) -> dict[str, int] | None:
-  """XLA options for one executable whose temporaries glibc would map afresh at every run, or ``None``.
+  """The heap cap for one executable whose temporaries glibc would map afresh at every run, or ``None``.
 
   XLA:CPU packs an execution's temporaries into one block; over glibc's
   largest mmap threshold (:data:`MMAP_THRESHOLD_MAX`) that block is a fresh
@@ -223,33 +200,77 @@ def heap_split_options(temp_bytes: int | None, backend: str, environ: Mapping[st
     version: the jaxlib version (default: the installed one).
   """
   env = os.environ if environ is None else environ
-  if env.get(ENV) == "0" or env.get(PLAIN) == "1" or backend != "cpu" or temp_bytes is None:
-    return None
-  if not flags_for(jaxlib_version() if version is None else version):
+  if temp_bytes is None or not _tuned(backend, env, version):
     return None
   return {HEAP_OPTION: HEAP_BYTES} if MMAP_THRESHOLD_MAX < temp_bytes <= HEAP_SPLIT_MAX else None
 
 
+def compiler_options(backend: str | None = None, environ: Mapping[str, str] | None = None,
+                     version: str | None = None) -> dict[str, str]:
+  """The convolution option for ``jax.jit(f, compiler_options=...)`` on a CPU, or ``{}``.
+
+  ``{YNN_OPTION: YNN_VALUE}`` (what :data:`FLAGS` sets, module doc) on a
+  CPU with jaxlib 0.10, unless ``XLA_FLAGS`` already sets that
+  flag (the process-wide value, the user's or an entry point's, stays) or
+  ``CRP_JAX_CPU_TUNING=0``. Asks JAX for its default backend when
+  ``backend`` is ``None``, so call it where JAX may start.
+
+  Args:
+    backend: the platform the executable runs on (default: JAX's default backend).
+    environ: the environment (``os.environ``).
+    version: the jaxlib version (default: the installed one).
+  """
+  env = os.environ if environ is None else environ
+  if backend is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    backend = jax.default_backend()
+  if not _tuned(backend, env, version) or not missing_flags(env.get("XLA_FLAGS", ""), FLAGS):
+    return {}
+  return {YNN_OPTION: YNN_VALUE}
+
+
 def compile_for_cpu(jitted: Any, *args: Any) -> Any:
-  """``jitted.lower(*args).compile()``, compiled again with :func:`heap_split_options` where they apply.
+  """``jitted.lower(*args).compile()`` with this module's XLA options where they apply: the one call for your step.
 
   Returns a ``jax.stages.Compiled`` for arguments of ``args``' shapes and
-  shardings: a train loop calls it in place of ``jitted``. The second
-  compile happens only when JAX's default backend is the CPU and the
-  temporaries lie in the size window (about a second for the CLI's LeNet step).
+  shardings: a train loop calls it in place of ``jitted``. On a CPU it
+  compiles with :func:`compiler_options` (Eigen convolutions), then, where
+  the temporaries lie in the heap cap's window, once more with
+  :func:`heap_split_options` added (about a second for the CLI's LeNet
+  step). Elsewhere it is a plain compile. Changes nothing in the process.
+
+  >>> import jax, jax.numpy as jnp
+  >>> step = compile_for_cpu(jax.jit(lambda x: 2 * x), jnp.ones(3))
+  >>> step(jnp.ones(3))
+  Array([2., 2., 2.], dtype=float32)
   """
   import jax  # pylint: disable=g-import-not-at-top
+  backend = jax.default_backend()
   lowered = jitted.lower(*args)
-  compiled = lowered.compile()
+  options = compiler_options(backend)
+  compiled = lowered.compile(compiler_options=options or None)
   temp = getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)
-  options = heap_split_options(temp, jax.default_backend())
-  return lowered.compile(compiler_options=options) if options else compiled
+  heap = heap_split_options(temp, backend)
+  if not heap:
+    return compiled
+  return _not_written_to_cache(lambda: lowered.compile(compiler_options={**options, **heap}))
 
 
-def on_import() -> CpuSettings:
-  """What ``import crp_jax`` runs: :func:`configure_cpu` with the opt-outs, and its :func:`notice` on stderr."""
-  settings = configure_cpu(opt_out=True)
-  line = notice(settings, os.environ)
-  if line:
-    print(line, file=sys.stderr, flush=True)
-  return settings
+def _not_written_to_cache(compile_fn: Callable[[], Any]) -> Any:
+  """``compile_fn()`` with JAX's persistent compilation cache writing nothing, then as it was.
+
+  XLA:CPU cannot serialise an executable whose temporaries lie in several
+  heaps (the heap cap's point): JAX's cache write fails with "Multiple temp
+  buffer allocations found" and warns at every run. So this one executable
+  is never written (it recompiles in about a second; the first compile, the
+  one that measures the temporaries, is cached as usual). JAX writes an
+  entry only when compiling took at least its threshold, here infinity.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  name = "jax_persistent_cache_min_compile_time_secs"
+  before = getattr(jax.config, name)
+  jax.config.update(name, float("inf"))
+  try:
+    return compile_fn()
+  finally:
+    jax.config.update(name, before)

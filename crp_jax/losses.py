@@ -25,7 +25,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from crp_jax import _checks
 from crp_jax.perturbations import CLEAN_DRAW, Distribution, make_delta, perturb
 
 #: ``loss_fn(x, y) -> (batch,)`` point losses (with ``has_aux``: ``((batch,), aux)``).
@@ -68,7 +70,8 @@ def pair_loss(
     what ``loss_fn`` returns on the perturbed rows: ``(batch,)`` losses, or
     ``(losses, aux)`` for a ``loss_fn`` with auxiliary outputs.
   """
-  delta = make_delta(key, example_ids, draw_ids, x.shape[1:], eps=eps, distribution=distribution,
+  _check_batch(x, y, clip, example_ids=example_ids, draw_ids=draw_ids)
+  delta = make_delta(example_ids, draw_ids, x.shape[1:], key=key, eps=eps, distribution=distribution,
                      epoch=epoch, dtype=x.dtype)
   return loss_fn(perturb(x, delta, clip=clip), y)
 
@@ -180,8 +183,9 @@ def ball_loss(
     Chernyak, Raj, Hazan, Keshet, *Constant Random Perturbations Provide
     Adversarial Robustness with Minimal Effect on Accuracy*.
   """
-  if num_perturbations < 1:
-    raise ValueError(f"num_perturbations must be >= 1, got {num_perturbations}")
+  _checks.count(num_perturbations, "num_perturbations")
+  _checks.nonnegative(eps)
+  _check_batch(x, y, clip, example_ids=example_ids)
   draws = ([CLEAN_DRAW] if include_clean else []) + list(range(num_perturbations))
   rows = functools.partial(_draw_rows, loss_fn, x, y, example_ids, has_aux=has_aux, key=key, eps=eps,
                            distribution=distribution, epoch=epoch, clip=clip)
@@ -192,6 +196,16 @@ def ball_loss(
     losses, aux = _chunked_draw_rows(rows, draws, size, num_perturbations)
   ball = losses.reshape(len(draws), x.shape[0]).mean(axis=0)
   return (ball, aux) if has_aux else ball
+
+
+def _check_batch(x: Any, y: Any, clip: Clip, **ids: Any) -> None:
+  """``x`` floating images inside ``clip``, and ``y`` and each of ``ids`` one entry per example."""
+  _checks.images(x, clip)
+  batch = x.shape[0]
+  if not np.shape(y) or np.shape(y)[0] != batch:
+    raise ValueError(f"y: shape {tuple(np.shape(y))}, but x has {batch} examples; give one label per example")
+  for name, value in ids.items():
+    _checks.ids(value, batch, name)
 
 
 def _chunk_size(draws_per_chunk: Any, num_draws: int) -> int:

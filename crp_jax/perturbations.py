@@ -19,6 +19,9 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from crp_jax import _checks
 
 Distribution = Literal["uniform", "gaussian"]
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "gaussian")
@@ -31,11 +34,11 @@ def _pair_key(key: jax.Array, example_id: jax.Array, draw_id: jax.Array) -> jax.
 
 
 def make_delta(
-    key: jax.Array,
     example_ids: jax.Array,
     draw_ids: jax.Array,
     shape: tuple[int, ...],
     *,
+    key: jax.Array,
     eps: float | jax.Array,
     distribution: Distribution = "uniform",
     epoch: int | jax.Array | None = None,
@@ -48,10 +51,10 @@ def make_delta(
   draw id is :data:`CLEAN_DRAW` (−1) gets ``δ = 0``.
 
   Args:
-    key: a PRNG key (typed ``jax.random.key`` or raw ``PRNGKey``).
     example_ids: ``(batch,)`` integer ids of the examples (index in the split).
     draw_ids: ``(batch,)`` integer draw ids ``j`` in ``[0, K)``, or −1 for clean.
     shape: shape of one example, e.g. ``(28, 28, 1)``.
+    key: a PRNG key (typed ``jax.random.key`` or raw ``PRNGKey``).
     eps: the bound ε of the uniform law, or the std σ of the Gaussian.
     distribution: ``"uniform"`` or ``"gaussian"``.
     epoch: ``None`` for constant perturbations (the paper's method); an
@@ -63,12 +66,16 @@ def make_delta(
     example_ids[b], draw_ids[b])``.
 
   >>> import jax, jax.numpy as jnp
-  >>> d = make_delta(jax.random.key(0), jnp.array([3, 3]), jnp.array([0, -1]), (2,), eps=0.3)
+  >>> d = make_delta(jnp.array([3, 3]), jnp.array([0, -1]), (2,), key=jax.random.key(0), eps=0.3)
   >>> d.shape, bool(jnp.all(d[1] == 0)), bool(jnp.all(jnp.abs(d) <= 0.3))
   ((2, 2), True, True)
   """
   if distribution not in DISTRIBUTIONS:
-    raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    raise ValueError(f"distribution={distribution!r}: must be one of {DISTRIBUTIONS}")
+  _checks.nonnegative(eps)
+  for name, ids in (("example_ids", example_ids), ("draw_ids", draw_ids)):
+    if not jnp.issubdtype(getattr(ids, "dtype", jnp.asarray(ids).dtype), jnp.integer):
+      raise TypeError(f"{name}: {jnp.asarray(ids).dtype} ids; give integers")
   example_ids = jnp.asarray(example_ids, jnp.int32)
   draw_ids = jnp.asarray(draw_ids, jnp.int32)
   if example_ids.shape != draw_ids.shape or example_ids.ndim != 1:
@@ -103,5 +110,12 @@ def perturb(
   Returns:
     array of ``x``'s shape and dtype.
   """
+  _checks.images(x, clip)
+  try:
+    fits = np.broadcast_shapes(np.shape(delta), np.shape(x)) == np.shape(x)
+  except ValueError:
+    fits = False
+  if not fits:
+    raise ValueError(f"delta: shape {np.shape(delta)} does not broadcast to x's {np.shape(x)}")
   out = x + delta.astype(x.dtype)
   return out if clip is None else jnp.clip(out, clip[0], clip[1])

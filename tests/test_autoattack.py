@@ -182,7 +182,7 @@ def test_run_in_order_attacks_only_the_examples_still_robust():
 
   specs = (attacks.AttackSpec("clean", name="a"), attacks.AttackSpec("clean", name="b"))
   broken = {}
-  chain = attacks.run_in_order(specs, np.array([True, True, True, False]), run,
+  chain = _autoattack.run_in_order(specs, np.array([True, True, True, False]), run,
                                on_broken=lambda idx, pts: broken.update(zip(idx.tolist(), pts[:, 0])))
   assert asked == [("a", [0, 1, 2]), ("b", [0, 2])]
   np.testing.assert_array_equal(chain.robust_after["a"], [True, False, True, False])
@@ -210,10 +210,10 @@ def test_checks_catch_probabilities_randomness_and_zero_gradients():
 
 def test_square_check_flags_square_breaking_what_white_box_missed():
   specs = (attacks.AttackSpec("apgd", name="apgd-ce"), attacks.AttackSpec("square", name="square"))
-  chain = attacks.Chain({"apgd-ce": np.array([True, True]), "square": np.array([True, False])}, {}, {})
+  chain = _autoattack.Chain({"apgd-ce": np.array([True, True]), "square": np.array([True, False])}, {}, {})
   (check,) = _autoattack.square_check(specs, chain)
   assert not check.passed and "1 examples" in check.detail
-  chain = attacks.Chain({"apgd-ce": np.array([True, False]), "square": np.array([True, False])}, {}, {})
+  chain = _autoattack.Chain({"apgd-ce": np.array([True, False]), "square": np.array([True, False])}, {}, {})
   assert _autoattack.square_check(specs, chain)[0].passed
 
 
@@ -300,8 +300,9 @@ def test_evaluate_runs_autoattack_on_a_saved_checkpoint(tmp_path):
   assert p.returncode == 0, p.stderr[-3000:]
   model = tmp_path / "crp"
   assert not list(model.glob("robustbench-*.json"))  # the strong protocol was off
-  p = run("experiments.evaluate", f"--workdir={model}", "--strong=autoattack-standard", "--apgd_steps=2",
-          "--fab_steps=2", "--num_targets=2", "--square_queries=5", "--progress=false")
+  p = run("experiments.evaluate", f"--workdir={model}", "--strong=autoattack-standard", "--config.eval.apgd_steps=2",
+          "--config.eval.fab_steps=2", "--config.eval.num_targets=2", "--config.eval.square_queries=5",
+          "--progress=false")
   assert p.returncode == 0, p.stderr[-3000:]
   assert "| after FAB-T (2 steps, 2 targets) |" in p.stdout
   strong = json.loads((model / "evaluation.json").read_text())["crp"]["evaluation"]["strong"]

@@ -1,4 +1,4 @@
-"""crp_jax.cpu: the CPU settings ``import crp_jax`` applies (an XLA flag, malloc), their opt-outs and the notice."""
+"""crp_jax.cpu: its XLA options per executable, the process-wide settings on request, and an import that changes nothing."""
 
 import os
 import subprocess
@@ -16,7 +16,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def configure(env, **kw):
   kw.setdefault("version", "0.10.2")
-  kw.setdefault("started", lambda: False)
   kw.setdefault("malloc", lambda: "retain")
   kw.setdefault("retain_freed_memory", True)
   return cpu.configure_cpu(env, **kw)
@@ -40,15 +39,6 @@ def test_a_value_the_user_set_stays():
   assert env["XLA_FLAGS"] == f"{name}=+individual_convolution --foo"
 
 
-@pytest.mark.parametrize("env", [{"CRP_JAX_CPU_TUNING": "0"}, {"CRP_PLAIN_PROCESS": "1"}])
-def test_opt_outs_leave_xla_flags_alone(env):
-  settings = configure(env, opt_out=True, malloc=lambda: pytest.fail("malloc set despite the opt-out"))
-  assert (settings.status, settings.active, settings.malloc) == ("opted_out", False, "opted_out")
-  assert "XLA_FLAGS" not in env
-  # An explicit call is explicit: it applies the flag whatever the environment says.
-  assert configure(env).status == "added" and env["XLA_FLAGS"] == JOINED
-
-
 def test_other_jaxlib_versions_get_nothing():
   env = {}
   assert configure(env, version="0.11.0").status == "unsupported"
@@ -59,60 +49,81 @@ def test_other_jaxlib_versions_get_nothing():
 def test_malloc_retention_on_request_only():
   assert configure({}, retain_freed_memory=False, malloc=lambda: pytest.fail("malloc set")).malloc == "default"
   code = "import crp_jax; print(crp_jax.configure_cpu(retain_freed_memory=True).malloc)"
-  status = _python(code, CRP_JAX_CPU_TUNING="0").stdout.strip()
+  status = _python(code).stdout.strip()
   assert status == ("retain" if sys.platform == "linux" and not cpu.accelerator_plugin() else status)
   assert status in ("retain", "accelerator", "not_glibc")
-
-
-def test_too_late_once_a_backend_has_started():
-  env = {"XLA_FLAGS": "--foo"}
-  settings = configure(env, started=lambda: True)
-  assert (settings.status, settings.active) == ("too_late", False)
-  assert env == {"XLA_FLAGS": "--foo"}
-
-
-def test_notice_lines():
-  added = cpu.CpuSettings(HOST, HOST, "added")
-  line = cpu.notice(added, {})
-  assert JOINED in line and "CRP_JAX_CPU_TUNING=0" in line and "\n" not in line
-  assert cpu.notice(added, {"CRP_JAX_CPU_TUNING": "1"}) is None
-  assert cpu.notice(cpu.CpuSettings((), HOST, "present"), {}) is None
 
 
 def _python(code: str, **env_changes: str | None) -> subprocess.CompletedProcess:
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "CRP_JAX_CPU_TUNING", "CRP_PLAIN_PROCESS")}
   env.update({k: v for k, v in env_changes.items() if v is not None})
   return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=120, check=True)
+                        timeout=300, check=True)
 
 
-SHOW = ("import os, jax, crp_jax; print(crp_jax.cpu_settings.status); print(os.environ.get('XLA_FLAGS', ''));"
-        "print(jax.jit(lambda x: x + 1)(1)); print(crp_jax.cpu_settings.malloc)")
+QUIET = """
+import os, sys, io, contextlib, importlib, pkgutil
+env = dict(os.environ)
+import jax
+config = dict(jax.config.values)
+out, err = io.StringIO(), io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+  import crp_jax
+  names = [m.name for m in pkgutil.walk_packages(crp_jax.__path__, "crp_jax.")]
+  for name in names:
+    importlib.import_module(name)
+  [getattr(crp_jax, n) for n in crp_jax.__all__]
+print(len(names), dict(os.environ) == env, dict(jax.config.values) == config, repr(out.getvalue() + err.getvalue()))
+"""
+
+
+def test_import_of_every_module_changes_nothing_and_prints_nothing():
+  out = _python(QUIET)
+  count, same_env, same_config, printed = out.stdout.split()
+  assert int(count) > 20 and (same_env, same_config, printed) == ("True", "True", "''")
+  assert out.stderr == ""
+
+
+def test_the_library_imports_no_private_jax_module():
+  import glob  # pylint: disable=g-import-not-at-top
+  files = glob.glob(os.path.join(REPO, "crp_jax", "**", "*.py"), recursive=True)
+  offenders = [f for f in files if "jax._src" in open(f).read()]
+  assert len(files) > 20 and offenders == []
+
+
+def test_compiler_options_only_on_a_cpu_of_jaxlib_010_without_the_users_flag():
+  want = {cpu.YNN_OPTION: cpu.YNN_VALUE}
+  assert cpu.compiler_options("cpu", {}, version="0.10.2") == want
+  assert cpu.compiler_options("gpu", {}, version="0.10.2") == {}
+  assert cpu.compiler_options("cpu", {}, version="0.11.0") == {}
+  assert cpu.compiler_options("cpu", {"CRP_JAX_CPU_TUNING": "0"}, version="0.10.2") == {}
+  assert cpu.compiler_options("cpu", {"XLA_FLAGS": f"{FLAG.split('=')[0]}=+dot"}, version="0.10.2") == {}
+
+
+HLO = """
+import sys, jax, jax.numpy as jnp
+from crp_jax import attacks, cpu
+from crp_jax.models import LeNet, init_variables
+m = LeNet(); v = init_variables(m, jax.random.key(0), (28, 28, 1))
+x = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1)); y = jnp.zeros(8, jnp.int32)
+low = jax.jit(lambda v, x, y: attacks.fgsm(lambda z: m.apply(v, z, train=False), x, y, eps=0.3)).lower(v, x, y)
+options = cpu.compiler_options() if sys.argv[1] == "option" else None
+lines = low.compile(compiler_options=options).as_text().splitlines()
+print(chr(10).join(line for line in lines if not line.startswith("HloModule")))
+"""
+
+
+def _hlo(how: str, xla_flags: str | None) -> str:
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update({"XLA_FLAGS": xla_flags} if xla_flags else {})
+  return subprocess.run([sys.executable, "-c", HLO, how], cwd=REPO, capture_output=True, text=True, timeout=300,
+                        check=True, env=env).stdout
 
 
 @pytest.mark.skipif(not cpu.flags_for(cpu.jaxlib_version()), reason="no flag for this jaxlib")
-def test_import_applies_the_flag_and_says_so_once():
-  out = _python(SHOW)
-  flags = cpu.flags_for(cpu.jaxlib_version())
-  assert out.stdout.split("\n")[:4] == ["added", " ".join(flags), "2", "default"]   # malloc only on request
-  assert [line for line in out.stderr.splitlines() if line.startswith("crp_jax:")] == [cpu.notice(
-      cpu.CpuSettings(flags, flags, "added"), {})]
-
-
-@pytest.mark.skipif(not cpu.flags_for(cpu.jaxlib_version()), reason="no flag for this jaxlib")
-@pytest.mark.parametrize("env", [{"CRP_JAX_CPU_TUNING": "0"}, {"CRP_PLAIN_PROCESS": "1"}])
-def test_import_opted_out_applies_nothing_and_is_silent(env):
-  out = _python(SHOW, **env)
-  assert out.stdout.split("\n")[:4] == ["opted_out", "", "2", "opted_out"]
-  assert "crp_jax:" not in out.stderr
-
-
-@pytest.mark.skipif(not cpu.flags_for(cpu.jaxlib_version()), reason="no flag for this jaxlib")
-def test_import_after_jax_started_says_how_to_get_the_flag():
-  out = _python("import jax; jax.devices(); import crp_jax; print(crp_jax.cpu_settings.status)")
-  assert out.stdout.strip() == "too_late"
-  assert "crp_jax.configure_cpu()" in out.stderr and FLAG in out.stderr
-
+def test_the_per_executable_option_compiles_what_the_flag_does():
+  by_flag, by_option, default = _hlo("none", FLAG), _hlo("option", None), _hlo("none", None)
+  assert "ynn" in default and by_option == by_flag != default
 
 
 MiB = 2**20

@@ -33,7 +33,7 @@ def test_k1_eps0_is_the_point_loss():
 
 def test_matches_the_explicit_average_of_eq8():
   k = 4
-  manual = np.mean([make_loss_fn(W)(perturb(X, make_delta(KEY, IDS, jnp.full(B, j), (D,), eps=0.3)), Y)
+  manual = np.mean([make_loss_fn(W)(perturb(X, make_delta(IDS, jnp.full(B, j), (D,), key=KEY, eps=0.3)), Y)
                     for j in range(k)], axis=0)
   np.testing.assert_allclose(ball(W, num_perturbations=k), manual, rtol=1e-5)
 

@@ -6,9 +6,3 @@ the PyTorch side), so that removing one touches nothing else. Running
 ``python -m experiments.run`` as a subprocess, as ``kill_resume`` does, is
 not an import.
 """
-
-import os
-
-# The commands' settings are theirs to state (crp_jax.runner.process): import crp_jax applies its CPU
-# settings (crp_jax.cpu) without its one-line notice.
-os.environ.setdefault("CRP_JAX_CPU_TUNING", "1")

@@ -65,6 +65,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from crp_jax import attacks, data
+from crp_jax.attacks import _autoattack
 from crp_jax.models import LeNet
 from crp_jax.runner import config as config_lib, train
 
@@ -368,14 +369,14 @@ class AutoAttackReport(NamedTuple):
 
   ``ours`` is our :class:`~crp_jax.attacks.AutoAttackResult`; ``theirs`` is
   torchattacks' APGD-CE, APGD-T, FAB-T and Square run by the same
-  :func:`~crp_jax.attacks.run_in_order` (each on the examples still robust).
+  `crp_jax.attacks._autoattack.run_in_order` (each on the examples still robust).
   ``fab_alone`` is ``(ours, theirs)`` FAB-T on the first examples alone, or ``None``.
   """
 
   clean_test_accuracy: float
   logit_max_abs_diff: float
   ours: attacks.AutoAttackResult
-  theirs: attacks.Chain
+  theirs: _autoattack.Chain
   fab_alone: tuple[Outcome, Outcome] | None
   tolerance: float
 
@@ -397,8 +398,8 @@ def their_standard(net: Any, eps: float, budget: Budget, seed: int) -> dict[str,
                                           queries=budget.square_queries, seed=seed)
 
 
-def _their_runner(net: Any, x: Any, y: Any, their: dict[str, Any], batch_size: int) -> attacks.RunFn:
-  """A :data:`~crp_jax.attacks.RunFn` of torchattacks' attacks on the examples asked for."""
+def _their_runner(net: Any, x: Any, y: Any, their: dict[str, Any], batch_size: int) -> _autoattack.RunFn:
+  """A :data:`~crp_jax.attacks._autoattack.RunFn` of torchattacks' attacks on the examples asked for."""
   def run(spec: attacks.AttackSpec, idx: np.ndarray) -> tuple[np.ndarray, None]:
     o = run_theirs(net, x[idx], y[idx], their[spec.name], batch_size=batch_size)
     return o.correct, None
@@ -425,7 +426,7 @@ def run_autoattack_parity(*, examples: int, eps: float, train_steps: int, budget
   specs = ours.attacks
   their = their_standard(net, eps, budget, seed)
   log("torchattacks, the same four in the same order:")
-  theirs = attacks.run_in_order(specs, ours.clean, _their_runner(net, x_torch, y_torch, their, batch_size),
+  theirs = _autoattack.run_in_order(specs, ours.clean, _their_runner(net, x_torch, y_torch, their, batch_size),
                                 lambda m: log(f"torchattacks {m.strip()}"))
   fab_alone = None
   if fab_alone_examples:

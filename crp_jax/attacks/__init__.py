@@ -1,17 +1,24 @@
 """Compiled adversarial attacks: FGSM, PGD, APGD-CE/DLR, APGD-T, FAB/FAB-T, Square, noise, and AutoAttack.
 
 Each attack is also data: an :class:`AttackSpec` (kind and settings) that
-:func:`run_attack` runs; :func:`strong_attacks` is the strong protocol's
-table, and :func:`strong_eval` runs it. :func:`autoattack` is AutoAttack
-(``standard``: APGD-CE, APGD-T, FAB-T, Square, each on the examples still
-robust), with its checks and a RobustBench-shaped entry.
+:func:`run_attack` runs; :func:`strong_attacks` is the table of APGD-CE,
+APGD-T and Square, and :func:`strong_eval` runs it on every example in one
+jittable call. :func:`autoattack` is AutoAttack (``standard``: APGD-CE,
+APGD-T, FAB-T, Square, each on the examples still robust), with its checks
+and a RobustBench-shaped entry: the number to report.
 
 Convention. An attack takes ``logits_fn(x) -> (B, C)``, any pure function of
 the inputs (NHWC or any other shape, pixels in ``[0, 1]``), the inputs ``x``
 ``(B, *shape)`` and integer labels ``y`` ``(B,)``, and returns adversarial
 inputs of ``x``'s shape inside the ε ball of the given norm and inside
 ``clip`` (default ``(0, 1)``). The number of classes ``C`` is read from the
-logits. With a Flax model, close over the variables::
+logits. Every attack checks its arguments before tracing (one
+``ValueError``/``TypeError`` naming the argument): shapes, dtypes, counts,
+ε and the norm (``"linf"``/``"l2"``, or AutoAttack's ``"Linf"``/``"L2"``)
+always; the values of ``x`` (inside ``clip``) and ``y`` (in ``[0, C)``)
+where they are concrete. Inside your ``jax.jit`` they are tracers, so call
+:func:`check_data` once on the data before the loop. With a Flax model,
+close over the variables::
 
     logits_fn = lambda x: model.apply(variables, x, train=False)
 
@@ -42,26 +49,24 @@ convolution (``crp_jax/models/conv.py``): XLA:CPU otherwise runs it on a
 slow generic path inside loops, 2.9x slower per step.
 """
 
+from crp_jax._checks import check_data
 from crp_jax.attacks._apgd import apgd, apgd_targeted
-from crp_jax.attacks._autoattack import (AutoAttackResult, Chain, Check, RunFn, autoattack, budget, robustbench_entry,
-                                        run_in_order)
+from crp_jax.attacks._autoattack import AutoAttackResult, Check, autoattack, robustbench_entry
 from crp_jax.attacks._fab import FabResult, fab, fab_with_info
-from crp_jax.attacks._core import LOSSES, LogitsFn, accuracy, correct, get_loss, rows_like, steps_until_done
+from crp_jax.attacks._core import LogitsFn, accuracy, correct, get_loss
 from crp_jax.attacks._noise import random_noise
 from crp_jax.attacks._pgd import fgsm, pgd, projected_ascent
-from crp_jax.attacks._spec import KINDS, VERSIONS, AttackSpec, autoattack_attacks, run_attack, strong_attacks
+from crp_jax.attacks._spec import AttackSpec, autoattack_attacks, run_attack, strong_attacks
 from crp_jax.attacks._square import square, square_with_info
 from crp_jax.attacks._strong import strong_eval
 
+# What a user calls. The plumbing of the CLI's evaluation (AutoAttack's loop
+# ``_autoattack.run_in_order`` and its ``Chain``, ``_core.steps_until_done``,
+# the registries ``_spec.KINDS``, ``_core.LOSSES``) stays in the private modules.
 __all__ = [
-    "KINDS",
-    "LOSSES",
-    "VERSIONS",
     "AttackSpec",
     "AutoAttackResult",
-    "Chain",
     "Check",
-    "RunFn",
     "FabResult",
     "LogitsFn",
     "accuracy",
@@ -69,7 +74,7 @@ __all__ = [
     "apgd_targeted",
     "autoattack",
     "autoattack_attacks",
-    "budget",
+    "check_data",
     "correct",
     "fab",
     "fab_with_info",
@@ -79,12 +84,9 @@ __all__ = [
     "projected_ascent",
     "random_noise",
     "robustbench_entry",
-    "rows_like",
-    "run_in_order",
     "run_attack",
     "square",
     "square_with_info",
-    "steps_until_done",
     "strong_attacks",
     "strong_eval",
 ]

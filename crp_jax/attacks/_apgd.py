@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crp_jax import _checks
 from crp_jax.attacks import _core
 from crp_jax.attacks._core import Best, Clip, LogitsFn, LogitsLossFn, Norm
 
@@ -193,7 +194,9 @@ def apgd(
     Croce, Hein, *Reliable Evaluation of Adversarial Robustness with an
     Ensemble of Diverse Parameter-free Attacks*, ICML 2020.
   """
-  _core.check_norm(norm)
+  norm = _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps, norm_name=norm)
+  _checks.count(num_steps, "num_steps")
+  _checks.count(restarts, "restarts")
   loss_fn = _core.get_loss(loss)
   eps = _core.as_scalar(eps, x)
   x_runs, y_runs = _core.repeat_runs(x, restarts), _core.repeat_runs(y, restarts)
@@ -264,7 +267,10 @@ def apgd_targeted(
     Croce, Hein, *Reliable Evaluation of Adversarial Robustness with an
     Ensemble of Diverse Parameter-free Attacks*, ICML 2020.
   """
-  _core.check_norm(norm)
+  norm = _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps, norm_name=norm)
+  _checks.count(num_steps, "num_steps")
+  _checks.count(num_targets, "num_targets")
+  _checks.count(restarts, "restarts")
   eps = _core.as_scalar(eps, x)
   logits = logits_fn(x)
   num_targets = min(num_targets, logits.shape[1] - 1)

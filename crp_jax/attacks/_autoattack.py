@@ -10,11 +10,18 @@ the CLI's evaluation (which shards over a mesh) uses the same rule.
 Unlike the attacks, this driver is host code: the set of examples left
 shrinks, so each attack runs jitted on fixed-size chunks of it (the last
 chunk padded to a power of two, so an attack compiles at most a few times).
+
+Each program it runs (an attack on a chunk, the clean forward pass) is
+traced to a jaxpr whose constants (the parameters ``logits_fn`` closes over)
+become arguments, and its executable is cached under the program's text:
+calling :func:`autoattack` again with new parameters of the same shapes,
+through a new ``logits_fn``, compiles nothing, and the cache holds no
+parameter, so an old model is freed when the caller drops it.
 """
 
 from __future__ import annotations
 
-import functools
+import collections
 import time
 from typing import Callable, NamedTuple, Sequence
 
@@ -22,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crp_jax import _checks, cpu
 from crp_jax.attacks import _core
 from crp_jax.attacks._core import LogitsFn
 from crp_jax.attacks._spec import AttackSpec, autoattack_attacks, run_attack
@@ -99,17 +107,43 @@ def _chunks(m: int, batch_size: int) -> list[tuple[int, int, int]]:
   return out
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(logits_fn: LogitsFn, spec: AttackSpec, clip: _core.Clip) -> Callable:
-  """``jit((x, y, key) -> (still correct, x_adv))`` of ``spec`` on ``logits_fn``.
+#: (program text, constants' shapes) -> its executable; the 64 latest. Holds no constant's value.
+_EXECUTABLES: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
+_MAX_EXECUTABLES = 64
 
-  Cached on the function object (the 64 latest), so calling
-  :func:`autoattack` again with the same ``logits_fn`` compiles nothing.
+
+class Program(NamedTuple):
+  """A traced function: ``run(*args)`` calls its cached executable with the constants it closed over."""
+
+  executable: Callable
+  consts: list
+  out_tree: object
+
+  def run(self, *args) -> object:
+    out = self.executable(self.consts, *jax.tree.leaves(args))
+    return jax.tree.unflatten(self.out_tree, out)
+
+
+def program(fn: Callable, *args) -> Program:
+  """``fn`` traced at ``args``' shapes, its closed-over arrays as arguments of one cached executable.
+
+  Two functions that trace to the same program text with constants of the
+  same shapes (the same model with new parameters) share the executable,
+  compiled once with :func:`crp_jax.cpu.compile_for_cpu`; the cache keeps the
+  program, never the constants.
   """
-  def fn(x, y, k):
-    x_adv = run_attack(spec, logits_fn, x, y, key=k, clip=clip)
-    return _core.correct(logits_fn, x_adv, y), x_adv
-  return jax.jit(fn)
+  closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
+  jaxpr = closed.jaxpr
+  consts = list(closed.consts)
+  key = (str(jaxpr), tuple((np.shape(c), str(jax.typeof(c))) for c in consts))
+  executable = _EXECUTABLES.pop(key, None)
+  if executable is None:
+    evaluate = jax.jit(lambda consts, *flat: jax.core.eval_jaxpr(jaxpr, consts, *flat))
+    executable = cpu.compile_for_cpu(evaluate, consts, *jax.tree.leaves(args))
+  _EXECUTABLES[key] = executable
+  while len(_EXECUTABLES) > _MAX_EXECUTABLES:
+    _EXECUTABLES.popitem(last=False)
+  return Program(executable, consts, jax.tree.structure(shapes))
 
 
 def jitted_runner(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
@@ -117,16 +151,26 @@ def jitted_runner(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Arra
   """A :data:`RunFn` for :func:`run_in_order`: ``spec`` jitted on chunks of the examples asked for.
 
   Chunk ``c`` of an attack is keyed ``fold_in(spec.key(key), c)`` and padded
-  with copies of its first example (their results dropped).
+  with copies of its first example (their results dropped). Each attack is
+  traced once per chunk size and runs through :func:`program`'s executables.
   """
-  attack = lambda spec: _compiled(logits_fn, spec, clip)
+  traced: dict[tuple[AttackSpec, int], Program] = {}
+
+  def attack(spec: AttackSpec, *args) -> Program:
+    if (spec, len(args[0])) not in traced:
+      def fn(x, y, k):
+        x_adv = run_attack(spec, logits_fn, x, y, key=k, clip=clip)
+        return _core.correct(logits_fn, x_adv, y), x_adv
+      traced[spec, len(args[0])] = program(fn, *args)
+    return traced[spec, len(args[0])]
 
   def run(spec: AttackSpec, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     still, points = [], []
     for c, (start, count, size) in enumerate(_chunks(idx.size, batch_size)):
       rows = idx[start:start + count]
       padded = np.concatenate([rows, np.full(size - count, rows[0])])
-      ok, x_adv = attack(spec)(x[padded], y[padded], jax.random.fold_in(spec.key(key), c))
+      args = (x[padded], y[padded], jax.random.fold_in(spec.key(key), c))
+      ok, x_adv = attack(spec, *args).run(*args)
       still.append(np.asarray(ok)[:rows.size])
       points.append(np.asarray(x_adv)[:rows.size])
     return np.concatenate(still), np.concatenate(points)
@@ -144,10 +188,13 @@ def model_checks(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> list[Check]
   * ``zero gradients``: no example has an exactly zero cross-entropy input
     gradient, where gradient attacks cannot move.
   """
+  # Two calls of logits_fn itself (a trace would run its Python once, and a randomised model's
+  # randomness may live there); the gradient runs as a cached program (a new model compiles nothing).
   first, second = np.asarray(logits_fn(x)), np.asarray(logits_fn(x))
   same = bool(np.array_equal(first, second))
   probs = bool(np.all((first >= 0) & (first <= 1)) and np.allclose(first.sum(1), 1.0, atol=1e-5))
-  grad = np.asarray(_core.loss_and_grad(logits_fn, _core.ce_loss, x, y)[2]).reshape(len(first), -1)
+  grad_fn = lambda x, y: _core.loss_and_grad(logits_fn, _core.ce_loss, x, y)[2]
+  grad = np.asarray(program(grad_fn, x, y).run(x, y)).reshape(len(first), -1)
   zero = int(np.sum(~np.any(grad != 0, axis=1)))
   return [
       Check("deterministic", same, "two forward passes agree" if same else
@@ -243,7 +290,7 @@ def robustbench_entry(*, clean_accuracy: float, robust_accuracy: float, eps: flo
            "dataset": "", "venue": "", "architecture": "", "eps": f"{eps:g}",
            "clean_acc": f"{100 * clean_accuracy:.2f}", "reported": "",
            "autoattack_acc": f"{100 * robust_accuracy:.2f}", "footnote": None,
-           "norm": {"linf": "Linf", "l2": "L2"}[norm], "version": version, "attacks": list(attacks),
+           "norm": {"linf": "Linf", "l2": "L2"}[_checks.norm(norm)], "version": version, "attacks": list(attacks),
            "n_examples": int(n_examples), "checks_failed": list(checks_failed)}
   entry.update(info)
   return entry
@@ -259,7 +306,7 @@ def _resolve(version: str, custom: Sequence[str | AttackSpec] | None, *, eps: fl
   specs = []
   for a in custom:
     if not isinstance(a, AttackSpec) and a not in known:
-      raise ValueError(f"unknown attack {a!r} in custom; choose from {', '.join(known)} or give AttackSpecs")
+      raise ValueError(f"custom: unknown attack {a!r}; choose from {', '.join(known)} or give AttackSpecs")
     specs.append(a if isinstance(a, AttackSpec) else known[a])
   if len({s.name for s in specs}) != len(specs):
     raise ValueError(f"custom names an attack twice: {[s.name for s in specs]}")
@@ -306,7 +353,7 @@ def autoattack(
     key: PRNG key; attack ``a`` draws from ``spec.key(key)``, chunk ``c`` of
       it from ``fold_in`` of that with ``c``.
     eps: radius ε.
-    norm: ``"linf"`` or ``"l2"``.
+    norm: ``"linf"`` or ``"l2"`` (AutoAttack's ``"Linf"``, ``"L2"`` too).
     version: ``"standard"`` or ``"plus"`` (ignored with ``custom``).
     custom: the attacks to run instead of a version.
     batch_size: examples per jitted call.
@@ -332,10 +379,13 @@ def autoattack(
     Croce, Hein, *Reliable Evaluation of Adversarial Robustness with an
     Ensemble of Diverse Parameter-free Attacks*, ICML 2020.
   """
-  _core.check_norm(norm)
+  norm = _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps, norm_name=norm)
+  _checks.count(batch_size, "batch_size")
+  for name, value in budgets.items():
+    _checks.count(value, name)
   version, specs = _resolve(version, custom, eps=eps, norm=norm, **budgets)
   x, y = jnp.asarray(x), jnp.asarray(y)
-  logits = jax.jit(logits_fn)(x)
+  logits = program(logits_fn, x).run(x)
   clean = np.asarray(jnp.argmax(logits, axis=1) == y)
   checks = model_checks(logits_fn, x[:batch_size], y[:batch_size])
   if log is not None:

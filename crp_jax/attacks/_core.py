@@ -103,7 +103,7 @@ LOSSES: dict[str, LogitsLossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": 
 
 def get_loss(name: str) -> LogitsLossFn:
   if name not in LOSSES:
-    raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {name!r}")
+    raise ValueError(f"loss={name!r}: unknown; choose one of {', '.join(LOSSES)}")
   return LOSSES[name]
 
 

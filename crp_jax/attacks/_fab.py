@@ -18,6 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from crp_jax import _checks
 from crp_jax.attacks import _core
 from crp_jax.attacks._apgd import top_other_classes
 from crp_jax.attacks._core import Clip, LogitsFn, Norm
@@ -280,11 +281,15 @@ def fab_with_info(
     Croce, Hein, *Minimally distorted Adversarial Examples with a Fast
     Adaptive Boundary Attack*, ICML 2020.
   """
-  _core.check_norm(norm)
+  if clip is None:
+    raise ValueError("clip=None: fab needs a pixel box clip=(lo, hi) for its projections")
+  norm = _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps, norm_name=norm)
+  _checks.count(num_steps, "num_steps")
+  _checks.count(num_targets, "num_targets", 0)   # 0: untargeted FAB
+  _checks.count(restarts, "restarts")
+  _checks.count(final_search_steps, "final_search_steps", 0)
   if eps is None and restarts > 1:
     raise ValueError("fab: restarts > 1 start at radius eps/2, so they need eps (got eps=None)")
-  if clip is None:
-    raise ValueError("fab needs a pixel box clip=(lo, hi) for its projections")
   logits = logits_fn(x)
   targeted = num_targets > 0
   num_targets = min(num_targets, logits.shape[1] - 1) if targeted else 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from crp_jax import _checks
 from crp_jax.attacks import _core
 from crp_jax.attacks._core import LogitsFn
 
@@ -15,8 +16,11 @@ def random_noise(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Ar
 
   A corner of the ε cube is the strongest place for random L∞ noise; sample
   ``s`` is ``clip(x + ε·sign(u)), u ~ U(−1, 1)`` with key ``fold_in(key, s)``.
-  If none fools the model, returns ``x``. Shapes: ``(B, ...) -> (B, ...)``.
+  If none fools the model, returns ``x``. Shapes: ``(B, ...) -> (B, ...)``;
+  pixels in ``[0, 1]``.
   """
+  _checks.attack_inputs(logits_fn, x, y, eps=eps)
+  _checks.count(num_samples, "num_samples")
 
   def body(i, carry):
     x_adv, fooled = carry

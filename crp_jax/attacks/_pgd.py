@@ -7,6 +7,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from crp_jax import _checks
 from crp_jax.attacks import _core
 from crp_jax.attacks._core import Best, Clip, LogitsFn, LogitsLossFn, Norm
 
@@ -49,8 +50,10 @@ def fgsm(
     Goodfellow, Shlens, Szegedy, *Explaining and Harnessing Adversarial
     Examples*, ICLR 2015.
   """
+  _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps)
+  loss_fn = _core.get_loss(loss)
   eps = _core.as_scalar(eps, x)
-  _, _, grad = _core.loss_and_grad(logits_fn, _core.get_loss(loss), x, y)
+  _, _, grad = _core.loss_and_grad(logits_fn, loss_fn, x, y)
   return _core.project(x + eps * jnp.sign(grad), x, eps, "linf", clip)
 
 
@@ -83,6 +86,12 @@ def projected_ascent(logits_fn: LogitsFn, loss_fn: Callable[[jax.Array, Any], ja
   Returns:
     ``(B, *shape)`` ``x^(num_steps)``, inside the ball and ``clip``.
   """
+  norm = _checks.norm(norm)
+  _checks.nonnegative(eps)
+  _checks.nonnegative(step_size, "step_size")
+  _checks.count(num_steps, "num_steps", 0)
+  _checks.images(x, clip)
+  _checks.images(x_start, clip, "x_start")
   eps, step_size = _core.as_scalar(eps, x), _core.as_scalar(step_size, x)
 
   def step(_, x_k: jax.Array) -> jax.Array:
@@ -202,7 +211,10 @@ def pgd(
     Kurakin, Goodfellow, Bengio, *Adversarial Examples in the Physical
     World*, 2016 (BIM).
   """
-  _core.check_norm(norm)
+  norm = _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps, norm_name=norm)
+  _checks.nonnegative(step_size, "step_size")
+  _checks.count(num_steps, "num_steps", 0)   # 0: the random start alone
+  _checks.count(restarts, "restarts")
   loss_fn = _core.get_loss(loss)
   eps, step_size = _core.as_scalar(eps, x), _core.as_scalar(step_size, x)
 

@@ -15,6 +15,7 @@ from typing import Callable
 
 import jax
 
+from crp_jax import _checks
 from crp_jax.attacks import _apgd, _fab, _noise, _pgd, _square
 from crp_jax.attacks._core import LogitsFn
 
@@ -62,7 +63,7 @@ class AttackSpec:
 
   def __post_init__(self):
     if self.kind not in KINDS:
-      raise ValueError(f"unknown attack kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+      raise ValueError(f"kind={self.kind!r}: unknown attack kind; choose one of {', '.join(KINDS)}")
 
   def settings(self) -> tuple:
     """What the attack computes: every field but ``name`` and ``label``.
@@ -136,6 +137,7 @@ def strong_attacks(*, eps: float, apgd_steps: int = 100, num_targets: int = 9,
 
   Attack ``a`` of the table has ``key_path == (a,)``.
   """
+  norm = _checks.norm(norm)
   table = [
       AttackSpec("apgd", eps=eps, steps=apgd_steps, loss="ce", norm=norm, name="apgd-ce",
                  label=f"APGD-CE ({apgd_steps} steps)"),
@@ -166,8 +168,9 @@ def autoattack_attacks(version: str = "standard", *, eps: float, norm: str = "li
   :func:`strong_attacks`' specs, keys included; FAB-T has ``key_path (3,)``,
   ``plus``' extra attacks ``(4,), (5,)``.
   """
+  norm = _checks.norm(norm)
   if version not in VERSIONS:
-    raise ValueError(f"unknown AutoAttack version {version!r}; choose one of {', '.join(VERSIONS)}")
+    raise ValueError(f"version={version!r}: unknown AutoAttack version; choose one of {', '.join(VERSIONS)}")
   apgd_ce, apgd_t, *square = strong_attacks(eps=eps, apgd_steps=apgd_steps, num_targets=num_targets,
                                             square_queries=square_queries, norm=norm)
   fab_t = AttackSpec("fab", eps=eps, steps=fab_steps, num_targets=num_targets, norm=norm, name="fab-t",

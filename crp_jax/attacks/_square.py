@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crp_jax import _checks
 from crp_jax.attacks import _core
 from crp_jax.attacks._core import Clip, LogitsFn
 
@@ -140,12 +141,12 @@ def square_with_info(
     Andriushchenko, Croce, Flammarion, Hein, *Square Attack: a
     query-efficient black-box adversarial attack via random search*, ECCV 2020.
   """
-  if norm != "linf":
-    raise NotImplementedError(f"square supports norm='linf' only, got {norm!r}")
+  if _checks.norm(norm) != "linf":
+    raise ValueError(f"norm={norm!r}: square is L∞ only here; use 'linf'")
+  _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps)
   if x.ndim != 4:
-    raise ValueError(f"square needs NHWC inputs (B, h, w, c), got shape {x.shape}")
-  if num_queries < 2:
-    raise ValueError(f"num_queries must be >= 2 (clean + init), got {num_queries}")
+    raise ValueError(f"x: shape {x.shape}; square needs NHWC inputs (B, h, w, c)")
+  _checks.count(num_queries, "num_queries", 2)   # the clean input and the stripes
   eps = _core.as_scalar(eps, x)
   sides = jnp.asarray(square_sizes(num_queries, p_init, x.shape[1], x.shape[2]))
   init_key, search_key = jax.random.split(key)

@@ -1,10 +1,17 @@
-"""An AutoAttack-"standard"-style evaluation: clean, APGD-CE, APGD-T, Square and their worst case."""
+"""The strong table on one batch, in one jittable call: clean, APGD-CE, APGD-T, Square and their worst case.
+
+Not AutoAttack: it has no FAB-T, and runs every attack on every example
+(static shapes, so it jits and shards). The number to report is
+:func:`~crp_jax.attacks.autoattack`'s; this is the table's per-attack
+view, which ``tools/parity.py`` compares with torchattacks' same three attacks.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from crp_jax import _checks
 from crp_jax.attacks import _core
 from crp_jax.attacks._core import Clip, LogitsFn, Norm
 from crp_jax.attacks._spec import run_attack, strong_attacks
@@ -24,9 +31,11 @@ def strong_eval(
     clip: Clip = (0.0, 1.0),
     early_stop: bool = True,
 ) -> dict[str, dict[str, jax.Array]]:
-  r"""Robust accuracy under APGD-CE, APGD-T and Square, and under their per-example worst case.
+  r"""Robust accuracy under APGD-CE, APGD-T and Square (:func:`strong_attacks`) and their worst case.
 
-  Like AutoAttack's "standard" version (without FAB-T): an example counts as
+  Three of AutoAttack ``standard``'s four attacks (no FAB-T, so its worst
+  case is an upper bound on :func:`~crp_jax.attacks.autoattack`'s robust
+  accuracy), each run on every example: an example counts as
   robust only if it is classified correctly clean and after every attack,
 
   .. math::
@@ -57,7 +66,9 @@ def strong_eval(
     ``name`` in ``("clean", "apgd-ce", "apgd-t", "square", "worst_case")``
     (no ``"square"`` for L2).
   """
-  _core.check_norm(norm)
+  norm = _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps, norm_name=norm)
+  for name, value in (("apgd_steps", apgd_steps), ("num_targets", num_targets), ("square_queries", square_queries)):
+    _checks.count(value, name)
   table = strong_attacks(eps=eps, apgd_steps=apgd_steps, num_targets=num_targets,
                          square_queries=square_queries, norm=norm)
   correct = {"clean": _core.correct(logits_fn, x, y)}

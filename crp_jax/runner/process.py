@@ -12,8 +12,8 @@ rounding (measured in ``benchmarks/results.md``):
   convolutions go to Eigen instead of YNNPACK, whose weight gradients of 3x3
   kernels are up to 10x slower (ResNet-18's first stage). The flag and the
   jaxlib versions that get it are the library's (:mod:`crp_jax.cpu`, which
-  ``import crp_jax`` applies in any process); the re-executed command has it
-  from the start.
+  gives it per executable elsewhere; ``import crp_jax`` sets nothing); the
+  re-executed command has it from the start, for every executable.
 
 And a persistent compilation cache (:func:`setup_compilation_cache`), so a
 second model of the same shapes, or the same command run again, loads its
