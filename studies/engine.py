@@ -80,7 +80,9 @@ class Study:
     aggregate: ``Context -> Outcome``; reads the runs' records only.
     evals: ``base config -> {eval field: value}``, the evaluators its table
       needs beyond the base config's (e.g. ``{"saturation": True}``).
-    black_box: whether its table has black-box columns (:func:`cross_run`).
+    cross_runs: ``runs by group -> [CrossRun]``, the black-box measurements
+      between its models (:func:`cross_run`; :func:`within_groups` for §4.1's
+      seeds of a setting); none by default.
     waits_for: why it cannot run yet (``""``: it can).
   """
   name: str
@@ -89,7 +91,7 @@ class Study:
   runs: Callable[[ml_collections.ConfigDict, int], list[Run]]
   aggregate: Callable[["Context"], Outcome]
   evals: Callable[[ml_collections.ConfigDict], dict[str, Any]] = _no_evals
-  black_box: bool = False
+  cross_runs: Callable[[dict[str, list[Done]]], list["CrossRun"]] = lambda groups: []
   waits_for: str = ""
 
 
@@ -230,28 +232,37 @@ def by_group(done: list[Done]) -> dict[str, list[Done]]:
   return out
 
 
-def black_box_path(root: str, group: str, done: list[Done]) -> str:
-  """``<root>/_black_box/<group>-<digest of the runs>.json``: one file per set of models."""
-  digest = hashlib.sha256(json.dumps([d.workdir for d in done]).encode()).hexdigest()[:12]
-  safe = "".join(ch if ch.isalnum() else "_" for ch in group_key(group)) or "group"
+class CrossRun(NamedTuple):
+  """One black-box measurement between models of a study: its name (the key in :attr:`Context.black_box`),
+  the models by name, and the sources examples are crafted on (``None``: every model)."""
+  name: str
+  models: dict[str, Done]
+  sources: tuple[str, ...] | None = None
+
+
+def within_groups(groups: dict[str, list[Done]]) -> list[CrossRun]:
+  """§4.1: in each group of two or more runs, every model attacked from every other; models ``seed<s>``."""
+  return [CrossRun(g, {f"seed{d.run.seed}": d for d in done}) for g, done in groups.items() if len(done) > 1]
+
+
+def black_box_path(root: str, cross: CrossRun) -> str:
+  """``<root>/_black_box/<name>-<digest of the models and sources>.json``: one file per measurement."""
+  ident = json.dumps([[n, d.workdir] for n, d in cross.models.items()] + [cross.sources])
+  digest = hashlib.sha256(ident.encode()).hexdigest()[:12]
+  safe = "".join(ch if ch.isalnum() else "_" for ch in group_key(cross.name)) or "group"
   return os.path.join(root, "_black_box", f"{safe}-{digest}.json")
 
 
 def cross_run(study: Study, done: list[Done], *, root: str, progress: bool = False, command: str = "",
               log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-  """Each group's black-box record (:func:`crp_jax.runner.black_box.measure`) for a study with black-box
-  columns and groups of two or more runs; models named ``seed<s>`` in seed order."""
-  if not study.black_box:
-    return {}
+  """Each of the study's cross-run records (:func:`crp_jax.runner.black_box.measure`), by name."""
   out = {}
-  for group, runs in by_group(done).items():
-    if len(runs) < 2:
-      continue
-    path = black_box_path(root, group, runs)
-    models = {f"seed{d.run.seed}": os.path.join(d.workdir, d.run.config.method) for d in runs}
+  for cross in study.cross_runs(by_group(done)):
+    path = black_box_path(root, cross)
+    models = {n: os.path.join(d.workdir, d.run.config.method) for n, d in cross.models.items()}
     start = time.perf_counter()
-    out[group] = black_box.measure(models, path, progress=progress, command=command)
-    log(f"[{study.name}] black-box between the {len(runs)} models of {group}: {os.path.relpath(path)} "
+    out[cross.name] = black_box.measure(models, path, sources=cross.sources, progress=progress, command=command)
+    log(f"[{study.name}] black-box between the {len(models)} models of {cross.name}: {os.path.relpath(path)} "
         f"({_duration(time.perf_counter() - start)})")
   return out
 

@@ -13,7 +13,10 @@ import ml_collections
 
 from studies import common
 from studies.cells import Cell, Panel, Table, figure_png, series, stat
-from studies.engine import Context, Outcome, Run
+from studies.engine import Context, Outcome, Run, variant
+
+#: The adversarially trained curves of Fig. 3: group name -> method.
+ADVERSARIAL: dict[str, str] = {"PGD-AT": "pgd_at", "TRADES": "trades"}
 
 
 def fig3_grid(base: ml_collections.ConfigDict) -> tuple[float, ...]:
@@ -28,7 +31,9 @@ def fig3_evals(base: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def fig3_runs(base: ml_collections.ConfigDict, seeds: int) -> list[Run]:
-  return [Run("G", s, common.constant(base, s)) for s in common.seeds(seeds)]
+  """G for each seed, and the adversarially trained curves of the paper's figure: PGD-AT and TRADES, seed 0."""
+  return ([Run("G", s, common.constant(base, s)) for s in common.seeds(seeds)]
+          + [Run(name, 0, variant(base, 0, method=method)) for name, method in ADVERSARIAL.items()])
 
 
 def fig3(ctx: Context) -> Outcome:
@@ -41,6 +46,9 @@ def fig3(ctx: Context) -> Outcome:
   curve = lambda d: d.results["evaluation"]["eps_curve"]
   grid = tuple(curve(order[0])["eps"])
   per = {f"Ours top {i + 1} (seed {d.run.seed})": curve(d) for i, d in enumerate(order)}
+  groups = ctx.groups()
+  per.update({f"{name} (seed {groups[name][0].run.seed}, trained here)": curve(groups[name][0])
+              for name in ADVERSARIAL if name in groups})
   xs = tuple(e * u for e in grid)
   lines = lambda which: tuple(series(n, xs, tuple(stat([y]) for y in v[which])) for n, v in per.items())
   unit = " (/255)" if u > 1 else ""
@@ -51,8 +59,10 @@ def fig3(ctx: Context) -> Outcome:
            for suffix, which in (("", "pgd20"), (", APGD-CE", "apgd")) for i, col in enumerate(cols)}
   rows = tuple(r for n in per for r in (n, f"{n}, APGD-CE"))
   t = Table(f"Accuracy [%] against ε{unit}: PGD-20 (paper's η, last iterate) and APGD-CE", "Model", rows, cols, cells)
-  notes = ["The paper's Fig. 3 also has adversarially trained models; this study shows the two best "
-           "constant-perturbation models only."]
+  missing = [name for name in ADVERSARIAL if name not in groups]
+  notes = ["G: the two best constant-perturbation models by PGD with the most steps (picked on the test set, as "
+           "the paper does). " + (f"Not in this run (--groups): {', '.join(missing)}." if missing else
+                                  "PGD-AT and TRADES: the library's baselines, trained with the same trainer.")]
   scores = [score(d) for d in done]
   if len(done) > 2 and sorted(scores, reverse=True)[1] == sorted(scores, reverse=True)[2]:
     notes.append(f"Top-2 pick is a tie: {sum(s == sorted(scores, reverse=True)[1] for s in scores)} seeds share "

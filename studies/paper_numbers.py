@@ -72,6 +72,44 @@ _FLATNESS = {  # §4.4, CIFAR-10: mean and variance of the loss difference over 
     ("A", "mean"): "0.6", ("A", "variance"): "2.11", ("G", "mean"): "0.036", ("G", "variance"): "0.035",
 }
 
+_T8 = {  # CIFAR-10, black-box against G; columns: the source model
+    ("FGSM", "Standard"): "79.96 ± 0.78", ("FGSM", "Adv. Training"): "76.84 ± 0.79",
+    ("PGD-7", "Standard"): "87.05 ± 0.82", ("PGD-7", "Adv. Training"): "75.68 ± 0.79",
+    ("PGD-20", "Standard"): "87.21 ± 0.78", ("PGD-20", "Adv. Training"): "74.08 ± 0.87",
+    ("PGD-100", "Standard"): "88.20 ± 0.79", ("PGD-100", "Adv. Training"): "73.94 ± 0.81",
+}
+_T9 = {  # SVHN, white-box at ε = 8/255; rows as printed
+    ("Proposed U(−8/255, 8/255)", "No attack"): "94.13", ("Proposed U(−8/255, 8/255)", "PGD-20"): "74.30",
+    ("Proposed U(−8/255, 8/255)", "PGD-100"): "74.23",
+    ("Proposed U(−16/255, 16/255)", "No attack"): "93.73", ("Proposed U(−16/255, 16/255)", "PGD-20"): "69.62",
+    ("Proposed U(−16/255, 16/255)", "PGD-100"): "69.61",
+    ("Madry et al. (2018)", "No attack"): "87.40", ("Madry et al. (2018)", "PGD-20"): "48.40",
+    ("Madry et al. (2018)", "PGD-100"): "47.50",
+    ("ME-NET (0.2–0.4)", "No attack"): "87.60", ("ME-NET (0.2–0.4)", "PGD-20"): "75.8",
+    ("ME-NET (0.2–0.4)", "PGD-100"): "69.80",
+    ("ME-NET (0.8–1.0)", "No attack"): "93.50", ("ME-NET (0.8–1.0)", "PGD-20"): "41.40",
+    ("ME-NET (0.8–1.0)", "PGD-100"): "35.50",
+}
+_T10 = {  # CIFAR-10, white-box at ε = 8/255, PGD step 2/255; rows as printed
+    ("Proposed best", "No attack"): "91.77", ("Proposed best", "FGSM"): "66.75",
+    ("Proposed best", "PGD-20"): "55.51", ("Proposed best", "PGD-100"): "51.92",
+    ("Madry et al. (2018)", "No attack"): "87.30", ("Madry et al. (2018)", "FGSM"): "56.1",
+    ("Madry et al. (2018)", "PGD-20"): "45.80", ("Madry et al. (2018)", "PGD-100"): "45.05",
+    ("RST_adv", "No attack"): "89.7 ± 0.1", ("RST_adv", "FGSM"): "69.68", ("RST_adv", "PGD-20"): "63.10",
+    ("RST_adv", "PGD-100"): "62.14",
+    ("TRADES", "No attack"): "84.92", ("TRADES", "FGSM"): "60.87", ("TRADES", "PGD-20"): "55.38",
+    ("TRADES", "PGD-100"): "55.13",
+    ("ME-NET (0.4–0.6)", "No attack"): "85.50", ("ME-NET (0.4–0.6)", "FGSM"): "71.39",
+    ("ME-NET (0.4–0.6)", "PGD-20"): "61.60", ("ME-NET (0.4–0.6)", "PGD-100"): "55.90",
+    ("ME-NET (0.6–0.8)", "No attack"): "91.00", ("ME-NET (0.6–0.8)", "FGSM"): "-",
+    ("ME-NET (0.6–0.8)", "PGD-20"): "58.00", ("ME-NET (0.6–0.8)", "PGD-100"): "53.40",
+}
+#: Rows of Tables 9 and 10 the paper quotes from other work (not trained in this project), in printed order.
+QUOTED_ONLY: dict[str, tuple[str, ...]] = {
+    "svhn": ("Madry et al. (2018)", "ME-NET (0.2–0.4)", "ME-NET (0.8–1.0)"),
+    "cifar10": ("Madry et al. (2018)", "RST_adv", "TRADES", "ME-NET (0.4–0.6)", "ME-NET (0.6–0.8)"),
+}
+
 #: The paper's Table 7 G-best row, quoted as printed, read against Tables 3 and 10.
 TABLE7_G_BEST_NOTE = (
     "The paper's Table 7 G-best row (quoted as printed: 58.93 under PGD-20, 55.51 under PGD-40) looks shifted one "
@@ -82,12 +120,14 @@ _TABLES: dict[tuple[str, str], dict[tuple[str, str], str]] = {
     ("table1", "mnist"): _T1, ("white_black", "svhn"): _T2, ("white_black", "cifar10"): _T3,
     ("k", "mnist"): _T4, ("k", "svhn"): _T5, ("k", "cifar10"): _T6,
     ("table7", "cifar10"): _T7, ("flatness", "cifar10"): _FLATNESS,
+    ("table8", "cifar10"): _T8, ("adversarial", "svhn"): _T9, ("adversarial", "cifar10"): _T10,
 }
 #: The paper's table number of each (kind, family), for captions.
 TABLE_NUMBER: dict[tuple[str, str], str] = {
     ("table1", "mnist"): "Table 1", ("white_black", "svhn"): "Table 2", ("white_black", "cifar10"): "Table 3",
     ("k", "mnist"): "Table 4", ("k", "svhn"): "Table 5", ("k", "cifar10"): "Table 6",
     ("table7", "cifar10"): "Table 7", ("flatness", "cifar10"): "§4.4",
+    ("table8", "cifar10"): "Table 8", ("adversarial", "svhn"): "Table 9", ("adversarial", "cifar10"): "Table 10",
 }
 
 

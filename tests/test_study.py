@@ -210,7 +210,7 @@ def test_tiny_study_through_the_cli_writes_table_json_and_figure(tmp_path):
 
 
 def test_study_bad_input_is_one_line_and_writes_nothing(tmp_path):
-  for args, message in ((["--study=tabel1"], "unknown"), (["--study=table9"], "not built yet"),
+  for args, message in ((["--study=tabel1"], "unknown"), (["--study=table9", "--dataset=mnist5k", "--seeds=0"], "--seeds"),
                         (["--study=table1", "--config.epochs=0"], "config.epochs=0"),
                         (["--study=table1", "--shard=2/2"], "need 0 <= i < n"),
                         (["--study=table1", "--shard=1"], "expected i/n"),
@@ -262,12 +262,17 @@ def test_aggregation_loads_no_checkpoint_and_runs_no_attack(monkeypatch):
     base = study_config("mnist5k")
     runs = study_lib.study_runs(study, base, 3)
     done = [study_lib.Done(r, f"/runs/{i}", _full_fake_results(r, rng), 0.0, True) for i, r in enumerate(runs)]
-    crossed = {g: {"mean": {f"seed{d.run.seed}": {"fgsm": 0.5, "pgd20": 0.4, "pgd100": 0.3} for d in ds}}
-               for g, ds in study_lib.by_group(done).items()} if study.black_box else {}
+    crossed = {}
+    for cross in study.cross_runs(study_lib.by_group(done)):
+      sources = cross.sources or tuple(cross.models)
+      acc = {t: {a: {s: float(rng.random()) for s in sources if s != t} for a in ("fgsm", "pgd20", "pgd100")}
+             for t in cross.models}
+      crossed[cross.name] = {"accuracy": acc, "mean": {t: {a: float(np.mean(list(v.values()))) for a, v in by.items()
+                                                           if v} for t, by in acc.items()}}
     outcome = study.aggregate(study_lib.Context(study, base, done, crossed))
     assert outcome.tables and all(t.markdown() for t in outcome.tables), study.name
     built += 1
-  assert calls == [] and built == 12
+  assert calls == [] and built == 15
 
 
 def test_best_of_n_says_when_the_pick_is_a_tie():
@@ -288,3 +293,63 @@ def test_best_of_n_says_when_the_pick_is_a_tie():
       study_lib.Done(r._replace(group="G"), "", _fake_results(r.config, 0.9, 0.5, 0.1 * i), 0.0, False)
       for i, r in enumerate(runs)]))
   assert not any("tie" in n for n in table.notes)
+
+
+def test_tiny_adversarial_studies_through_the_cli(tmp_path):
+  # Tables 8 and 10 and Fig. 3's adversarial curves on mnist5k (the analogue), sharing their runs.
+  p = _study(tmp_path, "--study=table8")
+  assert p.returncode == 0, p.stderr[-3000:]
+  out = tmp_path / "results" / "table8" / "mnist5k-small"
+  table = (out / "table.md").read_text()
+  assert "this project's analogue" in table and "| FGSM |" in table and "Adv. Training" in table, table
+  record = json.loads((out / "study.json").read_text())
+  crossed = record["black_box"]["G from A and PGD-AT"]
+  assert crossed["settings"]["sources"] == ["A", "PGD-AT"]
+  assert set(crossed["accuracy"]["G seed1"]["fgsm"]) == {"A", "PGD-AT"}
+  p = _study(tmp_path, "--study=table10")
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "G, seed 0: reused" in p.stdout and "PGD-AT, seed 0: reused" in p.stdout   # Table 8's runs
+  table = (tmp_path / "results" / "table10" / "mnist5k-small" / "table.md").read_text()
+  for row in ("| G |", "| G-best |", "| PGD-AT (trained here) |", "| TRADES (trained here) |",
+              "| RST_adv (quoted; not run here) |"):
+    assert row in table, (row, table)
+  assert "(paper: 45.05)" in table and "(paper: 62.14)" in table   # Madry's and RST's PGD-100 as printed
+  p = _study(tmp_path, "--study=fig3")
+  assert p.returncode == 0, p.stderr[-3000:]
+  table = (tmp_path / "results" / "fig3" / "mnist5k-small" / "table.md").read_text()
+  assert "PGD-AT (seed 0, trained here)" in table and "TRADES (seed 0, trained here)" in table
+
+
+def test_tables_8_to_10_quote_the_paper_as_printed():
+  # The paper's own lines (tab-separated, LaTeX ± as \pm), and what paper_numbers quotes for them.
+  from studies import paper_numbers  # pylint: disable=g-import-not-at-top
+  printed = {
+      "table8": ["FGSM\t-\t79.96 \\pm 0.78\t76.84 \\pm 0.79", "PGD\t7\t87.05 \\pm 0.82\t75.68 \\pm 0.79",
+                 "PGD\t20\t87.21 \\pm 0.78\t74.08 \\pm 0.87", "PGD\t100\t88.20 \\pm 0.79\t73.94 \\pm 0.81"],
+      "svhn": ["Proposed $\\mathcal{U}(-8/255, 8/255)$\t94.13\t74.30\t74.23",
+               "Proposed $\\mathcal{U}(-16/255, 16/255)$\t93.73\t69.62\t69.61",
+               "Madry et al. (2018)\t87.40\t48.40\t47.50", "ME-NET (0.2–0.4)\t87.60\t75.8\t69.80",
+               "ME-NET (0.8–1.0)\t93.50\t41.40\t35.50"],
+      "cifar10": ["Proposed best\t91.77\t66.75\t55.51\t51.92", "Madry et al. (2018)\t87.30\t56.1\t45.80\t45.05",
+                  "RST _{adv}\t89.7 \\pm 0.1\t69.68\t63.10\t62.14", "TRADES\t84.92\t60.87\t55.38\t55.13",
+                  "ME-NET (0.4–0.6)\t85.50\t71.39\t61.60\t55.90", "ME-NET (0.6–0.8)\t91.00\t-\t58.00\t53.40"],
+  }
+  paper = os.path.join(ROOT, "..", "shared", "paper", "constant-random-perturbations.txt")
+  if os.path.isfile(paper):   # the checkout's sibling copy of the paper, where there is one
+    text = open(paper, encoding="utf-8").read()
+    assert all(line in text for lines in printed.values() for line in lines)
+  as_printed = lambda cell: cell.replace("\\pm", "±")
+  for line in printed["table8"]:
+    kind, steps, standard, adversarial = line.split("\t")
+    row = "FGSM" if kind == "FGSM" else f"PGD-{steps}"
+    assert paper_numbers.quoted("table8", "cifar10", row, "Standard") == as_printed(standard)
+    assert paper_numbers.quoted("table8", "cifar10", row, "Adv. Training") == as_printed(adversarial)
+  names = {"svhn": ["Proposed U(−8/255, 8/255)", "Proposed U(−16/255, 16/255)", "Madry et al. (2018)",
+                    "ME-NET (0.2–0.4)", "ME-NET (0.8–1.0)"],
+           "cifar10": ["Proposed best", "Madry et al. (2018)", "RST_adv", "TRADES", "ME-NET (0.4–0.6)",
+                       "ME-NET (0.6–0.8)"]}
+  columns = {"svhn": ["No attack", "PGD-20", "PGD-100"], "cifar10": ["No attack", "FGSM", "PGD-20", "PGD-100"]}
+  for dataset, lines in (("svhn", printed["svhn"]), ("cifar10", printed["cifar10"])):
+    for name, line in zip(names[dataset], lines):
+      for column, cell in zip(columns[dataset], line.split("\t")[1:]):
+        assert paper_numbers.quoted("adversarial", dataset, name, column) == as_printed(cell), (name, column)

@@ -141,3 +141,31 @@ def test_provenance_from_a_dirty_checkout_says_so_and_from_a_plain_install_recor
   stamp = provenance.stamp("python -m experiments.run")
   assert stamp["command"] == "python -m experiments.run" and {"jax", "jaxlib", "flax"} <= set(stamp["versions"])
   assert "an installed package" in provenance.line(stamp)
+
+
+@pytest.mark.parametrize("dataset", ["svhn", "cifar10"])
+def test_short_preset_keeps_the_papers_protocol_and_trains_on_mock_data(dataset, tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from crp_jax import data  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import pipeline  # pylint: disable=g-import-not-at-top
+  from experiments.configs import get_config, study_config  # pylint: disable=g-import-not-at-top
+  paper, short = study_config(dataset, "paper"), study_config(dataset, "short")
+  # The protocol is the paper's: K, law, bound, optimizer, attacks; only the length, network and subset differ.
+  for field in ("num_perturbations", "distribution", "perturbation_eps", "optimizer", "learning_rate",
+                "include_clean"):
+    assert short[field] == paper[field], field
+  assert short.eval.pgd_steps == paper.eval.pgd_steps and short.eval.eps == paper.eval.eps
+  assert short.eval.autoattack == "standard" and short.eval.attack_subset == 1000
+  assert short.epochs < paper.epochs / 10 and short.model == "resnet18"
+  with pytest.raises(ValueError, match="preset 'short' is for the GPU datasets"):
+    get_config("mnist5k", "short")
+  monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: True)   # mock_data's download is a no-op
+  c = short
+  # LeNet instead of ResNet-18: the same code path through data, training and evaluation, compiled in seconds.
+  c.model, c.train_subset, c.batch_size, c.epochs, c.tfds_data_dir = "lenet", 16, 16, 1, str(tmp_path)
+  c.num_perturbations = 1
+  c.eval.attack_subset, c.eval.batch_size, c.eval.pgd_steps, c.eval.strong = 8, 8, (2,), False
+  c.compare_with = ""
+  with tfds.testing.mock_data(num_examples=16):
+    pipeline.run(c, str(tmp_path / "run"), progress=False)
+  assert os.path.isfile(tmp_path / "run" / "results.json")

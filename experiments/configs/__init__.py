@@ -12,7 +12,7 @@ import importlib
 
 import ml_collections
 
-from crp_jax.runner.config import DATASETS, EPS_GRID_FACTORS, PRESETS, STUDY_PRESETS
+from crp_jax.runner.config import DATASETS, EPS_GRID_FACTORS, PRESETS, SHORT_DATASETS, STUDY_PRESETS
 
 
 def get_config(dataset: str, preset: str = "small") -> ml_collections.ConfigDict:
@@ -21,6 +21,9 @@ def get_config(dataset: str, preset: str = "small") -> ml_collections.ConfigDict
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+  if preset == "short" and dataset not in SHORT_DATASETS:
+    raise ValueError(f"preset 'short' is for the GPU datasets {', '.join(SHORT_DATASETS)}, not {dataset!r}; "
+                     "use small or paper")
   config = importlib.import_module(f"experiments.configs.{dataset}").get_config(preset)
   return control(config) if preset == "control" else config
 
@@ -54,7 +57,7 @@ def study_config(dataset: str, preset: str = "small") -> ml_collections.ConfigDi
     paper's length.
   """
   c = get_config(dataset, preset)
-  if dataset == "cifar10" and preset == "paper":
+  if dataset == "cifar10" and preset in ("paper", "short"):
     c.eval.pgd_steps = (7, 20, 40, 100)  # Tables 3, 6 and 7
   if preset == "small":
     c.epochs, c.batch_size, c.train_subset = 1, 64, 2000

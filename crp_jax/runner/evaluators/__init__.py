@@ -142,8 +142,9 @@ Transfer = dict[str, dict[AttackSpec, dict[str, np.ndarray]]]
 
 
 def transfer(plan: tuple[Evaluator, ...], models: dict[str, Model], test: Split, *, mesh: Mesh,
-             progress: bool = True) -> Transfer:
-  """Black-box accuracy among ``models``: every transfer spec of ``plan``, from every model to every other.
+             progress: bool = True, sources: tuple[str, ...] | None = None) -> Transfer:
+  """Black-box accuracy among ``models``: every transfer spec of ``plan``, from every model (or those named
+  in ``sources``) to every other.
 
   Each distinct spec of the evaluators' ``transfer_specs`` is crafted once
   per source model (key ``spec.key(first model's key)``) on the first
@@ -167,7 +168,7 @@ def transfer(plan: tuple[Evaluator, ...], models: dict[str, Model], test: Split,
   out: Transfer = {t: {} for t in models}
   for spec in specs:
     matrix = batches.transfer_matrix(pairs, subset, spec, first.key, mesh=mesh,
-                                      batch_size=first.cfg.batch_size, progress=progress)
+                                     batch_size=first.cfg.batch_size, progress=progress, sources=sources)
     for target, by_source in matrix.items():
       out[target][spec] = by_source
   return out

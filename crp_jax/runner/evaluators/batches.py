@@ -147,14 +147,15 @@ def gradient_stats(model: nn.Module) -> Callable:
 
 
 def transfer_matrix(models: dict[str, tuple[nn.Module, Any]], split: Split, spec: AttackSpec,
-                    root_key: jax.Array, *, mesh: Mesh, batch_size: int,
-                    progress: bool = True) -> dict[str, dict[str, np.ndarray]]:
-  """Black-box transfer between every ordered pair of models, in one pass per source.
+                    root_key: jax.Array, *, mesh: Mesh, batch_size: int, progress: bool = True,
+                    sources: tuple[str, ...] | None = None) -> dict[str, dict[str, np.ndarray]]:
+  """Black-box transfer between ordered pairs of models, in one pass per source.
 
   Adversarial examples are crafted with ``spec`` (key ``spec.key(root_key)``)
-  against each source and evaluated on every other model (the paper's
-  protocol of attacking each model with examples from the others, and
-  Table 8's standard and adversarially trained sources).
+  against each source (every model, or those named in ``sources``) and
+  evaluated on every other model (the paper's protocol of attacking each
+  model with examples from the others, and Table 8's standard and
+  adversarially trained sources).
 
   Returns:
     ``out[target][source]``: ``(N,)`` bool, target still correct.
@@ -162,6 +163,8 @@ def transfer_matrix(models: dict[str, tuple[nn.Module, Any]], split: Split, spec
   key = spec.key(root_key)
   out: dict[str, dict[str, np.ndarray]] = {t: {} for t in models}
   for s_name, (s_model, s_vars) in models.items():
+    if sources is not None and s_name not in sources:
+      continue
     x_adv = map_batches(_crafter(s_model, spec), s_vars, split.images, split.labels, key,
                         batch_size=batch_size, mesh=mesh, desc=f"{spec.name} on {s_name}",
                         progress=progress)
