@@ -1,4 +1,14 @@
-"""Shared plumbing of the entry points: device setup, flag pre-parsing, user errors.
+"""Shared plumbing of the entry points: device setup, flag pre-parsing, help, user errors.
+
+Every command (``python -m experiments.run|study|evaluate|certify``) runs
+under ``absl.app.run`` (:func:`run`): ``-h``/``--help`` lists its flags with
+their help, ``--helpfull`` every flag. One spelling per setting: a config
+field is ``--config.<field>=value`` in every command that uses a config
+(``evaluate`` and ``certify`` take the ``eval.*`` fields), and
+``--config=path.py[:arg]`` loads your own config file (its
+``get_config(arg)``), as flax and big_vision do. An override whose value
+does not fit the field's type is refused, and a flag of an older spelling
+says the new one.
 
 A user error (bad flag, bad config value, missing data, unusable
 checkpoint or workdir) prints one line to stderr and exits with status 2,
@@ -9,14 +19,16 @@ kept and the same command resumes).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import difflib
 import errno
+import importlib.util
 import os
 import sys
-from typing import Callable, Iterator, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
-from absl import flags
+from absl import app, flags
 
 USAGE_EXIT = 2
 DIVERGED_EXIT = 3
@@ -82,12 +94,12 @@ def flag_value(argv: list[str], name: str) -> str | None:
 
 
 def pre_parse(argv: list[str], datasets: tuple[str, ...], presets: tuple[str, ...], *,
-              default_dataset: str = "mnist5k", config_fn=None) -> tuple[str, str]:
+              default_dataset: str = "mnist5k", config_fn=None, check_overrides: bool = True) -> tuple[str, str]:
   """Reads ``--dataset`` and ``--preset`` before the config flag is defined from them.
 
-  Also refuses an empty ``--workdir=`` and checks that every ``--config.``
-  override names a field of that config (``config_fn(dataset, preset)``,
-  default :func:`experiments.configs.get_config`).
+  Also refuses an empty ``--workdir=`` and (with ``check_overrides``) checks
+  that every ``--config.`` override names a field of that config, of its
+  type (``config_fn(dataset, preset)``, default :func:`experiments.configs.get_config`).
   """
   given = {name: flag_value(argv, name) for name in ("dataset", "preset")}
   values = {"dataset": default_dataset if given["dataset"] is None else given["dataset"],
@@ -98,9 +110,10 @@ def pre_parse(argv: list[str], datasets: tuple[str, ...], presets: tuple[str, ..
   if any(arg == "--workdir=" or (arg == "--workdir" and argv[i + 1:i + 2] == [""])
          for i, arg in enumerate(argv)):
     fail("--workdir='': empty (an unset shell variable?); give a folder, or omit the flag for the default")
-  if config_fn is None:
-    from experiments.configs import get_config as config_fn  # pylint: disable=g-import-not-at-top
-  check_config_overrides(argv, config_fn(values["dataset"], values["preset"]))
+  if check_overrides:
+    if config_fn is None:
+      from experiments.configs import get_config as config_fn  # pylint: disable=g-import-not-at-top
+    check_config_overrides(argv, config_fn(values["dataset"], values["preset"]))
   return values["dataset"], values["preset"]
 
 
@@ -158,21 +171,32 @@ def user_errors() -> Iterator[None]:
     fail("interrupted; rerun the same command to resume from the last checkpoint", INTERRUPTED_EXIT)
 
 
-def check_config_overrides(argv: list[str], config, flag_name: str = "config") -> None:
-  """Fails in one line on a ``--config.a.b=...`` naming no field of ``config``.
-
-  Call it before ``config_flags.DEFINE_config_dict``, which would otherwise
-  raise a bare ``AttributeError`` while defining the override flags.
-  """
-  prefix = f"--{flag_name}."
-  for arg in argv[1:]:
+def config_overrides(argv: list[str], flag_name: str = "config") -> dict[str, str | None]:
+  """``{"a.b": value}`` of each ``--config.a.b=value`` (or ``--config.a.b value``) in ``argv``; the last wins."""
+  prefix, out = f"--{flag_name}.", {}
+  for i, arg in enumerate(argv[1:], 1):
     if arg == "--":
       break
     if arg.startswith(prefix):
-      _check_path(config, arg[len(prefix):].split("=", 1)[0], flag_name)
+      path, eq, value = arg[len(prefix):].partition("=")
+      out[path] = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+  return out
 
 
-def _check_path(config, path: str, flag_name: str) -> None:
+def check_config_overrides(argv: list[str], config, flag_name: str = "config") -> None:
+  """Fails in one line on a ``--config.a.b=...`` naming no field of ``config``, or of the wrong type.
+
+  Call it before ``config_flags.DEFINE_config_dict``, which would otherwise
+  raise a bare ``AttributeError`` while defining the override flags, and
+  would read ``--config.eval.pgd_steps=20`` (a tuple field) as ``(20,)``.
+  """
+  for path, value in config_overrides(argv, flag_name).items():
+    field = _check_path(config, path, flag_name)
+    if value is not None:
+      _check_type(f"--{flag_name}.{path}", field, value)
+
+
+def _check_path(config, path: str, flag_name: str) -> Any:
   node, parts = config, path.split(".")
   for i, part in enumerate(parts):
     keys = list(node.keys()) if hasattr(node, "keys") else []
@@ -182,18 +206,123 @@ def _check_path(config, path: str, flag_name: str) -> None:
       hint = f"; did you mean {', '.join(close)}?" if close else ""
       fail(f"--{flag_name}.{path}: {where} has no field {part!r}{hint}")
     node = node[part]
+  return node
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """Parses the flags, reporting a bad one in one line (exit 2) instead of a usage dump."""
+def _check_type(flag: str, field: Any, value: str) -> None:
+  """Fails unless ``value`` (the command-line text) reads as ``field``'s type."""
+  if isinstance(field, (tuple, list)):
+    if not value.strip().startswith(("(", "[")):
+      example = f"'({value},)'" if value else "'()'"
+      fail(f"{flag}={value}: the field is a tuple (default {tuple(field)}); write {flag}={example}")
+    return
+  if isinstance(field, bool):
+    if value.lower() not in ("true", "false", "1", "0"):
+      fail(f"{flag}={value}: the field is a bool; write true or false")
+    return
+  kind = {int: "an integer", float: "a number"}.get(type(field))
+  if kind is None:
+    return
   try:
-    argv = flags.FLAGS(sys.argv)
+    parsed = ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    parsed = None
+  ok = (isinstance(parsed, int) and not isinstance(parsed, bool)) or (kind == "a number" and isinstance(parsed, float))
+  if not ok:
+    fail(f"{flag}={value}: the field is {kind} (default {field!r})")
+
+
+def load_config_file(spec: str):
+  """The ``ConfigDict`` of ``--config=path.py[:arg]``: the file's ``get_config(arg)`` (or ``get_config()``).
+
+  flax's and big_vision's spelling for a user's own config file; any
+  failure is one line.
+  """
+  path, _, arg = spec.partition(".py:")
+  path = path if path.endswith(".py") else path + ".py"
+  if not os.path.isfile(path):
+    fail(f"--config={spec}: no such file {path!r}; give path/to/config.py[:arg]")
+  module_spec = importlib.util.spec_from_file_location("_user_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+    get_config = getattr(module, "get_config")
+    config = get_config(arg) if arg else get_config()
+  except Exception as e:  # pylint: disable=broad-except  (a user's file: any error is theirs, in one line)
+    fail(f"--config={spec}: {type(e).__name__}: {e}")
+  if not hasattr(config, "keys"):
+    fail(f"--config={spec}: get_config returned {type(config).__name__}, not a ConfigDict")
+  return config
+
+
+def config_file_arg(argv: list[str]) -> str | None:
+  """The value of ``--config=path.py[:arg]`` in ``argv`` (removed from it: absl's ``--config`` is the dict)."""
+  value = None
+  for arg in list(argv[1:]):
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+      argv.remove(arg)
+  if value == "":
+    fail("--config='': empty; give path/to/config.py[:arg]")
+  return value
+
+
+def define_config(argv: list[str], config, what: str) -> None:
+  """``--config``: ``config`` with its ``--config.<field>`` overrides checked first; ``what`` says what it is."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  check_config_overrides(argv, config)
+  fields = ", ".join(config.keys())
+  config_flags.DEFINE_config_dict(
+      "config", config, f"{what}. Override a field with --config.<field>=value (a tuple as '(10,20)'); "
+      f"its fields: {fields}.", lock_config=True)
+
+
+def check_renamed(argv: list[str], renamed: dict[str, str]) -> None:
+  """Fails in one line on a flag of an older spelling (``renamed``: old name -> the new spelling)."""
+  for arg in argv[1:]:
+    if arg == "--":
+      break
+    name = arg.lstrip("-").split("=", 1)[0]
+    if arg.startswith("--") and name in renamed:
+      value = arg.split("=", 1)[1] if "=" in arg else "VALUE"
+      fail(f"--{name}: renamed; use {renamed[name]}={value}")
+
+
+HELP = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+
+
+def show_help(argv: list[str]) -> None:
+  """Prints the command's doc and its flags with their help (``--helpfull``: every flag), then exits 0."""
+  main = sys.modules["__main__"]
+  print((main.__doc__ or "").strip())
+  if "--helpfull" in argv:
+    print("\nflags:\n" + flags.FLAGS.get_help())
+  else:
+    for module in (sys.argv[0], __name__):
+      text = flags.FLAGS.module_help(module)
+      if text.strip():
+        print(f"\n{text}")
+    print("\nTry --helpfull to see every flag, absl's and JAX's too.")
+  sys.exit(0)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """``app.run``'s parser: help on ``-h``/``--help``/``--helpfull``, a bad flag in one line (exit 2)."""
+  if any(arg in HELP for arg in argv[1:]):
+    show_help(argv)
+  try:
+    rest = flags.FLAGS(argv)
   except flags.Error as e:
     fail(str(e).splitlines()[0])
   except (AttributeError, KeyError, TypeError, ValueError) as e:  # raised by config_flags parsers
     fail(f"bad flag value: {type(e).__name__}: {e}")
   quiet_libraries()
-  main(argv)
+  return rest
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """``absl.app.run(main)`` with :func:`parse_flags`: ``--help`` works, a bad flag is one line."""
+  app.run(main, flags_parser=parse_flags)
 
 
 def quiet_libraries() -> None:

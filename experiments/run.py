@@ -5,6 +5,7 @@ r"""Train and evaluate CRP models: ``python -m experiments.run [flags]``.
   python -m experiments.run --preset=control        # PGD-AT beside standard and CRP: the positive control
   python -m experiments.run --dataset=cifar10 --method=variable --config.include_clean=False
   python -m experiments.run --config.epochs=2 --config.eval.pgd_steps='(10,20)'
+  python -m experiments.run --config=my_config.py:small   # your own file's get_config("small")
   python -m experiments.run --coordinator_address=10.0.0.2:1234 --num_processes=2 --process_id=0  # on host 0
   python -m experiments.run --distributed ...       # every host of a Cloud TPU pod slice or SLURM job
 
@@ -21,7 +22,6 @@ import shlex
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import cli
 
@@ -37,14 +37,22 @@ def define_flags(argv: list[str]) -> None:
   flags.DEFINE_enum("preset", "small", PRESETS, "small: sized for a CPU; paper: the paper's settings; "
                     "control: PGD-AT beside standard and CRP (the positive control).")
   flags.DEFINE_string("method", None, "Shorthand for --config.method (standard, crp, variable, pgd_at, trades).")
-  flags.DEFINE_string("workdir", None, "Output folder; default runs/<dataset>-<methods>-seed<seed>[-<preset>][-<changed fields>].")
+  flags.DEFINE_list("workdir", None, "Output folder (one); default "
+                    "runs/<dataset>-<methods>-seed<seed>[-<preset>][-<changed fields>].")
   flags.DEFINE_string("tfds_data_dir", None,
                       "Folder of prepared tfds datasets (shorthand for --config.tfds_data_dir).")
   flags.DEFINE_bool("allow_config_change", False, "Resume although eval-only fields of the config changed.")
   flags.DEFINE_bool("progress", True, "Show progress bars.")
   cli.define_distributed_flags()
-  dataset, preset = cli.pre_parse(argv, DATASETS, PRESETS)
-  config_flags.DEFINE_config_dict("config", get_config(dataset, preset), lock_config=True)
+  user_file = cli.config_file_arg(argv)
+  if user_file is None:
+    dataset, preset = cli.pre_parse(argv, DATASETS, PRESETS)
+    config, what = get_config(dataset, preset), f"The run's config: experiments/configs/{dataset}.py at --preset={preset}"
+  else:
+    cli.pre_parse(argv, DATASETS, PRESETS, check_overrides=False)
+    config, what = cli.load_config_file(user_file), f"The run's config: {user_file}"
+  cli.define_config(argv, config, what)
+  flags.DEFINE_string("config_file", user_file, "Set by --config=path.py[:arg] (read before the flags).")
 
 
 def main(argv: list[str]) -> None:
@@ -54,9 +62,15 @@ def main(argv: list[str]) -> None:
   config = cli.apply_shorthands(flags.FLAGS.config, method=flags.FLAGS.method,
                                 tfds_data_dir=flags.FLAGS.tfds_data_dir)
   from experiments.configs import get_config  # pylint: disable=g-import-not-at-top
-  preset_config = get_config(flags.FLAGS.dataset, flags.FLAGS.preset)
-  workdir = flags.FLAGS.workdir or cli.default_workdir(config, preset_config, flags.FLAGS.preset)
-  command = "python -m experiments.run " + shlex.join(sys.argv[1:])
+  if flags.FLAGS.config_file:   # the file's config is the starting point, and names the preset
+    preset_config, preset = cli.load_config_file(flags.FLAGS.config_file), "file"
+  else:
+    preset_config, preset = get_config(flags.FLAGS.dataset, flags.FLAGS.preset), flags.FLAGS.preset
+  if flags.FLAGS.workdir and len(flags.FLAGS.workdir) > 1:
+    cli.fail(f"--workdir={','.join(flags.FLAGS.workdir)}: run writes one folder; give one")
+  workdir = flags.FLAGS.workdir[0] if flags.FLAGS.workdir else cli.default_workdir(config, preset_config, preset)
+  given = ([f"--config={flags.FLAGS.config_file}"] if flags.FLAGS.config_file else []) + sys.argv[1:]
+  command = "python -m experiments.run " + shlex.join(given)
   from crp_jax.runner import pipeline  # pylint: disable=g-import-not-at-top
   with cli.user_errors():
     text = pipeline.run(config, workdir, progress=flags.FLAGS.progress and writer,

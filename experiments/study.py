@@ -22,7 +22,6 @@ import sys
 import time
 
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import cli
 
@@ -43,13 +42,14 @@ def define_flags(argv: list[str]) -> None:
                     "U(−0.3, 0.3), A,K=10 for saturation); default: all.")
   flags.DEFINE_string("runs_dir", "runs/studies", "Where the runs live (<runs_dir>/<dataset>-<preset>/<run>).")
   flags.DEFINE_string("out", "results", "Where the tables go (<out>/<study>/<dataset>-<preset>/).")
-  flags.DEFINE_bool("progress", False, "Show the runs' progress bars (the per-run lines are always shown).")
+  flags.DEFINE_bool("progress", True, "Show the runs' progress bars (the per-run lines are always shown).")
   flags.DEFINE_string("shard", "0/1", "i/n: train only the runs k with k % n == i (one job of an array job of n); "
                       "the job that finds every run finished writes the table.")
   cli.define_distributed_flags()
   default = STUDIES[name].dataset if name else "mnist5k"
   dataset, preset = cli.pre_parse(argv, DATASETS, STUDY_PRESETS, default_dataset=default, config_fn=study_config)
-  config_flags.DEFINE_config_dict("config", study_config(dataset, preset), lock_config=True)
+  cli.define_config(argv, study_config(dataset, preset), f"The base config of every run of the study "
+                    f"(experiments.configs.study_config at --dataset={dataset}, --preset={preset})")
 
 
 def list_studies() -> None:
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> None:
   start = time.perf_counter()
   with cli.user_errors():
     shard = study_lib.Shard.parse(flags.FLAGS.shard)
-    runs = study_lib.select_groups(study.runs(base, flags.FLAGS.seeds), flags.FLAGS.groups)
+    runs = study_lib.select_groups(study_lib.study_runs(study, base, flags.FLAGS.seeds), flags.FLAGS.groups)
     study_lib.validate_runs(runs)
     root = os.path.join(flags.FLAGS.runs_dir, where)
     out_dir = os.path.join(flags.FLAGS.out, study.name, where + part)
@@ -93,7 +93,8 @@ def main(argv: list[str]) -> None:
       log(f"shard {shard}: its runs are finished; {len(waiting)} run(s) of other shards are not, so no table yet. "
           "The shard that finishes last writes it, or run this command again without --shard.")
       return
-    ctx = study_lib.Context(study, base, done, cache_dir=os.path.join(root, "_measurements"), progress=progress)
+    crossed = study_lib.cross_run(study, done, root=root, progress=progress, command=command, log=log)
+    ctx = study_lib.Context(study, base, done, crossed)
     outcome = study.aggregate(ctx)
     text = study_lib.write_outputs(out_dir, study, ctx, outcome, command=command,
                                    seconds=time.perf_counter() - start)

@@ -135,8 +135,9 @@ def certify_cli(*args):
 
 
 def test_certify_cli_writes_table_json_and_plot(trained):
-  p = certify_cli(f"--workdir={trained}", "--sigma=0.25", "--n0=20", "--n=200", "--batch_size=100",
-                  "--num_examples=16", "--radii=0,0.25,0.5")
+  p = certify_cli(f"--workdir={trained}", "--config.eval.certify.sigma=0.25", "--config.eval.certify.n0=20",
+                  "--config.eval.certify.n=200", "--config.eval.certify.batch_size=100",
+                  "--config.eval.certify.num_examples=16", "--config.eval.certify.radii=(0,0.25,0.5)")
   assert p.returncode == 0, p.stderr[-3000:]
   assert "| standard |" in p.stdout and "r = 0.25" in p.stdout
   record = json.loads((trained / "certify-sigma0.25.json").read_text())
@@ -157,14 +158,16 @@ def test_certify_cli_writes_table_json_and_plot(trained):
 
 def test_evaluate_cli_certifies_a_saved_model(trained):
   cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={trained}", "--progress=false"]
-  p = subprocess.run(cmd + ["--certify_sigma=0.25", "--certify_n=200", "--certify_examples=16"], cwd=ROOT,
+  p = subprocess.run(cmd + ["--config.eval.certify.sigma=0.25", "--config.eval.certify.n=200",
+                            "--config.eval.certify.num_examples=16"], cwd=ROOT,
                      capture_output=True, text=True, timeout=600)
   assert p.returncode == 0, p.stderr[-3000:]
   assert "certified at L2 radius 0.5 |" in p.stdout and "Certified (a proof" in p.stdout
   section = json.loads((trained / "evaluation.json").read_text())["standard"]["evaluation"]["certify"]
   assert section["spec"]["sigma"] == 0.25 and section["spec"]["n"] == 200 and section["spec"]["n0"] == 100
   assert section["num_examples"] == 16 and len(section["certified_accuracy"]) == len(certify.DEFAULT_RADII)
-  bad = subprocess.run(cmd + ["--certify_sigma=-1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  bad = subprocess.run(cmd + ["--config.eval.certify.sigma=-1.0"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
   assert bad.returncode == 2 and "config.eval.certify.sigma=-1.0: must be > 0" in bad.stderr, bad.stderr[-2000:]
   assert len(bad.stderr.strip().splitlines()) == 1
 
@@ -197,10 +200,14 @@ def test_certify_evaluator_bad_config_is_refused(fields, message):
     config_lib.validate(config)
 
 
+C = "--config.eval.certify."
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--sigma=0"], "--sigma=0.0: must be > 0"), (["--sigma=0.5", "--n0=0"], "--n0=0"),
-    (["--sigma=0.5", "--n=0"], "--n=0"), (["--sigma=0.5", "--alpha=1.5"], "--alpha=1.5"),
-    (["--sigma=0.5", "--radii=a"], "--radii=a")])
+    ([f"{C}sigma=0"], f"{C}sigma=0.0: must be > 0"), ([f"{C}sigma=0.5", f"{C}n0=0"], f"{C}n0=0"),
+    ([f"{C}sigma=0.5", f"{C}n=0"], f"{C}n=0"), ([f"{C}sigma=0.5", f"{C}alpha=1.5"], f"{C}alpha=1.5"),
+    ([f"{C}sigma=0.5", f"{C}radii=a"], f"{C}radii=a"), ([], f"{C}sigma=0.0: must be > 0"),
+    (["--sigma=0.5"], f"--sigma: renamed; use {C}sigma=0.5"), ([f"{C}nn=5"], "has no field 'nn'")])
 def test_certify_cli_bad_input_is_one_line_and_exit_2(trained, args, message):
   p = certify_cli(f"--workdir={trained}", *args)
   assert p.returncode == 2, p.stderr[-2000:]

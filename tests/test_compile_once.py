@@ -102,3 +102,33 @@ def test_attack_compiles_once(name):
     jax.block_until_ready(outs)
   assert len(events) == 1
   assert fn._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_autoattack_compiles_once_across_new_parameters_and_frees_the_old_ones():
+  # An "evaluate every epoch" loop: each call a new parameter set behind a new logits_fn. ε = 0 keeps every
+  # example robust, so each attack runs on all of them, in one chunk shape, on every call.
+  import gc  # pylint: disable=g-import-not-at-top
+  import weakref  # pylint: disable=g-import-not-at-top
+  from crp_jax.attacks import _autoattack  # pylint: disable=g-import-not-at-top
+  from crp_jax.models import init_variables  # pylint: disable=g-import-not-at-top
+  model, x = LeNet(), jax.random.uniform(jax.random.key(1), (8, 28, 28, 1))
+  budget = dict(apgd_steps=2, fab_steps=2, num_targets=2, square_queries=4)
+  compiles, alive = [], []
+  _autoattack._EXECUTABLES.clear()  # pylint: disable=protected-access  (another test's programs)
+  for call in range(CALLS):
+    variables = init_variables(model, jax.random.key(10 + call), (28, 28, 1))
+    alive.append(weakref.ref(jax.tree.leaves(variables)[0]))
+    logits_fn = lambda z, v=variables: model.apply(v, z, train=False)
+    y = jnp.argmax(logits_fn(x), axis=1).astype(jnp.int32)
+    before = len(_autoattack._EXECUTABLES)  # pylint: disable=protected-access
+    with backend_compiles() as events:
+      result = attacks.autoattack(logits_fn, x, y, key=jax.random.key(2), eps=0.0, log=None, **budget)
+    compiles.append((len(events), len(_autoattack._EXECUTABLES) - before))  # pylint: disable=protected-access
+    assert [s.name for s in result.attacks] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    del variables, logits_fn, result
+    gc.collect()
+    assert [r() is None for r in alive[:-1]] == [True] * call, "an earlier parameter set is still alive"
+  # Call 1 compiles the clean pass, the checks' gradient and each of the four attacks once (six programs);
+  # calls 2 and 3 compile nothing.
+  assert compiles[0][1] == 6 and compiles[0][0] >= 6
+  assert compiles[1:] == [(0, 0)] * (CALLS - 1), compiles
