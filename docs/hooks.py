@@ -71,7 +71,8 @@ def command_help(module: str) -> str:
   for flag in ("--helpfull", "--help"):
     p = subprocess.run([sys.executable, "-m", module, flag], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300, check=False)
-    if p.returncode == 0 and p.stdout.strip():
+    # absl's own --helpfull exits 1 after printing; a help that lists flags is what counts.
+    if (p.returncode == 0 and p.stdout.strip()) or (p.returncode == 1 and parse_flags(p.stdout)):
       os.makedirs(cache, exist_ok=True)
       with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(p.stdout)
@@ -230,6 +231,7 @@ def config_section() -> str:
   from experiments.configs import get_config  # pylint: disable=import-outside-toplevel
   columns = [("mnist5k", "small"), ("mnist5k", "control"), ("mnist", "paper"), ("svhn", "paper"),
              ("cifar10", "paper")]
+  columns += [("cifar10", p) for p in schema.PRESETS if p not in ("small", "paper", "control")]
   base = _flatten(schema.base_config().to_dict())
   values = [_flatten(get_config(d, p).to_dict()) for d, p in columns]
   comments = _config_comments()
