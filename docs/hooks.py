@@ -255,12 +255,12 @@ SPLITS = {"mnist5k": (4_000, 1_000), "mnist": (60_000, 10_000), "svhn": (73_257,
           "cifar10": (50_000, 10_000)}
 RESULTS_GPU = "benchmarks/results-gpu.md"
 BF16_ADVICE = {
-    "lenet": "keep f32: the run is short, and bf16 is not measured for LeNet",
-    "resnet18": "try `--config.dtype=bfloat16` on a GPU or TPU (not measured for ResNet-18; check one seed's "
-                "clean accuracy against f32 first)",
-    "wrn28_10": "use `--config.dtype=bfloat16` on a GPU or TPU: the measured rate is bf16 (parameters stay f32)",
+    "lenet": "keep f32: LeNet is too small to gain (bf16 not measured)",
+    "resnet18": "`--config.dtype=bfloat16` is not measured for ResNet-18; check one seed's clean accuracy "
+                "against f32 first",
+    "wrn28_10": "the hours assume `--config.dtype=bfloat16` (parameters stay f32), the dtype measured; the "
+                "preset's f32 is not measured",
 }
-
 
 def studies_section() -> str:
   """One command per table or figure, from the registry."""
@@ -293,17 +293,30 @@ def _train_images(c) -> int:
   return c.epochs * n * (perturbed + int(clean))
 
 
+def _step_cost(c) -> int:
+  """A training image's cost in plain training steps: PGD-AT and TRADES run their inner attack first."""
+  from crp_jax.runner.config import ADVERSARIAL_METHODS  # pylint: disable=import-outside-toplevel
+  return 1 + c.adversary.steps if c.method in ADVERSARIAL_METHODS else 1
+
+
 def _eval_forwards(c) -> float:
-  """Forward-pass equivalents per attacked example if every attack runs its whole budget (an upper bound)."""
+  """Forward-pass equivalents per attacked example if every attack runs its whole budget (an upper bound).
+
+  A gradient step costs 3 forward passes, a Square or noise query 1. Fields
+  a config lacks count as 0, so a renamed field lowers the bound rather than
+  breaking the build.
+  """
   e = c.eval
-  grad_steps = 1 + sum(e.pgd_steps) * e.restarts + (e.extra_step_size > 0) * sum(e.pgd_steps)
-  if e.strong:
-    grad_steps += e.apgd_steps * (1 + e.num_targets) + sum(e.sweep_steps) * e.sweep_restarts
-    grad_steps += sum(e.sweep_apgd_steps) + len(e.eps_grid) * e.eps_sweep_steps + e.unbounded_steps
-    if e.autoattack:
-      grad_steps += e.fab_steps * e.num_targets
-  forwards = 3 * grad_steps + (e.square_queries + e.noise_samples if e.strong else 0)
-  return forwards
+  g = lambda name, default=0: e.get(name, default)  # pylint: disable=unnecessary-lambda-assignment
+  pgd = sum(g("pgd_steps", ()))
+  grad_steps = 1 + pgd * g("restarts", 1) + (g("extra_step_size", 0) > 0) * pgd
+  queries = 0
+  if g("strong", False):
+    grad_steps += g("apgd_steps") * (1 + g("num_targets")) + sum(g("sweep_steps", ())) * g("sweep_restarts", 1)
+    grad_steps += sum(g("sweep_apgd_steps", ())) + len(g("eps_grid", ())) * g("eps_sweep_steps")
+    grad_steps += g("unbounded_steps") + (g("fab_steps") * g("num_targets") if g("autoattack", "") else 0)
+    queries = g("square_queries") + g("noise_samples")
+  return 3 * grad_steps + queries
 
 
 @functools.lru_cache(maxsize=None)
@@ -344,8 +357,8 @@ def cost_section() -> str:
   wrn_flops = 3 * _model_costs("wrn28_10", (32, 32, 3))[0]
   peak = 989.4e12   # H200 dense bf16, the peak benchmarks/_flops.py uses
   wrn_mfu = measured["wrn28_10"][0] * wrn_flops / peak if "wrn28_10" in measured else 0.315
-  rows = ["| Study | Runs | Model | Training images | Throughput (one H200) | Hours, 1 GPU | "
-          "Hours, 8 GPUs | Evaluation, upper bound | Peak memory, estimate | bf16 |",
+  rows = ["| Study | Runs | Model | Training images | Throughput (one H200) | Training hours, 1 GPU | "
+          "Training hours, 8 GPUs | Evaluation, upper bound from the attack budgets | Peak memory, estimate | bf16 |",
           "|---" * 10 + "|"]
   for name, s in STUDIES.items():
     if s.waits_for:
@@ -364,13 +377,17 @@ def cost_section() -> str:
     else:
       rate = wrn_mfu * peak / (3 * flops)
       source = f"{rate:,.0f} img/s, estimate from FLOPs"
-    per_run = [_train_images(c) / rate for c in configs]
+    per_run = [_train_images(c) * _step_cost(c) / rate for c in configs]
     eight = sum(sorted(per_run, reverse=True)[i] for i in range(0, len(per_run), 8))
     attacked = c0.eval.attack_subset or SPLITS[c0.dataset][1]
     eval_s = len(configs) * attacked * _eval_forwards(c0) / 3 / rate
     batch = c0.batch_size
     memory = params * 16 + 3 * conv_elems * batch * 4
     bf16 = BF16_ADVICE[c0.model]
+    if c0.model == "resnet18" and c0.model in measured and measured[c0.model][1] == "float32":
+      bf16_rate = wrn_mfu * peak / (3 * flops)
+      bf16 += (f"; estimate from FLOPs at WRN-28-10's MFU: {_hours(images / bf16_rate)} h on 1 GPU "
+               "(optimistic: its convolutions are smaller)")
     rows.append(f"| `{name}` | {len(configs)} | {c0.model} | {images:.2e} | {source} | {_hours(sum(per_run))} | "
                 f"{_hours(eight)} | {_hours(eval_s)} h | {memory / 2**30:.1f} GiB | {bf16} |")
   return "\n".join(rows) + f"""
@@ -380,11 +397,13 @@ How each column is computed (all at `--preset=paper`, the default five seeds, `p
 - **Runs**: the study's distinct runs (`studies/registry.py`); a run two studies share (Table 1's uniform
   runs are Table 4's K = 10 and Table 7's G) is trained once, so the studies' hours do not add up.
 - **Training images**: epochs × training split × (K perturbed copies + the clean one) per run, summed.
+  A PGD-AT or TRADES run (Tables 8–10) costs 1 + `adversary.steps` plain steps per image, since its
+  inner attack runs a forward and backward pass per step; the hours count that.
 - **Throughput**: the train-step rows of `{RESULTS_GPU}` (one H200, batch 128; command
   `bash benchmarks/gpu.sh`), in the dtype that row measured. A model without a row is estimated from its
   FLOPs (`benchmarks/_flops.py`: 3 × the forward pass) at the model FLOPs utilisation WRN-28-10 measured
   there ({wrn_mfu:.1%} of {peak / 1e12:.0f} TFLOP/s).
-- **Hours, 8 GPUs**: one run per GPU (`--shard=i/8`, no communication), so the longest run of each
+- **Training hours, 8 GPUs**: one run per GPU (`--shard=i/8`, no communication), so the longest run of each
   group of eight; a data-parallel run over eight GPUs would at best divide the 1-GPU hours by 8.
 - **Evaluation, upper bound**: every attack of the run's evaluation plan at its whole budget on every
   attacked example (gradient steps cost 3 forward passes, Square and noise queries 1), at the training
@@ -503,6 +522,15 @@ def on_files(files, config):
     if os.path.exists(path):
       files.append(File.generated(config, _image_uri(rel), abs_src_path=path))
   return files
+
+
+_ROLE = re.compile(r":(?:py:)?(?:func|class|mod|data|attr|meth|obj|exc|const):<code>(~?)([^<]*)</code>")
+
+
+def on_page_content(html_text, page, config, files):
+  """Drops the Sphinx roles of the docstrings (``:func:`x``` renders as ``x``; ``~a.b`` as ``b``)."""
+  return _ROLE.sub(lambda m: f"<code>{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}</code>",
+                   html_text)
 
 
 def on_page_markdown(markdown, page, config, files):
