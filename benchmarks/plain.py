@@ -3,8 +3,9 @@ r"""crp_jax against PyTorch in a plain process, as in a user's own script: ``pyt
   python -m benchmarks.plain --json_out=/tmp/plain.json     # what benchmarks.run runs first
   python -m benchmarks.plain --tiny --notorch                # smoke size
 
-A fresh interpreter that does what a user's script does: ``import crp_jax``
-(which applies :mod:`crp_jax.cpu`'s settings: an XLA flag and malloc's),
+A fresh interpreter that does what a user's script does, following the
+README: ``import crp_jax`` (which sets nothing), each ``jax.jit`` given
+``crp_jax.cpu.compiler_options()`` (Eigen convolutions, :mod:`crp_jax.cpu`),
 then JAX on its default single CPU device (set, in case the caller's
 ``XLA_FLAGS`` force more), no mesh, no re-execution, the
 allocator the process started with, torch at its default thread count. Both
@@ -30,9 +31,10 @@ Rows:
 
 from __future__ import annotations
 
-import crp_jax  # first, as a user's script would: the import applies crp_jax.cpu  # isort: skip
+import crp_jax  # isort: skip
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -45,7 +47,7 @@ import optax
 from absl import app, flags
 
 from benchmarks import _env, _timing, run as bench
-from crp_jax import attacks
+from crp_jax import attacks, cpu
 from crp_jax.models import LeNet, init_variables
 from crp_jax.perturbations import make_delta
 
@@ -56,9 +58,9 @@ K, EPS = 10, 0.3
 
 def settings() -> dict[str, str]:
   """This process's settings, for the table's header."""
-  s = crp_jax.cpu_settings
   return {"XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),
-          "import crp_jax": f"XLA flag {s.status}, malloc {s.malloc}", "devices": f"{jax.device_count()} {jax.default_backend()}",
+          "import crp_jax": f"sets nothing; per-executable options {cpu.compiler_options() or 'none'}",
+          "devices": f"{jax.device_count()} {jax.default_backend()}",
           "allocator": _env.loaded_allocator(), "torch threads": _torch_threads()}
 
 
@@ -78,7 +80,7 @@ def user_step(model, tx, key: jax.Array) -> Callable:
     return crp_jax.ball_loss(point, x, y, key=key, example_ids=ids, num_perturbations=K, eps=EPS,
                              include_clean=True).mean()
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=cpu.compiler_options() or None)   # the README's call
   def step(params, opt_state, x, y, ids):
     value, grads = jax.value_and_grad(loss)(params, x, y, ids)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -150,7 +152,8 @@ def attack_rows(names: Sequence[str], s: bench.Sizes, tr, repeats: int) -> list[
   key, rows = jax.random.key(2), []
   for name in names:
     label, attack, steps = attack_fns(s)[name]
-    fn = jax.jit(lambda v, x, y, k, attack=attack: attack(lambda z: model.apply(v, z, train=False), x, y, k))
+    fn = jax.jit(lambda v, x, y, k, attack=attack: attack(lambda z: model.apply(v, z, train=False), x, y, k),
+                 compiler_options=cpu.compiler_options() or None)   # the README's call for a user's jit
     work = {"ours": lambda fn=fn: fn(variables, x, y, key).block_until_ready()}
     if tr is not None and bench.has_torchattacks():
       import torch  # pylint: disable=g-import-not-at-top

@@ -619,12 +619,10 @@ PLAIN_JSON = "CRP_BENCH_PLAIN_JSON"
 
 
 def user_environ(environ: dict[str, str]) -> dict[str, str]:
-  """``environ`` as the user started this command: without the XLA flags ``import crp_jax`` added here."""
-  import crp_jax  # pylint: disable=g-import-not-at-top
+  """``environ`` as the user started this command: without the XLA flag this harness's re-execution added."""
   env = dict(environ)
-  added = crp_jax.cpu_settings.added
-  if added and "XLA_FLAGS" in env:
-    env["XLA_FLAGS"] = " ".join(f for f in env["XLA_FLAGS"].split() if f not in added)
+  if "XLA_FLAGS" in env:
+    env["XLA_FLAGS"] = " ".join(f for f in env["XLA_FLAGS"].split() if f not in cpu.FLAGS)
   return env
 
 
@@ -741,9 +739,7 @@ def report(rows: list[Row], args: Args, started: str, seconds: float, plain: str
 
 
 def _import_settings() -> str:
-  import crp_jax  # pylint: disable=g-import-not-at-top
-  s = crp_jax.cpu_settings
-  return f"XLA flag {s.status}, malloc {s.malloc}"
+  return f"sets nothing; per-executable options {cpu.compiler_options() or 'none'}"
 
 
 def write_results(path: str, text: str) -> None:

@@ -85,7 +85,8 @@ def images(x: Any, clip: Any = (0.0, 1.0), name: str = "x") -> None:
   if not jnp.issubdtype(dtype, jnp.floating):
     hint = (" (uint8 images? divide by 255: x.astype(np.float32) / 255)"
             if jnp.issubdtype(dtype, jnp.integer) else "")
-    raise TypeError(f"{name}: {dtype} images; give floating-point pixels in clip={clip}{hint}")
+    where = "" if clip is None else f" in clip={tuple(clip)}"
+    raise TypeError(f"{name}: {dtype} images; give floating-point pixels{where}{hint}")
   if np.ndim(x) < 1 or np.shape(x)[0] == 0:
     raise ValueError(f"{name}: shape {tuple(np.shape(x))}; needs a non-empty batch axis first")
   if clip is not None and concrete(x):

@@ -52,16 +52,16 @@ class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
-def create_state(key: jax.Array, learning_rate: float = 1e-3) -> TrainState:
+def create_state(*, key: jax.Array, learning_rate: float = 1e-3) -> TrainState:
   variables = MLP().init(key, jnp.zeros((1, 28, 28, 1)), train=False)
   return TrainState.create(apply_fn=MLP().apply, params=variables["params"],
                            batch_stats=variables["batch_stats"], tx=optax.adam(learning_rate))
 
 
 @functools.partial(jax.jit, static_argnames="draws_per_chunk")
-def train_step(state: TrainState, x: jax.Array, y: jax.Array, ids: jax.Array, perturbation_key: jax.Array,
+def train_step(state: TrainState, x: jax.Array, y: jax.Array, ids: jax.Array, *, key: jax.Array,
                draws_per_chunk: int | None = None) -> tuple[TrainState, jax.Array]:
-  """One Adam step on the mean ball loss of the batch; returns the new state and the loss."""
+  """One Adam step on the mean ball loss of the batch (``key``: the perturbation set's); the new state and the loss."""
 
   def objective(params):
     def point_loss(xb, yb):
@@ -69,7 +69,7 @@ def train_step(state: TrainState, x: jax.Array, y: jax.Array, ids: jax.Array, pe
                                        train=True, mutable=["batch_stats"])
       return optax.losses.multiclass_hinge_loss(logits, yb), updates["batch_stats"]
 
-    losses, batch_stats = ball_loss(point_loss, x, y, key=perturbation_key, example_ids=ids,
+    losses, batch_stats = ball_loss(point_loss, x, y, key=key, example_ids=ids,
                                     num_perturbations=NUM_PERTURBATIONS, eps=EPS, include_clean=True,
                                     has_aux=True, draws_per_chunk=draws_per_chunk)
     if draws_per_chunk is not None:
@@ -86,12 +86,12 @@ def train(steps: int, *, draws_per_chunk: int | None = None, batch_size: int = 6
   """``steps`` steps on mnist5k's training split; returns the final state and every step's loss."""
   split = data.load_split("mnist5k", "train")
   init_key, perturbation_key = jax.random.split(jax.random.key(seed))
-  state, rng, losses = create_state(init_key), np.random.default_rng(seed), []
+  state, rng, losses = create_state(key=init_key), np.random.default_rng(seed), []
   for step in range(steps):
     rows = rng.choice(len(split.ids), batch_size, replace=False)
     x = data.to_float(jnp.asarray(split.images[rows]))
     state, loss = train_step(state, x, jnp.asarray(split.labels[rows]), jnp.asarray(split.ids[rows]),
-                             perturbation_key, draws_per_chunk=draws_per_chunk)
+                             key=perturbation_key, draws_per_chunk=draws_per_chunk)
     losses.append(loss)
     if log_every and (step % log_every == 0 or step == steps - 1):
       print(f"step {step:3d}  ball hinge loss {float(loss):.4f}")

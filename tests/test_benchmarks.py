@@ -43,14 +43,15 @@ def test_plain_process_table_from_a_fresh_interpreter(tmp_path, monkeypatch):
   text = run.main(["benchmarks.run", "--tiny", "--notorch", "--rows=plain,lenet", "--repeats=1", f"--out={out}"])
   plain, cli = text.split("### CLI process")
   assert "### Plain process" in plain and "| fgsm |" in plain and "| cli_step |" in plain and "| lenet |" in cli
-  assert "devices: 1 cpu" in plain and "torch threads: " in plain and "import crp_jax: XLA flag " in plain
+  assert "devices: 1 cpu" in plain and "torch threads: " in plain and "import crp_jax: sets nothing" in plain
   if cpu.flags_for(cpu.jaxlib_version()):
-    assert cpu.FLAGS[0] in plain.split("process settings (both contenders)")[1].split("\n")[0]
+    # The convolution setting is the README's per-executable option now, not an XLA_FLAGS flag.
+    line = plain.split("process settings (both contenders)")[1].split("\n")[0]
+    assert cpu.YNN_VALUE in line and cpu.FLAGS[0] not in line
 
 
 def test_the_plain_process_starts_from_the_users_environment():
-  import crp_jax
-  env = {"XLA_FLAGS": " ".join(["--xla_force_host_platform_device_count=4", *crp_jax.cpu_settings.added]), "A": "b"}
+  env = {"XLA_FLAGS": " ".join(["--xla_force_host_platform_device_count=4", *cpu.FLAGS]), "A": "b"}
   assert run.user_environ(env) == {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "A": "b"}
 
 
@@ -154,7 +155,8 @@ def test_tuned_settings_keep_the_numbers(tmp_path):
           "m = LeNet(); v = init_variables(m, jax.random.key(0), (28, 28, 1)); "
           "x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1)); "
           "g = jax.jit(jax.grad(lambda p: m.apply({'params': p}, x).sum()))(v['params']); "
-          "print(crp_jax.cpu_settings.status, jax.device_count()); "
+          "import os; print('present' if crp_jax.cpu.FLAGS[0] in os.environ.get('XLA_FLAGS', '') else 'absent', "
+          "jax.device_count()); "
           "np.save(sys.argv[1], np.concatenate([l.ravel() for l in jax.tree.leaves(g)]))")
   plain = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "GLIBC_TUNABLES", "CRP_JAX_CPU_TUNING")}
   grads, status = {}, {}
@@ -163,7 +165,7 @@ def test_tuned_settings_keep_the_numbers(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(path)], env=env, check=True, capture_output=True, text=True)
     status[name], grads[name] = out.stdout.split()[0], np.load(path)
   if cpu.flags_for(cpu.jaxlib_version()):
-    assert status == {"plain": "opted_out", "tuned": "present"}
+    assert status == {"plain": "absent", "tuned": "present"}
   np.testing.assert_allclose(grads["tuned"], grads["plain"], rtol=1e-4, atol=1e-5 * np.abs(grads["plain"]).max())
 
 

@@ -18,7 +18,7 @@ K1 = example.NUM_PERTURBATIONS + 1   # the K draws and the clean copy
 def test_training_lowers_the_loss_and_updates_the_batch_stats():
   state, losses = example.train(12)
   assert np.mean(losses[-3:]) < 0.5 * losses[0], losses
-  start = example.create_state(jax.random.split(jax.random.key(0))[0]).batch_stats
+  start = example.create_state(key=jax.random.split(jax.random.key(0))[0]).batch_stats
   for old, new in zip(jax.tree.leaves(start), jax.tree.leaves(state.batch_stats)):
     assert old.shape == new.shape and not np.allclose(old, new)
 
@@ -30,7 +30,9 @@ def batch():
 
 
 def step(draws_per_chunk, batch):
-  return example.train_step(example.create_state(jax.random.key(0)), *batch, draws_per_chunk=draws_per_chunk)
+  x, y, ids, key = batch
+  return example.train_step(example.create_state(key=jax.random.key(0)), x, y, ids, key=key,
+                            draws_per_chunk=draws_per_chunk)
 
 
 def test_one_chunk_of_all_draws_is_the_unchunked_step(batch):

@@ -17,6 +17,8 @@ Modes (img/s, the median of ``--repeats`` calls after one warm-up):
 * ``torch``: torchattacks' FGSM alone in its process, torch's default threads.
 * ``interleaved``: ``bench_options`` and ``torch`` alternately in one process,
   as ``benchmarks.plain`` times them (``benchmarks._timing.interleave``).
+* ``compare``: ``user``, ``user_options`` and ``user_compiled`` alternately in
+  one process, so that a loaded machine slows all three alike.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 
 from absl import app, flags
 
-MODES = ("user", "user_options", "user_compiled", "bench", "bench_options", "torch", "interleaved")
+MODES = ("user", "user_options", "user_compiled", "bench", "bench_options", "torch", "interleaved", "compare")
 FLAGS = flags.FLAGS
 flags.DEFINE_string("mode", "", f"One of {', '.join(MODES)}; empty: each in a fresh process.")
 flags.DEFINE_integer("repeats", 7, "Timed calls per mode.")
@@ -79,6 +81,13 @@ def _torch_fn(variables, x, y):
 
 
 def measure(mode: str) -> str:
+  if mode == "compare":
+    from benchmarks import _timing  # pylint: disable=g-import-not-at-top
+    work = {m: _jax_fn(m)[0] for m in ("user", "user_options", "user_compiled")}
+    times = _timing.interleave(work, repeats=FLAGS.repeats)
+    rate = {k: FLAGS.batch / statistics.median(v) for k, v in times.items()}
+    spread = {k: _timing.spread(v) for k, v in times.items()}
+    return ", ".join(f"{k} {r:,.0f} img/s (±{100 * spread[k]:.0f}%)" for k, r in rate.items())
   if mode == "torch":
     _, data = _jax_fn("bench")
     return f"{_median_rate(_torch_fn(*data), FLAGS.repeats, FLAGS.batch):,.0f} img/s"

@@ -22,10 +22,11 @@ times each of LeNet's pieces jitted alone (run it once with
 
 from __future__ import annotations
 
-import crp_jax  # first, as a user's script would  # isort: skip  # noqa: F401
 
+import functools
 import glob
 import gzip
+import os
 import json
 import re
 import tempfile
@@ -39,7 +40,7 @@ from absl import app, flags
 
 from benchmarks import _env, _timing
 from benchmarks.probes import train_probe
-from crp_jax import attacks
+from crp_jax import attacks, cpu
 from crp_jax.models import LeNet, init_variables
 
 BATCH, EPS, REPEATS = 256, 0.3, 15
@@ -48,9 +49,10 @@ BATCH, EPS, REPEATS = 256, 0.3, 15
 def jax_stages(model, variables, x, y) -> dict[str, Callable[[], object]]:
   f = lambda v, z: model.apply(v, z, train=False)
   loss = lambda v, z, y: optax.softmax_cross_entropy_with_integer_labels(f(v, z), y).sum()
-  forward = jax.jit(f)
-  grad = jax.jit(jax.grad(loss, argnums=1))
-  fgsm = jax.jit(lambda v, z, y: attacks.fgsm(lambda u: f(v, u), z, y, eps=EPS))
+  jit = functools.partial(jax.jit, compiler_options=cpu.compiler_options() or None)   # as a user's, per the README
+  forward = jit(f)
+  grad = jit(jax.grad(loss, argnums=1))
+  fgsm = jit(lambda v, z, y: attacks.fgsm(lambda u: f(v, u), z, y, eps=EPS))
   return {"forward": lambda: forward(variables, x).block_until_ready(),
           "input grad": lambda: grad(variables, x, y).block_until_ready(),
           "fgsm": lambda: fgsm(variables, x, y).block_until_ready()}
@@ -142,8 +144,7 @@ def layers() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _env.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-  print(f"devices {jax.devices()}, import crp_jax: XLA flag {crp_jax.cpu_settings.status}, "
-        f"malloc {crp_jax.cpu_settings.malloc}", flush=True)
+  print(f"devices {jax.devices()}, XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}", flush=True)
   if flags.FLAGS.layers:
     layers()
     return
