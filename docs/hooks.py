@@ -440,7 +440,7 @@ def _findings_sources() -> list[tuple[str, str]]:
   return out
 
 
-_JOURNAL = re.compile(r"\bissue\b.*#\d|\(#\d+\)|\bissue \d", re.I)
+_JOURNAL = re.compile(r"\bissues?\s*#?\d+|(?<![\w/&])#\d{1,5}\b|\bissue\b.*#\d", re.I)
 
 
 def _image_uri(rel_png: str) -> str:

@@ -202,8 +202,34 @@ def unsourced_numbers(text: str) -> list[str]:
   return out
 
 
+_DECIMAL = re.compile(r"(?<![\w.])\d[\d,]*\.\d{2,}(?![\w.])")
+_RESULT_FILE = re.compile(r"`((?:results|benchmarks)/[\w./=-]+\.(?:md|txt|json))`")
+
+
+def misquoted_numbers(text: str) -> list[str]:
+  """Decimals (two or more places) of a block that cites result files but appear in none of them."""
+  out = []
+  for block in blocks(text):
+    cited = [p for p in _RESULT_FILE.findall(block) if os.path.exists(os.path.join(ROOT, p))]
+    if not cited:
+      continue
+    sources = ""
+    for p in cited:
+      with open(os.path.join(ROOT, p), encoding="utf-8") as f:
+        sources += f.read().replace(",", "")
+    for number in _DECIMAL.findall(_CODE.sub("", block)):
+      if number.replace(",", "") not in sources:
+        out.append(f"{number} is in none of {cited}: {block[:100]!r}")
+  return out
+
+
 def test_numbers_have_sources():
   problems = [f"{page}: {p}" for page, text in pages().items() for p in unsourced_numbers(text)]
+  assert not problems, "\n".join(problems)
+
+
+def test_quoted_numbers_are_in_their_sources():
+  problems = [f"{page}: {p}" for page, text in pages().items() for p in misquoted_numbers(text)]
   assert not problems, "\n".join(problems)
 
 
@@ -213,6 +239,8 @@ def test_number_check_sees_a_number_without_source():
   assert not unsourced_numbers("It ran at 2,614.7 img/s (`python -m benchmarks.run`).")
   assert not unsourced_numbers("| a | 98.20 |\n|---|---|\n\nSource: `results/table1/mnist5k-small/table.md`.")
   assert not unsourced_numbers("K = 10 draws of U(−0.3, 0.3), Eq. 8, Table 3.")
+  assert misquoted_numbers("FGSM leaves 12.34% (`results/table1/mnist5k-small/table.md`).")
+  assert not misquoted_numbers("FGSM leaves 19.80 ± 1.92 (`results/table1/mnist5k-small/table.md`).")
 
 
 def test_referenced_files_are_committed():
