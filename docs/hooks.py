@@ -155,15 +155,15 @@ def cli_section() -> str:
     usage = _usage(command_help(module))
     first, _, rest = usage.partition("\n")
     parts += [f"### `python -m {module}`", "", _cell(first.replace("``", "`")).replace("\\|", "|"), "",
-              "```text", rest.strip("\n"), "```", "",
+              "```text", rest.strip("\n").replace("``", ""), "```", "",
               "| Flag | Default | What it does |", "|---|---|---|"]
     for name, f in sorted(own_flags(module).items()):
       shown = f"--[no]{name}" if f["negatable"] else f"--{name}"
-      if name == "config":
-        what = ("The run's config. Override any field with `--config.<field>=value` (a tuple as "
-                "`'(10,20)'`); `--config=path.py[:arg]` loads your own file's `get_config(arg)`. "
-                "Every field: [Config fields](#config-fields).")
-        default = "the dataset's preset"
+      if name == "config":   # its help ends with the whole config as YAML: the fields table shows it
+        what = _cell(f["help"].split(" its fields:")[0].strip().rstrip(";")) + (
+            "; `--config=path.py[:arg]` loads your own file's `get_config(arg)`. Every field: "
+            "[Config fields](#config-fields).")
+        default = ""
       else:
         what = _cell(f["help"].strip())
         extra = [n for n in f["notes"] if n != "__default__"]
@@ -456,7 +456,13 @@ def findings_section() -> str:
     folder = os.path.dirname(rel)
     lines = text.splitlines()
     if lines and lines[0].startswith("# "):
-      title, lines = lines[0][2:].strip(), lines[1:]
+      heading, lines = lines[0][2:].strip(), lines[1:]
+      if rel.startswith("results/control/"):
+        title = f"The positive control: {heading}"
+      elif rel.startswith("results/certify/"):
+        title = heading
+      else:
+        title = f"{heading} ({os.path.basename(folder)})"
     body = []
     for line in lines:
       if _JOURNAL.search(line):   # a stale note that names an issue: the history lives in git
