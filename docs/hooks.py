@@ -275,9 +275,11 @@ def studies_section() -> str:
 
 def _measured_throughput() -> dict[str, tuple[float, str]]:
   """``{model: (img/s, dtype)}`` of the train-step rows of ``benchmarks/results-gpu.md``."""
+  out = {}
+  if not os.path.exists(os.path.join(ROOT, RESULTS_GPU)):
+    return out
   with open(os.path.join(ROOT, RESULTS_GPU), encoding="utf-8") as f:
     text = f.read()
-  out = {}
   for model, row in (("lenet", "lenet"), ("resnet18", "resnet18"), ("wrn28_10", "wrn")):
     m = re.search(rf"^\| {row} \| (.*?) \| ([\d,.]+) img/s", text, re.M)
     if m:
