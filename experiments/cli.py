@@ -271,10 +271,18 @@ def define_config(argv: list[str], config, what: str) -> None:
   """``--config``: ``config`` with its ``--config.<field>`` overrides checked first; ``what`` says what it is."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   check_config_overrides(argv, config)
-  fields = ", ".join(config.keys())
+  paths = _leaf_paths(config)
+  fields = ", ".join(paths if len(paths) <= 40 else config.keys())   # a small config: every field
   config_flags.DEFINE_config_dict(
       "config", config, f"{what}. Override a field with --config.<field>=value (a tuple as '(10,20)'); "
       f"its fields: {fields}.", lock_config=True)
+
+
+def _leaf_paths(config, prefix: str = "") -> list[str]:
+  out = []
+  for k in config.keys():
+    out += _leaf_paths(config[k], f"{prefix}{k}.") if hasattr(config[k], "keys") else [prefix + k]
+  return out
 
 
 def check_renamed(argv: list[str], renamed: dict[str, str]) -> None:
