@@ -8,7 +8,7 @@ import ml_collections
 from studies import common, paper_numbers
 from studies.cells import Cell, Table, stat
 from studies.common import FLAGS_ROW, STRONG_ROW
-from studies.engine import Context, Done, Outcome, Run, variant
+from studies.engine import Context, Outcome, Run, variant
 
 
 def table1_runs(base: ml_collections.ConfigDict, seeds: int) -> list[Run]:

@@ -198,14 +198,30 @@ def test_tiny_study_through_the_cli_writes_table_json_and_figure(tmp_path):
   files = list((tmp_path / "runs" / "mnist5k-small" / "_black_box").glob("*.json"))
   assert len(files) == 1 and json.loads(files[0].read_text())["accuracy"] == crossed["accuracy"]
   assert record["code"]["crp_jax"] and "Regenerate: `python -m experiments.study" in table
-  # Fig. 3 reads the same G models: reused, not retrained.
+  # Fig. 3 reads the same G models: reused, not retrained (its PGD-AT and TRADES curves are trained).
   p = _study(tmp_path, "--study=fig3")
   assert p.returncode == 0, p.stderr[-3000:]
   assert "G, seed 0: reused" in p.stdout and "G, seed 1: reused" in p.stdout
-  assert ": trained" not in p.stdout and "evaluated with eps_curve added" in p.stdout   # only the new evaluator ran
+  assert "G, seed 0: trained" not in p.stdout and "evaluated with eps_curve added" in p.stdout   # only the new evaluator ran on G
   g0 = json.loads(next((tmp_path / "runs" / "mnist5k-small").glob("crp-*seed0-*/results.json")).read_text())
   assert g0["evaluation"]["eps_curve"]["eps"] == [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]
   assert g0["added_evaluations"][0]["evaluators"] == ["eps_curve"] and "paper" in g0["evaluation"]
+  fig3_table = (tmp_path / "results" / "fig3" / "mnist5k-small" / "table.md").read_text()
+  assert "PGD-AT (seed 0, trained here)" in fig3_table and "TRADES (seed 0, trained here)" in fig3_table
+  # Tables 8 and 10 on mnist5k (the analogue) reuse the same G, PGD-AT and TRADES runs; Table 8 trains A.
+  p = _study(tmp_path, "--study=table8")
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "G, seed 1: reused" in p.stdout and "PGD-AT, seed 0: reused" in p.stdout and "A, seed 0: trained" in p.stdout
+  t8 = tmp_path / "results" / "table8" / "mnist5k-small"
+  assert "this project's analogue" in (t8 / "table.md").read_text() and "Adv. Training" in (t8 / "table.md").read_text()
+  crossed = json.loads((t8 / "study.json").read_text())["black_box"]["G from A and PGD-AT"]
+  assert crossed["settings"]["sources"] == ["A", "PGD-AT"] and set(crossed["accuracy"]["G seed1"]["fgsm"]) == {"A", "PGD-AT"}
+  p = _study(tmp_path, "--study=table10", "--seeds=1")
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert ": trained" not in p.stdout   # G, PGD-AT and TRADES seed 0 all come from the studies above
+  t10 = (tmp_path / "results" / "table10" / "mnist5k-small" / "table.md").read_text()
+  for row in ("| G |", "| G-best |", "| PGD-AT (trained here) |", "| TRADES (trained here) |"):
+    assert row in t10, (row, t10)
   assert (tmp_path / "results" / "fig3" / "mnist5k-small" / "fig3.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -295,29 +311,23 @@ def test_best_of_n_says_when_the_pick_is_a_tie():
   assert not any("tie" in n for n in table.notes)
 
 
-def test_tiny_adversarial_studies_through_the_cli(tmp_path):
-  # Tables 8 and 10 and Fig. 3's adversarial curves on mnist5k (the analogue), sharing their runs.
-  p = _study(tmp_path, "--study=table8")
-  assert p.returncode == 0, p.stderr[-3000:]
-  out = tmp_path / "results" / "table8" / "mnist5k-small"
-  table = (out / "table.md").read_text()
-  assert "this project's analogue" in table and "| FGSM |" in table and "Adv. Training" in table, table
-  record = json.loads((out / "study.json").read_text())
-  crossed = record["black_box"]["G from A and PGD-AT"]
-  assert crossed["settings"]["sources"] == ["A", "PGD-AT"]
-  assert set(crossed["accuracy"]["G seed1"]["fgsm"]) == {"A", "PGD-AT"}
-  p = _study(tmp_path, "--study=table10")
-  assert p.returncode == 0, p.stderr[-3000:]
-  assert "G, seed 0: reused" in p.stdout and "PGD-AT, seed 0: reused" in p.stdout   # Table 8's runs
-  table = (tmp_path / "results" / "table10" / "mnist5k-small" / "table.md").read_text()
-  for row in ("| G |", "| G-best |", "| PGD-AT (trained here) |", "| TRADES (trained here) |",
-              "| RST_adv (quoted; not run here) |"):
-    assert row in table, (row, table)
-  assert "(paper: 45.05)" in table and "(paper: 62.14)" in table   # Madry's and RST's PGD-100 as printed
-  p = _study(tmp_path, "--study=fig3")
-  assert p.returncode == 0, p.stderr[-3000:]
-  table = (tmp_path / "results" / "fig3" / "mnist5k-small" / "table.md").read_text()
-  assert "PGD-AT (seed 0, trained here)" in table and "TRADES (seed 0, trained here)" in table
+def test_adversarial_table_quotes_the_papers_other_methods_and_marks_them_not_run():
+  from studies import adversarial  # pylint: disable=g-import-not-at-top
+  base = study_config("cifar10")
+  runs = adversarial.adversarial_runs(base, 2)
+  rng = np.random.default_rng(0)
+  done = [study_lib.Done(r, "", _full_fake_results(r, rng), 0.0, False) for r in runs]
+  t = adversarial.adversarial_table(study_lib.Context(registry.STUDIES["table10"], base, done)).tables[0]
+  assert t.rows[:4] == ("G", "G-best", "PGD-AT (trained here)", "TRADES (trained here)")
+  assert "RST_adv (quoted; not run here)" in t.rows and "ME-NET (0.6–0.8) (quoted; not run here)" in t.rows
+  assert t.cells[("RST_adv (quoted; not run here)", "No attack")].text() == "— (paper: 89.7 ± 0.1)"
+  assert t.cells[("PGD-AT (trained here)", "No attack")].paper == "87.30"    # Madry et al. as the paper prints it
+  assert t.cells[("G-best", "No attack")].paper == "91.77" and t.cells[("G", "No attack")].paper == ""
+  mnist = study_config("mnist5k")
+  done = [study_lib.Done(r, "", _fake_results(r.config, 0.9, 0.5, 0.1), 0.0, False)
+          for r in adversarial.adversarial_runs(mnist, 2)]
+  t = adversarial.adversarial_table(study_lib.Context(registry.STUDIES["table10"], mnist, done)).tables[0]
+  assert "this project's analogue" in t.title and not any("quoted" in r for r in t.rows)
 
 
 def test_tables_8_to_10_quote_the_paper_as_printed():

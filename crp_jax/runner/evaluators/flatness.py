@@ -23,7 +23,6 @@ from crp_jax.runner.evaluators.batches import Measurements
 
 #: The flatness draws come from ``fold_in(eval key, FLATNESS_KEY)``.
 FLATNESS_KEY = 11
-DISTRIBUTIONS: tuple[str, ...] = ("uniform", "gaussian")
 
 
 def loss_difference(module: nn.Module, draws: int, eps: float, distribution: str) -> Callable:
