@@ -227,6 +227,11 @@ def _check_type(flag: str, field: Any, value: str) -> None:
     parsed = ast.literal_eval(value)
   except (ValueError, SyntaxError):
     parsed = None
+  if kind == "a number":   # nan and inf read as numbers too; the config's validation judges them
+    try:
+      parsed = float(value)
+    except ValueError:
+      parsed = None
   ok = (isinstance(parsed, int) and not isinstance(parsed, bool)) or (kind == "a number" and isinstance(parsed, float))
   if not ok:
     fail(f"{flag}={value}: the field is {kind} (default {field!r})")
