@@ -169,8 +169,8 @@ def attack_rows(names: Sequence[str], s: bench.Sizes, tr, repeats: int) -> list[
 
 
 def cli_step_row(s: bench.Sizes, tr, repeats: int) -> bench.Row:
-  from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
-  row = bench.train_row("cli_step", "lenet", s, train.make_train_mesh(), tr, repeats, {})
+  from crp_jax.runner import train, meshes  # pylint: disable=g-import-not-at-top
+  row = bench.train_row("cli_step", "lenet", s, meshes.make_train_mesh(), tr, repeats, {})
   row.workload = "the CLI's `crp` step (`crp_jax.runner.train`), " + row.workload
   return row
 

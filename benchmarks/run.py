@@ -46,7 +46,7 @@ crp_jax runs as ``python -m experiments.run`` does: one XLA CPU device per
 core (:func:`crp_jax.runner.process.setup_devices`, as the command line),
 attack batches sharded over a ``data`` mesh of all of them, train steps
 (:func:`crp_jax.runner.train.jit_train_step`) on
-:func:`crp_jax.runner.train.make_train_mesh` (one device per process on a CPU).
+:func:`crp_jax.runner.meshes.make_train_mesh` (one device per process on a CPU).
 Unless ``--plain``, the process re-executes itself once with the settings of
 :mod:`benchmarks._env` (huge pages for glibc's large blocks, Eigen
 convolutions); both contenders run under them. PyTorch and torchattacks come
@@ -76,7 +76,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import _env, _flops, _timing
 from crp_jax import attacks, cpu
-from crp_jax.runner import train
+from crp_jax.runner import train, meshes, seeds
 from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables
 from crp_jax.perturbations import make_delta
 
@@ -256,7 +256,7 @@ class JaxTrainer:
                dropout_key: jax.Array | None = None, adversary: train.AdversarySpec | None = None):
     spec = train.TrainSpec(method=method, perturbation_eps=eps, adversary=adversary or train.AdversarySpec())
     tx = train.make_optimizer(spec, 1000)
-    keys = train.run_keys(0)
+    keys = seeds.run_keys(0)
     if dropout_key is not None:
       keys["dropout"] = dropout_key
     self.perturbation_key = keys["perturbations"]
@@ -690,7 +690,7 @@ def devices_line(args: Args) -> str:
   how = ("`--devices`" if args.devices
          else "`jax_num_cpu_devices`, as `crp_jax.runner.process.setup_devices` sets it")
   return (f"- crp_jax: {count} XLA CPU device(s) ({how}); attack batches sharded over all of them, train "
-          f"steps on {train.make_train_mesh().devices.size} (`crp_jax.runner.train.make_train_mesh`), "
+          f"steps on {meshes.make_train_mesh().devices.size} (`crp_jax.runner.meshes.make_train_mesh`), "
           "as the pipeline runs them")
 
 
@@ -818,7 +818,7 @@ def run_rows(args: Args) -> str:
   s = sizes(args.tiny, on_accelerator())
   wanted = args.rows.split(",") if args.rows else default_rows()
   tr = load_torch(args.torch)
-  mesh, train_mesh = train.make_mesh(), train.make_train_mesh()   # as crp_jax.pipeline uses them
+  mesh, train_mesh = meshes.make_mesh(), meshes.make_train_mesh()   # as crp_jax.pipeline uses them
   compile_times: dict[str, float] = {}
   rows: list[Row] = []
   plain = ""

@@ -35,6 +35,7 @@ def define_flags(argv: list[str]) -> None:
   from experiments.configs import DATASETS, PRESETS, get_config  # pylint: disable=g-import-not-at-top
   flags.DEFINE_enum("dataset", "mnist5k", DATASETS, "Dataset; picks the config file.")
   flags.DEFINE_enum("preset", "small", PRESETS, "small: sized for a CPU; paper: the paper's settings; "
+                    "short: the paper's protocol at about a GPU-hour per table (svhn, cifar10); "
                     "control: PGD-AT beside standard and CRP (the positive control).")
   flags.DEFINE_string("method", None, "Shorthand for --config.method (standard, crp, variable, pgd_at, trades).")
   flags.DEFINE_list("workdir", None, "Output folder (one); default "

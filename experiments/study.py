@@ -28,7 +28,7 @@ from experiments import cli
 
 def define_flags(argv: list[str]) -> None:
   """The flags; ``--config`` is the study's base config for ``--dataset`` (default: the study's) and ``--preset``."""
-  from crp_jax.runner.studies import STUDIES  # pylint: disable=g-import-not-at-top
+  from studies.registry import STUDIES  # pylint: disable=g-import-not-at-top
   from experiments.configs import DATASETS, STUDY_PRESETS, study_config  # pylint: disable=g-import-not-at-top
   name = cli.flag_value(argv, "study")
   if name is not None and name not in STUDIES:
@@ -36,7 +36,8 @@ def define_flags(argv: list[str]) -> None:
   flags.DEFINE_enum("study", None, list(STUDIES), "The table or figure to reproduce (see --list).")
   flags.DEFINE_bool("list", False, "List the studies and exit.")
   flags.DEFINE_enum("dataset", None, DATASETS, "Dataset; default: the paper's dataset of the study.")
-  flags.DEFINE_enum("preset", "small", STUDY_PRESETS, "small: sized for a CPU; paper: the paper's settings.")
+  flags.DEFINE_enum("preset", "small", STUDY_PRESETS, "small: sized for a CPU; paper: the paper's settings; "
+                    "short: the paper's protocol at a length of about a GPU-hour per table (svhn, cifar10).")
   flags.DEFINE_integer("seeds", 5, "Perturbation sets (seeds 0..n-1) per setting; the paper uses 5.", lower_bound=1)
   flags.DEFINE_list("groups", [], "Only these settings of the study, by short name (e.g. U for table1's "
                     "U(−0.3, 0.3), A,K=10 for saturation); default: all.")
@@ -53,7 +54,7 @@ def define_flags(argv: list[str]) -> None:
 
 
 def list_studies() -> None:
-  from crp_jax.runner.studies import STUDIES  # pylint: disable=g-import-not-at-top
+  from studies.registry import STUDIES  # pylint: disable=g-import-not-at-top
   for s in STUDIES.values():
     status = f"  [waits: {s.waits_for}]" if s.waits_for else ""
     print(f"{s.name:<11} {s.title} (paper dataset: {s.dataset}){status}")
@@ -69,8 +70,8 @@ def main(argv: list[str]) -> None:
     cli.fail("--study is required (or --list to see the studies)")
   writer = cli.start_distributed()
   log = print if writer else (lambda line: None)
-  from crp_jax.runner import study as study_lib  # pylint: disable=g-import-not-at-top
-  from crp_jax.runner.studies import STUDIES  # pylint: disable=g-import-not-at-top
+  from studies import engine as study_lib  # pylint: disable=g-import-not-at-top
+  from studies.registry import STUDIES  # pylint: disable=g-import-not-at-top
   study, base = STUDIES[flags.FLAGS.study], flags.FLAGS.config
   if study.waits_for:
     cli.fail(f"--study={study.name}: {study.waits_for}")

@@ -15,7 +15,7 @@ import jax
 
 def main(out: str, num_processes: int, process_id: int, port: int, devices: int) -> None:
   jax.config.update("jax_num_cpu_devices", devices)
-  from crp_jax.runner import distributed, train  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import distributed, train, meshes, seeds  # pylint: disable=g-import-not-at-top
   if num_processes > 1:
     distributed.initialize(distributed.Launch(coordinator_address=f"127.0.0.1:{port}",
                                               num_processes=num_processes, process_id=process_id))
@@ -24,9 +24,9 @@ def main(out: str, num_processes: int, process_id: int, port: int, devices: int)
   from crp_jax import perturbations  # pylint: disable=g-import-not-at-top
   split = fake_split()
   spec = train.TrainSpec(num_perturbations=3, batch_size=16, seed=5)
-  mesh = train.make_mesh()
-  key = train.run_keys(spec.seed)["perturbations"]
-  draw = jax.jit(lambda ids, draws: perturbations.make_delta(key, ids, draws, split.image_shape, eps=0.3),
+  mesh = meshes.make_mesh()
+  key = seeds.run_keys(spec.seed)["perturbations"]
+  draw = jax.jit(lambda ids, draws: perturbations.make_delta(ids, draws, split.image_shape, key=key, eps=0.3),
                  out_shardings=NamedSharding(mesh, P()))
   deltas = [np.asarray(draw(b["example_id"], b["draw_id"]))
             for _, b in train.to_device(train.host_batches(split, spec, split.num_examples, 0, 6), mesh)]

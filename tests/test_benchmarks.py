@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from benchmarks import _env, _flops, run
+from crp_jax.runner import meshes
 from crp_jax import cpu
 from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables, max_pool_2x2
 
@@ -220,7 +221,7 @@ def test_the_pgd_at_rows_contenders_take_the_same_step_at_eps_zero():
   pytest.importorskip("torchattacks")
   from reference import torch_models  # pylint: disable=g-import-not-at-top
   data = run.make_data((28, 28, 1), 16, num_batches=1)
-  ours = run.JaxTrainer(LeNet(), (28, 28, 1), data, run.train.make_mesh(jax.devices()[:1]), method="pgd_at",
+  ours = run.JaxTrainer(LeNet(), (28, 28, 1), data, meshes.make_mesh(jax.devices()[:1]), method="pgd_at",
                         eps=0.3, adversary=run.train.AdversarySpec(eps=0.0, steps=2, step_size=0.01))
   net = torch_models.lenet_from_flax(jax.device_get(ours.state.variables()))
   step = torch_models.make_pgd_at_step(net, eps=0.0, step_size=0.01, num_steps=2)

@@ -175,13 +175,13 @@ def test_evaluate_cli_certifies_a_saved_model(trained):
 def plan_certification(workdir, **fields):
   """The ``certify`` section of ``workdir``'s model evaluated with ``eval.certify`` set to ``fields``."""
   from crp_jax import data  # pylint: disable=g-import-not-at-top
-  from crp_jax.runner import evaluators, pipeline, report, train  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import evaluators, pipeline, report, train, meshes  # pylint: disable=g-import-not-at-top
   trained = pipeline.load_trained(workdir)
   trained.config.eval.certify.update(fields)
   trained.config.eval.strong = False
   test = data.load_split(trained.config.dataset, "test")
   assert [e.name for e in evaluators.build_plan(trained.config.eval)] == ["paper", "certify"]
-  out = pipeline.evaluate_all({"m": trained}, test, mesh=train.make_mesh(), progress=False)
+  out = pipeline.evaluate_all({"m": trained}, test, mesh=meshes.make_mesh(), progress=False)
   table = report.accuracy_table({"m": {"config": trained.config.to_dict(), "evaluation": out["m"]}})
   assert "certified at L2 radius 0.25" in table and "abstained" in table, table
   return out["m"]["certify"]

@@ -151,10 +151,10 @@ def _lenet_step(batch: int):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from crp_jax.models import LeNet  # pylint: disable=g-import-not-at-top
-  from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
-  mesh = train.make_train_mesh()
+  from crp_jax.runner import train, meshes, seeds  # pylint: disable=g-import-not-at-top
+  mesh = meshes.make_train_mesh()
   spec = train.TrainSpec(method="crp", perturbation_eps=0.3)
-  tx, keys = train.make_optimizer(spec, 100), train.run_keys(0)
+  tx, keys = train.make_optimizer(spec, 100), seeds.run_keys(0)
   objective = train.make_objective(spec, keys["perturbations"], 10, keys["adversary"])
   step = train.jit_train_step(train.make_train_step(LeNet(), tx, objective, keys["dropout"]), mesh)
   state = jax.device_get(train.create_state(LeNet(), tx, keys["init"], (28, 28, 1)))
@@ -172,7 +172,8 @@ def test_compile_for_cpu_splits_the_clis_lenet_step_and_keeps_its_bits():
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   step, fresh_state, batches = _lenet_step(128)
-  plain = step.lower(fresh_state(), batches[0]).compile()
+  # The same convolution option as compile_for_cpu's, so the heap cap is the only difference.
+  plain = step.lower(fresh_state(), batches[0]).compile(compiler_options=cpu.compiler_options() or None)
   split = cpu.compile_for_cpu(step, fresh_state(), batches[0])
   temp = plain.memory_analysis().temp_size_in_bytes
   assert cpu.MMAP_THRESHOLD_MAX < temp <= cpu.HEAP_SPLIT_MAX   # the window this test is about

@@ -67,7 +67,7 @@ from absl import app, flags, logging
 from crp_jax import attacks, data
 from crp_jax.attacks import _autoattack
 from crp_jax.models import LeNet
-from crp_jax.runner import config as config_lib, train
+from crp_jax.runner import config as config_lib, train, meshes
 
 Variables = dict[str, Any]
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -166,7 +166,7 @@ def train_lenet(num_steps: int, *, batch_size: int = 128, learning_rate: float =
   config = train_config(num_steps, split.num_examples, batch_size=batch_size,
                         learning_rate=learning_rate, seed=seed)
   with tempfile.TemporaryDirectory(prefix="parity-") as workdir:
-    state = train.fit(config, workdir, LeNet(), split, train.make_train_mesh(), progress=False,
+    state = train.fit(config, workdir, LeNet(), split, meshes.make_train_mesh(), progress=False,
                       stop_at=num_steps)
   return state.variables()
 

@@ -25,22 +25,23 @@ def profile(workdir: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from crp_jax import data  # pylint: disable=g-import-not-at-top
-  from crp_jax.runner import evaluate, evaluators, pipeline, train  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import evaluators, pipeline, train, meshes, seeds
+  from crp_jax.runner.evaluators import batches  # pylint: disable=g-import-not-at-top
   trained = pipeline.load_trained(workdir)
   cfg = trained.config.eval
   test = data.load_split(trained.config.dataset, "test")
-  subset = evaluate.take(test, evaluate.subset_indices(test.num_examples, cfg.attack_subset))
+  subset = batches.take(test, batches.subset_indices(test.num_examples, cfg.attack_subset))
   specs: dict[tuple, Any] = {}
   for spec in (s for e in evaluators.build_plan(cfg) for s in e.specs):
     specs.setdefault(spec.settings(), spec)   # the first name of each attack the evaluation runs once
-  mesh = train.make_mesh()
+  mesh = meshes.make_mesh()
   shard, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   variables = jax.device_put(trained.variables, rep)
   x, y = subset.images[:cfg.batch_size], subset.labels[:cfg.batch_size]
-  root = train.run_keys(trained.config.seed)["eval"]
+  root = seeds.run_keys(trained.config.seed)["eval"]
   totals = [0.0, 0.0]
   for spec in specs.values():
-    fn = jax.jit(evaluate.correct_under(trained.model, spec), in_shardings=(rep, shard, shard, rep),
+    fn = jax.jit(batches.correct_under(trained.model, spec), in_shardings=(rep, shard, shard, rep),
                  out_shardings=shard)
     args = (variables, x, y, spec.key(root))
     t0 = time.perf_counter()

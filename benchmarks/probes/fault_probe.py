@@ -29,9 +29,9 @@ def main(argv: list[str]) -> None:
   jax.config.update("jax_num_cpu_devices", 1)
   from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
   from crp_jax.models import LeNet  # pylint: disable=g-import-not-at-top
-  from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import train, meshes  # pylint: disable=g-import-not-at-top
   data = bench.make_data((28, 28, 1), 128)
-  trainer = bench.JaxTrainer(LeNet(), (28, 28, 1), data, train.make_train_mesh(), method="crp", eps=0.3)
+  trainer = bench.JaxTrainer(LeNet(), (28, 28, 1), data, meshes.make_train_mesh(), method="crp", eps=0.3)
   trainer.run(3)
   before, times = resource.getrusage(resource.RUSAGE_SELF), []
   for _ in range(8):

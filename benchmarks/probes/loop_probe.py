@@ -21,10 +21,10 @@ def probe(plain: bool) -> None:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from crp_jax.models import LeNet  # pylint: disable=g-import-not-at-top
-  from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import train, meshes  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   model = LeNet(conv_rewrites=False if plain else None)
-  mesh = train.make_mesh()
+  mesh = meshes.make_mesh()
   data, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   v = jax.device_put(model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))), rep)
   x = jax.device_put(jax.random.uniform(jax.random.key(1), (128, 28, 28, 1)), data)

@@ -39,7 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from benchmarks import _env, _timing, run as bench
 from crp_jax import cpu
 from crp_jax.models import LeNet, get_model
-from crp_jax.runner import train
+from crp_jax.runner import train, meshes
 
 HEAP = {"heap16": {cpu.HEAP_OPTION: 16 * 2**20}, "heap30": {cpu.HEAP_OPTION: 30 * 2**20}}
 flags.DEFINE_enum("model", "lenet", ["lenet", "resnet18"], "The model of the CLI's crp step.")
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> None:
   except json.JSONDecodeError as e:
     _env.usage_error(f"--variants is not JSON: {e}")
   shape = (28, 28, 1) if FLAGS.model == "lenet" else (32, 32, 3)
-  mesh = train.make_train_mesh()
+  mesh = meshes.make_train_mesh()
   trainer = bench.JaxTrainer(get_model(FLAGS.model), shape, bench.make_data(shape, FLAGS.batch), mesh,
                              method="crp", eps=0.3)
   state0 = jax.device_get(trainer.state)

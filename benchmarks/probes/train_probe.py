@@ -59,16 +59,16 @@ def variants() -> None:
   import optax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from benchmarks import run as bench  # pylint: disable=g-import-not-at-top
-  from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
+  from crp_jax.runner import train, meshes, seeds  # pylint: disable=g-import-not-at-top
   from crp_jax.data import to_float  # pylint: disable=g-import-not-at-top
   from crp_jax.models import LeNet  # pylint: disable=g-import-not-at-top
-  mesh, model = train.make_mesh(), LeNet()
+  mesh, model = meshes.make_mesh(), LeNet()
   data = bench.make_data((28, 28, 1), 128)
   batches = [jax.device_put(data.batch(i), NamedSharding(mesh, P("data"))) for i in range(4)]
 
   def make(finite: bool, metrics: bool, barrier: bool):
     tx = train.make_optimizer(train.TrainSpec(method="standard", perturbation_eps=0.3), 1000)
-    state = jax.device_put(train.create_state(model, tx, train.run_keys(0)["init"], (28, 28, 1)),
+    state = jax.device_put(train.create_state(model, tx, seeds.run_keys(0)["init"], (28, 28, 1)),
                            NamedSharding(mesh, P()))
 
     def step(state, batch):
@@ -103,7 +103,7 @@ def adam() -> None:
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
   from crp_jax.models import LeNet  # pylint: disable=g-import-not-at-top
-  mesh, model, tx = train.make_mesh(), LeNet(), optax.adam(1e-3)
+  mesh, model, tx = meshes.make_mesh(), LeNet(), optax.adam(1e-3)
   shard, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   params = jax.device_put(model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))), rep)
   batch = (jax.device_put(jax.random.uniform(jax.random.key(1), (128, 28, 28, 1)), shard),
@@ -131,7 +131,7 @@ def _trainer(model_name: str, conv_rewrites: bool | None = None):
   model, shape, eps, steps, _ = bench.train_workload(model_name, bench.sizes(False, bench.on_accelerator()))
   model = model.clone(conv_rewrites=conv_rewrites)
   data = bench.make_data(shape, 128)
-  return bench.JaxTrainer(model, shape, data, train.make_train_mesh(), method="crp", eps=eps), data, shape, eps, steps
+  return bench.JaxTrainer(model, shape, data, meshes.make_train_mesh(), method="crp", eps=eps), data, shape, eps, steps
 
 
 def _rates(runs: dict[str, tuple[Any, int, int]], repeats: int) -> dict[str, tuple[float, float]]:
@@ -169,7 +169,7 @@ def wrn(repeats: int = 5) -> None:
   from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
   s = bench.sizes(False, bench.on_accelerator())
   model, shape, eps, steps, workload = bench.train_workload("wrn", s)
-  mesh_ = train.make_train_mesh()
+  mesh_ = meshes.make_train_mesh()
   flops, peak = 3 * _flops.forward_flops(model, shape), _flops.peak_bf16(mesh_.devices.flat[0])
   variants = {"as benchmarked": (model, s.train_batch, None),
               "no dropout": (dataclasses.replace(model, dropout_rate=0.0), s.train_batch, None),
@@ -196,7 +196,7 @@ def mesh(model_name: str, repeats: int = 10) -> None:
   from crp_jax.runner import train  # pylint: disable=g-import-not-at-top
   model, shape, eps, steps, _ = bench.train_workload(model_name, bench.sizes(False, bench.on_accelerator()))
   data = bench.make_data(shape, 128)
-  runs = {f"{n} device(s)": (bench.JaxTrainer(model, shape, data, train.make_mesh(jax.devices()[:n]),
+  runs = {f"{n} device(s)": (bench.JaxTrainer(model, shape, data, meshes.make_mesh(jax.devices()[:n]),
                                               method="crp", eps=eps), steps, 128)
           for n in (1, len(jax.devices()))}
   for name, (images, spread) in _rates(runs, repeats).items():
