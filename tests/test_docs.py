@@ -39,8 +39,10 @@ def hooks():
 
 
 def pages() -> dict[str, str]:
-  """``{path relative to docs/: text}`` of every Markdown page."""
-  out = {}
+  """``{path relative to docs/: text}`` of every Markdown page, and the README (``../README.md``), which the
+  same checks hold to: its commands exist with their flags, its numbers have sources, no journal."""
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    out = {"../README.md": f.read()}
   for base, _, names in os.walk(DOCS):
     for name in sorted(names):
       if name.endswith(".md"):
