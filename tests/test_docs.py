@@ -63,7 +63,7 @@ def test_strict_build(tmp_path):
   p = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
   assert p.returncode == 0, p.stderr[-4000:]
-  for page in pages():
+  for page in (p for p in pages() if not p.startswith("../")):   # the README is checked, not built
     html = page[:-3] + ("/index.html" if not page.endswith("index.md") else ".html")
     assert (tmp_path / "site" / html).exists(), f"{page} was not built ({html})"
   cli = (tmp_path / "site" / "cli" / "index.html").read_text(encoding="utf-8")
