@@ -36,7 +36,10 @@ def execute(name: str, devices: int, cwd, monkeypatch, jupyter_path: str) -> nbf
   """Runs ``notebooks/<name>`` at its tiny size in ``cwd`` on ``devices`` fake CPU devices; returns it with outputs."""
   nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
   monkeypatch.setenv("JUPYTER_PATH", jupyter_path)  # where nbclient looks up the kernelspec
-  env = {**os.environ, "CRP_NOTEBOOK_TINY": "1", "JAX_PLATFORMS": "cpu",
+  # The checkout's top-level packages (experiments, studies) import as from the repository root: only crp_jax
+  # is installed into site-packages.
+  path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+  env = {**os.environ, "CRP_NOTEBOOK_TINY": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path,
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
   client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600, allow_errors=False,
                                    resources={"metadata": {"path": str(cwd)}})
