@@ -10,6 +10,7 @@ nor a missing ``jupyter kernelspec install`` can change what runs.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import re
@@ -99,24 +100,39 @@ def test_paper_study_runs_top_to_bottom(devices, tmp_path, monkeypatch, jupyter_
 
 def install_cell(name: str) -> str:
   nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
-  return next(c.source for c in nb.cells if c.cell_type == "code" and "def install_command" in c.source)
+  return next(c.source for c in nb.cells if c.cell_type == "code" and "def install_commands" in c.source)
 
 
-def test_install_cell_picks_the_jax_build_of_the_accelerator_and_skips_outside_colab(monkeypatch, capsys):
+def test_install_cell_clones_the_repository_with_the_jax_build_of_the_accelerator_and_skips_outside_colab(
+    monkeypatch, capsys, tmp_path):
   source = install_cell("quickstart.ipynb")
   assert install_cell("paper_study.ipynb") == source
   def no_pip(*args, **kwargs):
     raise AssertionError(f"the install cell ran {args} outside Colab")
   for name in ("run", "call", "check_call", "check_output", "Popen"):
     monkeypatch.setattr(subprocess, name, no_pip)
-  scope = {"REPO": "https://example.org/crp_jax"}
+  scope = {"REPO": "https://example.org/crp_jax", "BRANCH": "dev"}
   exec(compile(source, "install cell", "exec"), scope)  # outside Colab: prints, runs nothing
-  assert capsys.readouterr().out == "Not on Colab: skipped the install (crp_jax is already installed).\n"
-  command = scope["install_command"]("https://example.org/crp_jax", "tpu")
-  assert command[-2:] == ["crp_jax @ git+https://example.org/crp_jax", "jax[tpu]"]
-  assert scope["install_command"]("https://example.org/crp_jax", "gpu")[-1] == "jax[cuda12]"
-  assert scope["install_command"]("https://example.org/crp_jax", "cpu")[-1].startswith("crp_jax @ git+")
+  assert capsys.readouterr().out.startswith("Not on Colab: skipped the install")
+  install = scope["install_commands"]
+  checkout = str(tmp_path / "clone")
+  clone, pip = install("https://example.org/crp_jax", "dev", "tpu", checkout)
+  assert clone == ["git", "clone", "--depth=1", "--branch=dev", "https://example.org/crp_jax", checkout]
+  # An editable install of the clone: its experiments and studies packages import from the checkout.
+  assert pip[-3:] == ["-e", f"{checkout}[notebook]", "jax[tpu]"]
+  assert install("u", "main", "gpu", checkout)[-1][-1] == "jax[cuda12]"
+  assert install("u", "main", "cpu", checkout)[-1][-1] == f"{checkout}[notebook]"
+  os.makedirs(checkout)
+  assert len(install("u", "main", "cpu", checkout)) == 1  # cloned already: no second clone
   for var in ("COLAB_TPU_ADDR", "TPU_NAME", "TPU_ACCELERATOR_TYPE"):
     monkeypatch.delenv(var, raising=False)
   monkeypatch.setenv("TPU_NAME", "local")
   assert scope["accelerator"]() == "tpu"
+
+
+def test_install_cell_outside_colab_refuses_an_install_without_the_checkout(monkeypatch):
+  source = install_cell("quickstart.ipynb")
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "experiments" else real(name, *a))
+  with pytest.raises(ModuleNotFoundError, match="checkout"):
+    exec(compile(source, "install cell", "exec"), {"REPO": "u", "BRANCH": "main"})
