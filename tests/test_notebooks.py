@@ -15,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import nbclient  # the test extra's notebook packages: missing, the suite fails rather than skips
 import nbformat
@@ -130,9 +131,18 @@ def test_install_cell_clones_the_repository_with_the_jax_build_of_the_accelerato
   assert scope["accelerator"]() == "tpu"
 
 
-def test_install_cell_outside_colab_refuses_an_install_without_the_checkout(monkeypatch):
+def test_install_cell_outside_colab_finds_the_checkout_from_notebooks_and_refuses_without_one(
+    monkeypatch, tmp_path):
   source = install_cell("quickstart.ipynb")
   real = importlib.util.find_spec
-  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "experiments" else real(name, *a))
+  # experiments imports only once the checkout's root leads sys.path (as in a kernel started in notebooks/).
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: real(name, *a) if name != "experiments" or sys.path[0] == ROOT else None)
+  monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in (ROOT, "")])
+  monkeypatch.chdir(os.path.join(ROOT, "notebooks"))
+  exec(compile(source, "install cell", "exec"), {"REPO": "u", "BRANCH": "main"})
+  assert sys.path[0] == ROOT
+  monkeypatch.setattr(sys, "path", [p for p in sys.path if p != ROOT])
+  monkeypatch.chdir(tmp_path)
   with pytest.raises(ModuleNotFoundError, match="checkout"):
     exec(compile(source, "install cell", "exec"), {"REPO": "u", "BRANCH": "main"})
