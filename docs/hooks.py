@@ -492,7 +492,7 @@ def _finding_pngs() -> list[str]:
 
 # ----------------------------------------------------------------------------- benchmarks
 
-BENCHMARK_FILES = ("benchmarks/results.md", "benchmarks/results-gpu.md", "benchmarks/results-autoattack.md")
+BENCHMARK_FILES = ("benchmarks/results.md", "benchmarks/results-gpu.md")
 _BLOCK = re.compile(r"<!-- benchmarks.run: begin.*?-->\n(.*?)<!-- benchmarks.run: end -->", re.S)
 
 
