@@ -229,9 +229,9 @@ def config_section() -> str:
   """Every config field with its schema default and its value at each dataset's presets."""
   from crp_jax.runner import config as schema  # pylint: disable=import-outside-toplevel
   from experiments.configs import get_config  # pylint: disable=import-outside-toplevel
-  columns = [("mnist5k", "small"), ("mnist5k", "control"), ("mnist", "paper"), ("svhn", "paper"),
-             ("cifar10", "paper")]
-  columns += [("cifar10", p) for p in schema.PRESETS if p not in ("small", "paper", "control")]
+  columns = [("mnist5k", "small"), ("mnist5k", "control"), ("mnist5k", "control_paper"), ("mnist", "paper"),
+             ("svhn", "paper"), ("cifar10", "paper")]
+  columns += [("cifar10", p) for p in schema.PRESETS if p not in ("small", "paper", "control", "control_paper")]
   base = _flatten(schema.base_config().to_dict())
   values = [_flatten(get_config(d, p).to_dict()) for d, p in columns]
   comments = _config_comments()

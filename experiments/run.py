@@ -36,7 +36,8 @@ def define_flags(argv: list[str]) -> None:
   flags.DEFINE_enum("dataset", "mnist5k", DATASETS, "Dataset; picks the config file.")
   flags.DEFINE_enum("preset", "small", PRESETS, "small: sized for a CPU; paper: the paper's settings; "
                     "short: the paper's protocol at about a GPU-hour per table (svhn, cifar10); "
-                    "control: PGD-AT beside standard and CRP (the positive control).")
+                    "control: PGD-AT beside standard and CRP (the positive control); control_paper: PGD-AT and "
+                    "TRADES at the paper's ε = 0.3 and 50 epochs (mnist, mnist5k).")
   flags.DEFINE_string("method", None, "Shorthand for --config.method (standard, crp, variable, pgd_at, trades).")
   flags.DEFINE_list("workdir", None, "Output folder (one); default "
                     "runs/<dataset>-<methods>-seed<seed>[-<preset>][-<changed fields>].")

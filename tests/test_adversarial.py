@@ -172,6 +172,19 @@ def test_the_control_preset_trains_pgd_at_beside_standard_and_crp_at_the_adversa
     assert c.eval.eps == c.adversary.eps and max(c.eval.eps_grid) >= 2 * c.adversary.eps - 1e-9
 
 
+def test_the_paper_control_trains_pgd_at_and_trades_at_the_papers_eps_and_length_on_mnist_only():
+  from experiments.configs import get_config  # pylint: disable=g-import-not-at-top
+  for dataset in ("mnist5k", "mnist"):
+    c = get_config(dataset, "control_paper")
+    validate(c, num_devices=1)
+    assert (c.method, c.compare_with, c.epochs) == ("pgd_at", "trades,standard", 50)
+    assert c.adversary.eps == c.eval.eps == 0.3 and c.adversary.steps * c.adversary.step_size >= c.adversary.eps
+    assert c.eval.strong and c.eval.num_targets == 9 and c.eval.apgd_steps == 100
+  for dataset in ("svhn", "cifar10"):
+    with pytest.raises(ValueError, match="control_paper"):
+      get_config(dataset, "control_paper")
+
+
 @pytest.mark.slow  # 45-70 s on 2 cores; run with pytest -m slow
 def test_a_three_model_run_reports_them_side_by_side(tmp_path):
   from crp_jax.runner import pipeline  # pylint: disable=g-import-not-at-top

@@ -27,12 +27,15 @@ DATASETS: tuple[str, ...] = DATASET_NAMES
 #: ``small``: sized for a CPU; ``paper``: the paper's settings (§4.1); ``short``: the paper's
 #: protocol at a length that answers "does CRP keep any robustness under AutoAttack?" in about a
 #: GPU-hour per table (SVHN and CIFAR-10 only); ``control``: the positive control, PGD-AT beside
-#: standard and CRP (``experiments/configs``).
-PRESETS: tuple[str, ...] = ("small", "paper", "short", "control")
+#: standard and CRP (``experiments/configs``); ``control_paper``: the control at the paper's MNIST
+#: radius and length, PGD-AT and TRADES beside standard (MNIST only).
+PRESETS: tuple[str, ...] = ("small", "paper", "short", "control", "control_paper")
 #: The presets a study (``python -m experiments.study``) runs at.
 STUDY_PRESETS: tuple[str, ...] = ("small", "paper", "short")
 #: The datasets with a ``short`` preset (the GPU datasets).
 SHORT_DATASETS: tuple[str, ...] = ("svhn", "cifar10")
+#: The datasets with a ``control_paper`` preset (the paper's ε = 0.3 is MNIST's).
+CONTROL_PAPER_DATASETS: tuple[str, ...] = ("mnist", "mnist5k")
 #: The strong protocol's ε sweep, as multiples of ``eval.eps``.
 EPS_GRID_FACTORS: tuple[float, ...] = (1 / 3, 2 / 3, 1.0, 4 / 3, 2.0)
 METHODS: tuple[str, ...] = ("standard", "crp", "variable", "pgd_at", "trades")

@@ -10,12 +10,16 @@ MNIST hyperparameters and the full strong protocol on these digits.
   python -m experiments.run                       # small preset
   python -m experiments.run --preset=paper
   python -m experiments.run --preset=control      # PGD-AT beside standard and CRP
+  python -m experiments.run --preset=control_paper   # PGD-AT and TRADES at ε = 0.3, 50 epochs
 
 ``control`` is the positive control: a PGD-AT LeNet (Madry et al.) trained
 beside the standard and CRP ones and attacked with them, at the adversary's
 radius ε = 0.1 (PGD-10 of step 0.025 inside each train step), with the
 small preset's attack budgets. It must come out robust under the strong
 protocol with every masking check passing; the other two must not.
+``control_paper`` is the same control at the paper's radius ε = 0.3 and
+length (50 epochs), with TRADES beside PGD-AT
+(``experiments.configs.control_paper``).
 """
 
 from experiments.configs import mnist
