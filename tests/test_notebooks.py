@@ -64,7 +64,9 @@ def outputs(nb: nbformat.NotebookNode) -> tuple[str, str, list[bytes]]:
   return "".join(text), "\n".join(markdown), images
 
 
-@pytest.mark.parametrize("devices", [1, 8])
+# Each notebook runs on one device count by default and on the other in the release check (pytest -m slow):
+# the device-count handling (fit_to_devices, the mesh cell) is the same code in both notebooks.
+@pytest.mark.parametrize("devices", [pytest.param(1, marks=pytest.mark.slow), 8])
 def test_quickstart_runs_top_to_bottom(devices, tmp_path, monkeypatch, jupyter_path):
   nb = execute("quickstart.ipynb", devices, tmp_path, monkeypatch, jupyter_path)
   text, markdown, images = outputs(nb)
@@ -81,7 +83,7 @@ def test_quickstart_runs_top_to_bottom(devices, tmp_path, monkeypatch, jupyter_p
   assert images[0] == (tmp_path / "runs" / "quickstart-tiny" / "robustness.png").read_bytes()
 
 
-@pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.parametrize("devices", [1, pytest.param(8, marks=pytest.mark.slow)])
 def test_paper_study_runs_top_to_bottom(devices, tmp_path, monkeypatch, jupyter_path):
   nb = execute("paper_study.ipynb", devices, tmp_path, monkeypatch, jupyter_path)
   text, markdown, images = outputs(nb)
