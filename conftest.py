@@ -10,4 +10,3 @@ os.environ.setdefault("CRP_COMPILATION_CACHE", tempfile.mkdtemp(prefix="crp-test
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-
