@@ -59,8 +59,9 @@ def control_paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   al.'s 40 steps of 0.01, with the same reach, so that a CPU trains them in
   about half an hour each; TRADES' β = 6), then evaluated with the same plan
   as the CRP runs of the paper-length tables: the paper's protocol and the
-  whole strong protocol (APGD-CE, APGD-T with 9 targets, Square with 1,000
-  queries) on 500 test digits, with every masking check. An evaluation that
+  whole strong protocol (AutoAttack standard: APGD-CE, APGD-T and FAB-T with
+  9 targets, Square with 1,000 queries) on 500 test digits, with every
+  masking check. An evaluation that
   reports 0 % for CRP must report clearly more here.
   """
   c = control(c)
