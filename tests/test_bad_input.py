@@ -5,13 +5,14 @@ bad value, exit with status 2, print no traceback, and leave its workdir
 exactly as it was (no new, changed or removed file or folder). Cases that
 need a previous run share one tiny run made once per module.
 
-The subprocesses run in parallel threads (each mostly pays Python and JAX
-import time), so the whole matrix takes about a minute.
+Each case is a fork of one server that has imported what the command
+imports (:mod:`tests.cli_server`), so a case costs its own work, not an
+interpreter start; the one that drops root's permissions runs as a real
+subprocess, since only an ``exec`` applies the dropped capabilities.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import os
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from tests import cli_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 2  # CRP_CPU_DEVICES of every run: odd batch sizes are bad input
@@ -167,8 +170,10 @@ def _command(args: tuple[str, ...], workdir: str | None, drop_dac: bool) -> list
 
 def _run(args: tuple[str, ...], workdir: str | None, env: dict[str, str],
          drop_dac: bool = False) -> subprocess.CompletedProcess:
-  return subprocess.run(_command(args, workdir, drop_dac), cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300, check=False)
+  if drop_dac and os.geteuid() == 0:
+    return subprocess.run(_command(args, workdir, drop_dac), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+  return cli_server.run("experiments.run", _command(args, workdir, False)[3:], env=env)
 
 
 def _make_workdir(case: Case, home: str, finished_run: str) -> str:
@@ -213,22 +218,13 @@ def _outcome(case: Case, home: str, workdir: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict[str, dict[str, Any]]:
-  """Runs every case once, in parallel, each in its own folder; records what it did.
-
-  The tiny run that some cases start from is made while the others run.
-  """
+  """Runs every case once, each in its own folder, after the tiny run that some cases start from; records what each did."""
   base = str(tmp_path_factory.mktemp("bad_input"))
   finished = os.path.join(base, "_finished_run")
+  made = _run(TINY_RUN, finished, _env(Case("", (), ())))
+  assert made.returncode == 0, made.stderr[-3000:]
   drop_ok = _can_drop_dac()
-  cases = [c for c in _cases() if drop_ok or not c.drop_dac]
-  with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    made = pool.submit(_run, TINY_RUN, finished, _env(Case("", (), ())))
-    futures = {c.id: pool.submit(_setup_and_run, c, base, finished)
-               for c in cases if not c.workdir.startswith("run")}
-    assert made.result().returncode == 0, made.result().stderr[-3000:]
-    futures.update({c.id: pool.submit(_setup_and_run, c, base, finished)
-                    for c in cases if c.workdir.startswith("run")})
-    return {name: f.result() for name, f in futures.items()}
+  return {c.id: _setup_and_run(c, base, finished) for c in _cases() if drop_ok or not c.drop_dac}
 
 
 def _setup_and_run(case: Case, base: str, finished_run: str) -> dict[str, Any]:

@@ -2,18 +2,19 @@
 
 Each bad invocation prints one line on stderr (``error: ...``) and exits 2
 before anything is written; the help exits 0 and lists the command's flags
-with their help text. None of these cases trains or loads anything, so the
-matrix runs in parallel threads in about a minute.
+with their help text. None of these cases trains or loads anything, so they
+run as forks of one server that has imported what every command imports
+(:mod:`tests.cli_server`): the whole matrix takes seconds.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import subprocess
-import sys
 
 import pytest
+
+from tests import cli_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ("run", "study", "evaluate", "certify")
@@ -48,17 +49,14 @@ BAD = (
 )
 
 
-def _run(command: str, *args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
-  env = {**os.environ, "PYTHONPATH": ROOT}
-  return subprocess.run([sys.executable, "-m", f"experiments.{command}", *args], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=300)
+def _run(command: str, *args: str) -> subprocess.CompletedProcess:
+  return cli_server.run(f"experiments.{command}", args)
 
 
 @pytest.fixture(scope="module")
 def helps() -> dict[tuple[str, str], subprocess.CompletedProcess]:
   cases = [(c, h) for c in COMMANDS for h in ("-h", "--help", "--helpfull")]
-  with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    return dict(zip(cases, pool.map(lambda case: _run(*case), cases)))
+  return {case: _run(*case) for case in cases}
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -84,8 +82,7 @@ def test_progress_defaults_agree(helps):
 
 @pytest.fixture(scope="module")
 def bad() -> dict[tuple[str, tuple[str, ...]], subprocess.CompletedProcess]:
-  with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    return dict(zip([(c, a) for c, a, _ in BAD], pool.map(lambda case: _run(case[0], *case[1]), BAD)))
+  return {(c, a): _run(c, *a) for c, a, _ in BAD}
 
 
 @pytest.mark.parametrize("command, args, message", BAD, ids=[f"{c}:{' '.join(a) or 'none'}" for c, a, _ in BAD])

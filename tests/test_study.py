@@ -15,6 +15,7 @@ from crp_jax.runner import atomic, checkpoint, pipeline
 from studies import cells as aggregate, common, engine as study_lib, k, registry, variable, white_black
 from experiments import cli
 from experiments.configs import get_config, study_config
+from tests import cli_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -162,9 +163,12 @@ TINY = ["--config.train_subset=96", "--config.batch_size=64", "--config.eval.att
         "--config.eval.strong=False", "--config.eval.apgd_steps=2", "--config.log_every_steps=1000"]
 
 
+def _study_args(tmp_path, *args) -> list[str]:
+  return ["--dataset=mnist5k", "--seeds=2", f"--runs_dir={tmp_path}/runs", f"--out={tmp_path}/results", *TINY, *args]
+
+
 def _study(tmp_path, *args):
-  cmd = [sys.executable, "-m", "experiments.study", "--dataset=mnist5k", "--seeds=2",
-         f"--runs_dir={tmp_path}/runs", f"--out={tmp_path}/results", *TINY, *args]
+  cmd = [sys.executable, "-m", "experiments.study", *_study_args(tmp_path, *args)]
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
@@ -231,7 +235,9 @@ def test_study_bad_input_is_one_line_and_writes_nothing(tmp_path):
                         (["--study=table1", "--shard=2/2"], "need 0 <= i < n"),
                         (["--study=table1", "--shard=1"], "expected i/n"),
                         (["--study=table1", "--out=/proc/crp-study"], "--out folder /proc/crp-study/table1")):
-    p = _study(tmp_path, *args)
+    # Forks of one server (tests/cli_server.py): these fail on their flags, so a new interpreter each would
+    # be nearly all of their cost.
+    p = cli_server.run("experiments.study", _study_args(tmp_path, *args))
     assert p.returncode == 2, (args, p.stderr)
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
   assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
