@@ -20,6 +20,7 @@ from crp_jax.runner import config as config_lib
 from crp_jax.runner.evaluators.strong import AUTOATTACK_KEY, STRONG_KEY, StrongProtocol
 from test_attacks import _norm, linear_problem, mnist_mlp  # noqa: F401  (mnist_mlp is a fixture)
 from test_attacks_strong import linear_multiclass
+from tests import cli_server
 
 
 # ----------------------------------------------------------------------------- the projection
@@ -290,12 +291,8 @@ _TINY_RUN = ["--progress=false", "--config.epochs=1", "--config.train_subset=128
 def test_evaluate_runs_autoattack_on_a_saved_checkpoint(tmp_path):
   import json
   import os
-  import subprocess
-  import sys
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {**os.environ, "CRP_CPU_DEVICES": "2"}
-  run = lambda *a: subprocess.run([sys.executable, "-m", *a], cwd=root, capture_output=True, text=True,
-                                  timeout=900, env=env)
+  run = lambda module, *a: cli_server.run(module, a, env=env, timeout=900)
   p = run("experiments.run", f"--workdir={tmp_path}", *_TINY_RUN)
   assert p.returncode == 0, p.stderr[-3000:]
   model = tmp_path / "crp"

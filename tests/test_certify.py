@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -12,6 +11,7 @@ import pytest
 from scipy import stats
 
 from crp_jax import certify
+from tests import cli_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,14 +124,14 @@ def trained(tmp_path_factory):
   cmd = [sys.executable, "-m", "experiments.run", f"--workdir={root}", "--progress=false", "--config.compare_with=",
          "--config.method=standard", "--config.epochs=1", "--config.train_subset=256", "--config.eval.attack_subset=8",
          "--config.eval.pgd_steps=(1,)", "--config.eval.batch_size=8", "--config.eval.strong=False"]
-  p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  p = cli_server.run(cmd[2], cmd[3:], timeout=600)
   assert p.returncode == 0, p.stderr[-3000:]
   return root
 
 
 def certify_cli(*args):
   cmd = [sys.executable, "-m", "experiments.certify", "--progress=false", *args]
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  return cli_server.run(cmd[2], cmd[3:], timeout=600)
 
 
 def test_certify_cli_writes_table_json_and_plot(trained):
@@ -158,16 +158,14 @@ def test_certify_cli_writes_table_json_and_plot(trained):
 
 def test_evaluate_cli_certifies_a_saved_model(trained):
   cmd = [sys.executable, "-m", "experiments.evaluate", f"--workdir={trained}", "--progress=false"]
-  p = subprocess.run(cmd + ["--config.eval.certify.sigma=0.25", "--config.eval.certify.n=200",
-                            "--config.eval.certify.num_examples=16"], cwd=ROOT,
-                     capture_output=True, text=True, timeout=600)
+  p = cli_server.run(cmd[2], cmd[3:] + ["--config.eval.certify.sigma=0.25", "--config.eval.certify.n=200",
+                                         "--config.eval.certify.num_examples=16"], timeout=600)
   assert p.returncode == 0, p.stderr[-3000:]
   assert "certified at L2 radius 0.5 |" in p.stdout and "Certified (a proof" in p.stdout
   section = json.loads((trained / "evaluation.json").read_text())["standard"]["evaluation"]["certify"]
   assert section["spec"]["sigma"] == 0.25 and section["spec"]["n"] == 200 and section["spec"]["n0"] == 100
   assert section["num_examples"] == 16 and len(section["certified_accuracy"]) == len(certify.DEFAULT_RADII)
-  bad = subprocess.run(cmd + ["--config.eval.certify.sigma=-1.0"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
+  bad = cli_server.run(cmd[2], cmd[3:] + ["--config.eval.certify.sigma=-1.0"], timeout=600)
   assert bad.returncode == 2 and "config.eval.certify.sigma=-1.0: must be > 0" in bad.stderr, bad.stderr[-2000:]
   assert len(bad.stderr.strip().splitlines()) == 1
 

@@ -9,6 +9,7 @@ nor a missing ``jupyter kernelspec install`` can change what runs.
 
 from __future__ import annotations
 
+import ast
 import base64
 import importlib.util
 import json
@@ -64,8 +65,9 @@ def outputs(nb: nbformat.NotebookNode) -> tuple[str, str, list[bytes]]:
   return "".join(text), "\n".join(markdown), images
 
 
-# Each notebook runs on one device count by default and on the other in the release check (pytest -m slow):
-# the device-count handling (fit_to_devices, the mesh cell) is the same code in both notebooks.
+# The quickstart runs by default on 8 devices; the release check (pytest -m slow) runs both notebooks on
+# 1 and 8: the device-count handling (fit_to_devices, the mesh cell) is the same code in both, and
+# test_every_cell_compiles_and_its_imports_resolve checks the study notebook's code in the default suite.
 @pytest.mark.parametrize("devices", [pytest.param(1, marks=pytest.mark.slow), 8])
 def test_quickstart_runs_top_to_bottom(devices, tmp_path, monkeypatch, jupyter_path):
   nb = execute("quickstart.ipynb", devices, tmp_path, monkeypatch, jupyter_path)
@@ -83,7 +85,8 @@ def test_quickstart_runs_top_to_bottom(devices, tmp_path, monkeypatch, jupyter_p
   assert images[0] == (tmp_path / "runs" / "quickstart-tiny" / "robustness.png").read_bytes()
 
 
-@pytest.mark.parametrize("devices", [1, pytest.param(8, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [1, 8])
 def test_paper_study_runs_top_to_bottom(devices, tmp_path, monkeypatch, jupyter_path):
   nb = execute("paper_study.ipynb", devices, tmp_path, monkeypatch, jupyter_path)
   text, markdown, images = outputs(nb)
@@ -99,6 +102,25 @@ def test_paper_study_runs_top_to_bottom(devices, tmp_path, monkeypatch, jupyter_
   assert images[0] == (out / "accuracy_vs_k.png").read_bytes()
   record = json.loads((out / "study.json").read_text())
   assert record["device_count"] == devices and len(record["runs"]) == 3
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "paper_study.ipynb"])
+def test_every_cell_compiles_and_its_imports_resolve(name):
+  """Without a kernel: each code cell is valid Python and every ``from m import a, b`` names what ``m`` has."""
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
+  cells = [c.source for c in nb.cells if c.cell_type == "code"]
+  assert cells
+  for i, source in enumerate(cells):
+    tree = ast.parse(source, f"{name} cell {i}")
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        for alias in node.names:
+          assert importlib.util.find_spec(alias.name) is not None, (name, i, alias.name)
+      elif isinstance(node, ast.ImportFrom):
+        module = importlib.import_module(node.module)
+        for alias in node.names:
+          assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), (
+              name, i, f"{node.module}.{alias.name}")
 
 
 def install_cell(name: str) -> str:

@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -15,6 +14,7 @@ from crp_jax.runner import pipeline, train, meshes, seeds
 from crp_jax.models import get_model
 from crp_jax.runner.config import base_config
 from experiments.configs import get_config
+from tests import cli_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUTS = ("config.json", "metrics.jsonl", "results.json", "report.md")
@@ -111,8 +111,7 @@ def test_default_job_runs_tiny_and_writes_its_outputs(tmp_path):
          "--config.epochs=1", "--config.train_subset=128", "--config.num_perturbations=2",
          "--config.eval.attack_subset=16", "--config.eval.pgd_steps=(2,)", "--config.eval.batch_size=16",
          "--config.eval.strong=False"]
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "CRP_CPU_DEVICES": "2"})
+  proc = cli_server.run(cmd[2], cmd[3:], env={**os.environ, "CRP_CPU_DEVICES": "2"}, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "| standard | crp |" in proc.stdout
   for method in ("standard", "crp"):

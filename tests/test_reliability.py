@@ -25,6 +25,7 @@ from crp_jax.runner import checkpoint, atomic, pipeline
 from crp_jax.runner.checkpoint import Checkpointer, CheckpointError
 from tools import kill_resume
 from experiments.configs import get_config
+from tests import cli_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI_TINY = ("--config.compare_with=", "--config.method=crp", "--config.num_perturbations=1",
@@ -47,8 +48,7 @@ def tiny_config() -> ml_collections.ConfigDict:
 def cli(workdir, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(CRP_CPU_DEVICES="2")
-  return subprocess.run([sys.executable, "-m", "experiments.run", f"--workdir={workdir}", *args],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+  return cli_server.run("experiments.run", [f"--workdir={workdir}", *args], env=env, timeout=timeout)
 
 
 def read_state(workdir: str) -> dict:

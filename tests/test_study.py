@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import ml_collections
 import numpy as np
@@ -168,8 +166,7 @@ def _study_args(tmp_path, *args) -> list[str]:
 
 
 def _study(tmp_path, *args):
-  cmd = [sys.executable, "-m", "experiments.study", *_study_args(tmp_path, *args)]
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  return cli_server.run("experiments.study", _study_args(tmp_path, *args), timeout=900)
 
 
 def test_tiny_study_through_the_cli_writes_table_json_and_figure(tmp_path):

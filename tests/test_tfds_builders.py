@@ -16,7 +16,6 @@ import io
 import json
 import os
 import socket
-import subprocess
 import sys
 import tarfile
 
@@ -29,6 +28,7 @@ from etils import epath
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
 from crp_jax import data
+from tests import cli_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
@@ -170,8 +170,7 @@ def _train_one_run(dataset: str, data_dir: epath.Path, workdir: epath.Path) -> d
   """``python -m experiments.run`` on the prepared data, offline; returns its results.json."""
   cmd = [sys.executable, "-m", "experiments.run", f"--dataset={dataset}", f"--tfds_data_dir={data_dir}",
          f"--workdir={workdir}", *TINY_RUN]
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, **OFFLINE, "CRP_CPU_DEVICES": "1"})
+  proc = cli_server.run(cmd[2], cmd[3:], env={**os.environ, **OFFLINE, "CRP_CPU_DEVICES": "1"}, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "tfds: preparing" not in proc.stderr  # read, not prepared again
   return json.loads((workdir / "crp" / "results.json").read_text())
