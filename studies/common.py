@@ -6,6 +6,7 @@ from typing import Any
 
 import ml_collections
 
+from crp_jax import attacks
 from studies import paper_numbers
 from studies.cells import Cell, Panel, Stat, Table, best_index, series, stat, ties
 from studies.engine import Context, Done, variant
@@ -102,10 +103,20 @@ def protocol_notes(ctx: Context, *, black_box: bool = False, best_of: bool = Fal
               "models; every (source, target) number is in study.json's black_box."] if black_box else []),
           *(["Best of N: the seed with the highest accuracy under PGD with the most steps, picked on the "
               "test set (as the paper does, so it is optimistic)."] if best_of else []),
-          (f"Strong protocol: APGD-CE ({e.apgd_steps} steps), APGD-T ({e.num_targets} target classes), "
-           f"Square ({e.square_queries} queries); worst case per example. FLAGs: masking checks that failed "
-           "(report.md of each run lists them).") if e.strong else
+          strong_note(e) if e.strong else
           "Strong protocol: not run (eval.strong=False), so nothing here is evidence of robustness.")
+
+
+def strong_note(e: ml_collections.ConfigDict) -> str:
+  """What the strong row measured: AutoAttack's chain at ``eval.autoattack``, else APGD-CE ∧ APGD-T ∧ Square."""
+  flags = "FLAGs: masking checks that failed (report.md of each run lists them)."
+  if e.get("autoattack"):
+    chain = attacks.autoattack_attacks(e.autoattack, eps=e.eps, apgd_steps=e.apgd_steps, fab_steps=e.fab_steps,
+                                       num_targets=e.num_targets, square_queries=e.square_queries)
+    return (f"Strong protocol: AutoAttack {e.autoattack}, {', '.join(s.label for s in chain)}, each attack on "
+            f"the examples the ones before left robust; the row is the accuracy after the last. {flags}")
+  return (f"Strong protocol: APGD-CE ({e.apgd_steps} steps), APGD-T ({e.num_targets} target classes), "
+          f"Square ({e.square_queries} queries); worst case per example (eval.autoattack is off: no FAB-T). {flags}")
 
 
 def curves(ctx: Context, xs: dict[str, float], xlabel: str) -> list[Panel]:

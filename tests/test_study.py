@@ -366,3 +366,12 @@ def test_tables_8_to_10_quote_the_paper_as_printed():
     for name, line in zip(names[dataset], lines):
       for column, cell in zip(columns[dataset], line.split("\t")[1:]):
         assert paper_numbers.quoted("adversarial", dataset, name, column) == as_printed(cell), (name, column)
+
+
+def test_the_strong_note_names_the_attacks_the_strong_row_ran():
+  e = study_config("mnist5k").eval
+  note = common.strong_note(e)
+  assert f"AutoAttack {e.autoattack}" in note and f"FAB-T ({e.fab_steps} steps, {e.num_targets} targets)" in note
+  e.autoattack = ""
+  note = common.strong_note(e)
+  assert "FAB-T" not in note.split("(eval.autoattack")[0] and "no FAB-T" in note
