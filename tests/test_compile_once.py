@@ -17,7 +17,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from crp_jax import attacks
+from crp_jax.data import Split
 from crp_jax.runner import train, meshes, seeds
+from crp_jax.runner.evaluators import batches as eval_batches
 from crp_jax.models import LeNet
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
@@ -132,3 +134,28 @@ def test_autoattack_compiles_once_across_new_parameters_and_frees_the_old_ones()
   # calls 2 and 3 compile nothing.
   assert compiles[0][1] == 6 and compiles[0][0] >= 6
   assert compiles[1:] == [(0, 0)] * (CALLS - 1), compiles
+
+
+def test_an_eps_grid_compiles_one_program_per_attack_and_gives_the_bits_of_constant_eps():
+  """ε and η are operands of run_specs' programs: five radii, one PGD and one APGD compile, same verdicts."""
+  mesh = meshes.make_mesh()
+  model = LeNet()
+  variables = model.init(jax.random.key(1), jnp.zeros((1, 28, 28, 1)), train=False)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (32, 28, 28, 1), dtype=np.uint8)
+  labels = np.asarray(jnp.argmax(model.apply(variables, images / 255.0, train=False), -1), np.int32)
+  split = Split(images=images, labels=labels, ids=np.arange(32), num_classes=10, image_shape=(28, 28, 1))
+  grid = (0.002, 0.01, 0.03, 0.1, 0.3)
+  specs = tuple(s for i, e in enumerate(grid) for s in (
+      attacks.AttackSpec("pgd", eps=e, steps=3, step_size=e / 4, last_iterate=True, name=f"pgd@{e}", key_path=(i,)),
+      attacks.AttackSpec("apgd", eps=e, steps=3, name=f"apgd@{e}", key_path=(i, 1))))
+  key = jax.random.key(2)
+  with backend_compiles() as events:
+    swept = eval_batches.run_specs(model, variables, split, specs, key, batch_size=16, mesh=mesh, progress=False)
+  assert len(events) == 2, events
+  for spec in specs:  # the same attack with ε a constant of its own program
+    alone = eval_batches.map_batches(eval_batches.correct_under(model, spec), variables, split.images,
+                                     split.labels, spec.key(key), batch_size=16, mesh=mesh, progress=False)
+    np.testing.assert_array_equal(swept[spec], alone)
+  accuracies = {float(swept[s].mean()) for s in specs}
+  assert len(accuracies) > 1, accuracies   # the radii matter: a program that ignored ε would fail here

@@ -6,12 +6,16 @@ examples. Which attacks run is the evaluation plan's business
 (:mod:`crp_jax.runner.evaluators`); this module only runs
 :class:`~crp_jax.attacks.AttackSpec` s. Attacks run in fixed-size batches
 sharded along the ``data`` axis of the mesh; each attack compiles once, and
-specs with equal settings run once.
+specs with equal settings run once. The radius ε and PGD's step η of the
+gradient attacks are operands of their programs, not constants, so a sweep
+over ε (the masking checks' ε grid, Fig. 3's curve) compiles each attack once.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
+
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -70,15 +74,16 @@ def take(split: Split, indices: np.ndarray) -> Split:
 
 def map_batches(fn: Callable, variables: Any, images: np.ndarray, labels: np.ndarray,
                 key: jax.Array, *, batch_size: int, mesh: Mesh, desc: str = "",
-                progress: bool = True) -> np.ndarray:
-  """Runs ``fn(variables, images, labels, key) -> (batch, ...)`` over all examples.
+                progress: bool = True, operands: tuple[float, ...] = ()) -> np.ndarray:
+  """Runs ``fn(variables, images, labels, key, *operands) -> (batch, ...)`` over all examples.
 
   Batches are sharded along the mesh's ``data`` axis, each process putting
   its own rows (:func:`~crp_jax.runner.distributed.global_batch`), and
   every process gets all the outputs. The last batch is
   padded with copies of the first examples (their results dropped), so
   every batch has one shape and ``fn`` compiles once. Batch ``b`` gets the
-  key ``fold_in(key, b)``.
+  key ``fold_in(key, b)``. ``operands`` are scalars passed replicated:
+  calls with the same ``fn`` and new operand values reuse its program.
 
   Returns:
     ``(N, ...)`` numpy array, the concatenated per-example outputs.
@@ -91,14 +96,16 @@ def map_batches(fn: Callable, variables: Any, images: np.ndarray, labels: np.nda
   data = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
   # Replicated outputs, so every process can fetch the whole batch's results.
-  jitted = jax.jit(fn, in_shardings=(replicated, data, data, replicated), out_shardings=replicated)
+  jitted = jax.jit(fn, in_shardings=(replicated, data, data, replicated) + (replicated,) * len(operands),
+                   out_shardings=replicated)
   variables = distributed.replicate(variables, mesh)
+  scalars = [np.float32(v) for v in operands]
   out = []
   for b in tqdm(range(len(idx) // batch_size), desc=desc, disable=not progress, leave=False):
     sl = idx[b * batch_size:(b + 1) * batch_size]
     batch = [distributed.global_batch(data, a[sl]) for a in (images, labels)]
     # Fetched per batch, so the progress bar follows the work, not the dispatch.
-    out.append(jax.device_get(jitted(variables, *batch, jax.random.fold_in(key, b))))
+    out.append(jax.device_get(jitted(variables, *batch, jax.random.fold_in(key, b), *scalars)))
   return np.concatenate(out)[:n]
 
 
@@ -113,20 +120,41 @@ def correct_under(model: nn.Module, spec: AttackSpec) -> Callable:
   return correct
 
 
+#: Attack kinds whose ε and η enter their programs as operands (their code is plain array arithmetic in both).
+RADIUS_OPERAND_KINDS = ("fgsm", "pgd", "apgd", "apgd_t")
+
+
+def _correct_at_radius(model: nn.Module, spec: AttackSpec) -> Callable:
+  """:func:`correct_under` of ``spec`` with ``(eps, step_size)`` as two extra traced arguments."""
+
+  def correct(variables, images, labels, key, eps, step_size):
+    at = dataclasses.replace(spec, eps=eps, step_size=step_size)
+    return correct_under(model, at)(variables, images, labels, key)
+
+  return correct
+
+
 def run_specs(model: nn.Module, variables: Any, split: Split, specs: tuple[AttackSpec, ...],
               root_key: jax.Array, *, batch_size: int, mesh: Mesh,
               progress: bool = True) -> dict[AttackSpec, np.ndarray]:
   """Per-example correctness of ``model`` on ``split`` under each spec, each keyed by ``spec.key(root_key)``.
 
-  Specs with equal :meth:`~crp_jax.attacks.AttackSpec.settings` run once and share the result.
+  Specs with equal :meth:`~crp_jax.attacks.AttackSpec.settings` run once and share the result; specs
+  of :data:`RADIUS_OPERAND_KINDS` that differ only in ε, η, key or name share one program.
   """
   done: dict[tuple, np.ndarray] = {}
+  programs: dict[tuple, Callable] = {}
   out = {}
   for spec in specs:
     if spec.settings() not in done:
-      done[spec.settings()] = map_batches(correct_under(model, spec), variables, split.images,
-                                          split.labels, spec.key(root_key), batch_size=batch_size,
-                                          mesh=mesh, desc=spec.name, progress=progress)
+      fn, operands = correct_under(model, spec), ()
+      if spec.kind in RADIUS_OPERAND_KINDS:
+        shape = dataclasses.replace(spec, eps=0.0, step_size=0.0, key_path=(), name="", label="")
+        fn = programs.setdefault(shape.settings(), _correct_at_radius(model, shape))
+        operands = (spec.eps, spec.step_size)
+      done[spec.settings()] = map_batches(fn, variables, split.images, split.labels, spec.key(root_key),
+                                          batch_size=batch_size, mesh=mesh, desc=spec.name,
+                                          progress=progress, operands=operands)
     out[spec] = done[spec.settings()]
   return out
 
