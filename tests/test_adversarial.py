@@ -150,9 +150,41 @@ def test_the_adversary_fields_are_read_only_by_the_adversarial_methods():
   assert train.TrainSpec.from_config(other).adversary == dataclasses.replace(train.AdversarySpec(), eps=0.2)
 
 
+def test_a_warm_up_at_its_default_keeps_every_saved_runs_fingerprint():
+  run = base_config()
+  run.method = "pgd_at"
+  old = run.to_dict()
+  del old["adversary"]["eps_warmup_epochs"]     # a run saved before the field existed
+  assert checkpoint.training_fingerprint(old) == checkpoint.training_fingerprint(run.to_dict())
+  run.epochs, run.adversary.eps_warmup_epochs = 10, 5.0
+  warm = run.to_dict()
+  run.adversary.eps_warmup_epochs = 0.0
+  assert checkpoint.training_fingerprint(warm) != checkpoint.training_fingerprint(run.to_dict())
+
+
+def test_the_warm_up_grows_the_radius_linearly_and_starts_from_the_clean_loss():
+  adv = train.AdversarySpec(eps=0.3, steps=3, step_size=0.1, eps_warmup_epochs=2.0)
+  scales = [float(adv.scale(jnp.int32(t), 10)) for t in (0, 5, 10, 20, 35)]
+  assert scales == [0.0, 0.25, 0.5, 1.0, 1.0]
+  assert train.AdversarySpec().scale(jnp.int32(0), 10) == 1.0   # no warm-up: the constant radius
+  w = jax.random.normal(jax.random.key(0), (4, 3))
+  x = jax.random.uniform(jax.random.key(1), (6, 4))
+  batch = {"label": jnp.arange(6) % 3}
+  logits = lambda z: z @ w
+  point_loss = lambda z, y: (optax.softmax_cross_entropy_with_integer_labels(logits(z), y), None)
+  spec = train.TrainSpec(method="pgd_at", adversary=adv)
+  objective = train.adversarial_objective(spec, jax.random.key(2), steps_per_epoch=10)
+  clean, _ = point_loss(x, batch["label"])
+  at = lambda t: objective(point_loss, x, batch, jnp.int32(t), logits)[0]
+  np.testing.assert_array_equal(at(0), clean)   # ε = 0 at the first step: x' = x exactly
+  assert float(at(5).mean()) > float(clean.mean()) and float(at(20).mean()) > float(at(5).mean())
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("adversary.eps", -0.1, r"adversary.eps=-0.1"), ("adversary.steps", 0, r"adversary.steps=0"),
     ("adversary.beta", -1.0, r"adversary.beta=-1.0"), ("adversary.step_size", 0.0, r"adversary.step_size=0.0"),
+    ("adversary.eps_warmup_epochs", -1.0, r"adversary.eps_warmup_epochs=-1.0"),
+    ("adversary.eps_warmup_epochs", 2.0, r"adversary.eps_warmup_epochs=2.0: must lie in \[0.0, 1.0\]"),
     ("compare_with", "standard,pgd", r"unknown method 'pgd'"),
     ("compare_with", "standard,standard", r"names a method twice")])
 def test_bad_adversary_and_comparison_fields_are_refused(field, value, match):

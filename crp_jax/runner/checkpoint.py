@@ -65,10 +65,17 @@ def without_unread(config: dict[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in config.items() if k != "adversary"}
 
 
+#: Training fields added after runs were saved and fingerprinted, with the default that trains as
+#: before: at that value a field is left out of :func:`training_fields`, so those runs keep their
+#: fingerprints and workdirs.
+LATER_FIELDS: dict[str, Any] = {"adversary.eps_warmup_epochs": 0.0}
+
+
 def training_fields(config: dict[str, Any]) -> dict[str, Any]:
-  """The flattened fields of ``config`` that shape the trained weights (all but :data:`SAFE_TO_CHANGE`
-  and the fields its method never reads)."""
-  return {k: v for k, v in sorted(flatten(without_unread(config)).items()) if not k.startswith(SAFE_TO_CHANGE)}
+  """The flattened fields of ``config`` that shape the trained weights (all but :data:`SAFE_TO_CHANGE`,
+  the fields its method never reads and :data:`LATER_FIELDS` at their defaults)."""
+  return {k: v for k, v in sorted(flatten(without_unread(config)).items())
+          if not k.startswith(SAFE_TO_CHANGE) and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
 
 def training_fingerprint(config: dict[str, Any], length: int = 8) -> str:

@@ -92,12 +92,15 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def adversary_config(*, eps: float, steps: int, step_size: float, beta: float = 6.0) -> ml_collections.ConfigDict:
-  """The inner attack of ``pgd_at`` and ``trades``: L∞ radius, PGD steps and step size, TRADES' β.
+def adversary_config(*, eps: float, steps: int, step_size: float, beta: float = 6.0,
+                     eps_warmup_epochs: float = 0.0) -> ml_collections.ConfigDict:
+  """The inner attack of ``pgd_at`` and ``trades``: L∞ radius, PGD steps and step size, TRADES' β, and
+  the epochs over which ε and the step grow linearly from 0 (0: none).
 
   Read only by the adversarial methods (other methods' runs do not depend on it).
   """
-  return ml_collections.ConfigDict({"eps": eps, "steps": steps, "step_size": step_size, "beta": beta})
+  return ml_collections.ConfigDict({"eps": eps, "steps": steps, "step_size": step_size, "beta": beta,
+                                    "eps_warmup_epochs": eps_warmup_epochs})
 
 
 def compared_methods(config: ml_collections.ConfigDict) -> list[str]:
@@ -272,6 +275,7 @@ def _validate_adversary(config: ml_collections.ConfigDict) -> None:
   _int_at_least(config, "adversary.steps", 1)
   _number_in(config, "adversary.step_size", 0.0, 1.0, open_low=True)
   _number_in(config, "adversary.beta", 0.0, 1e6)
+  _number_in(config, "adversary.eps_warmup_epochs", 0.0, float(config.epochs))
 
 
 def _validate_eval(config: ml_collections.ConfigDict) -> None:

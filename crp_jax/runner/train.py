@@ -44,11 +44,22 @@ Objective = Callable[[PointLoss, jax.Array, Batch, jax.Array, Callable[[jax.Arra
 
 @dataclasses.dataclass(frozen=True)
 class AdversarySpec:
-  """The inner attack of ``pgd_at`` and ``trades`` (``config.adversary``): L∞ radius, PGD steps and step, TRADES β."""
+  """The inner attack of ``pgd_at`` and ``trades`` (``config.adversary``): L∞ radius, PGD steps and step, TRADES β.
+
+  ``eps_warmup_epochs``: over the first that many epochs ε and the step grow
+  linearly from 0 to their values (0: the full radius from the first step).
+  """
   eps: float = 0.3
   steps: int = 40
   step_size: float = 0.01
   beta: float = 6.0
+  eps_warmup_epochs: float = 0.0
+
+  def scale(self, step: jax.Array, steps_per_epoch: int) -> jax.Array | float:
+    r"""The warm-up factor of training step ``step``: :math:`\min(1, t / (w \cdot \text{steps per epoch}))`."""
+    if self.eps_warmup_epochs == 0:
+      return 1.0
+    return jnp.minimum(1.0, step.astype(jnp.float32) / (self.eps_warmup_epochs * steps_per_epoch))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +172,7 @@ def make_objective(spec: TrainSpec, key: jax.Array, steps_per_epoch: int,
   if spec.method in config_lib.ADVERSARIAL_METHODS:
     if adversary_key is None:
       raise ValueError(f"method {spec.method!r} needs an adversary_key")
-    return adversarial_objective(spec, adversary_key)
+    return adversarial_objective(spec, adversary_key, steps_per_epoch)
   common = dict(key=key, eps=spec.perturbation_eps, distribution=spec.distribution,
                 clip=(0.0, 1.0) if spec.clip_perturbed else None)
 
@@ -178,7 +189,7 @@ def make_objective(spec: TrainSpec, key: jax.Array, steps_per_epoch: int,
   return objective
 
 
-def adversarial_objective(spec: TrainSpec, key: jax.Array) -> Objective:
+def adversarial_objective(spec: TrainSpec, key: jax.Array, steps_per_epoch: int = 1) -> Objective:
   """PGD-AT (the point loss at Madry's PGD-k point) or TRADES (clean loss + β·KL to TRADES' point).
 
   The inner attack runs on ``attack_logits``, the model in eval mode at
@@ -187,12 +198,16 @@ def adversarial_objective(spec: TrainSpec, key: jax.Array) -> Objective:
   step's accuracy metric is on the adversarial points. TRADES keeps the
   BatchNorm statistics of the clean pass. ``adversary.eps = 0`` (PGD-AT)
   or ``adversary.beta = 0`` (TRADES) trains exactly as ``standard`` does.
+  With ``adversary.eps_warmup_epochs`` the radius and step of step ``t``
+  are scaled by :meth:`AdversarySpec.scale` (``steps_per_epoch`` sets its
+  length).
   """
   adv = spec.adversary
-  budget = dict(eps=adv.eps, step_size=adv.step_size, num_steps=adv.steps)
 
   def objective(point_loss: PointLoss, x: jax.Array, batch: Batch, step: jax.Array, attack_logits):
     y, step_key = batch["label"], jax.random.fold_in(key, step)
+    scale = adv.scale(step, steps_per_epoch)
+    budget = dict(eps=adv.eps * scale, step_size=adv.step_size * scale, num_steps=adv.steps)
     if spec.method == "pgd_at":
       return point_loss(adversarial.pgd_at_inputs(attack_logits, x, y, key=step_key, **budget), y)
     x_adv = adversarial.trades_inputs(attack_logits, x, key=step_key, **budget)
