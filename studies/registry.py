@@ -53,8 +53,9 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
           evals=fig3_evals),
     Study("table8", "Table 8: black-box against G from a standard (A) and an adversarially trained model",
           "cifar10", table8_runs, table8, cross_runs=table8_cross),
-    Study("table9", "Table 9: G against Madry PGD-AT and TRADES on SVHN (trained here), beside the paper's quotes",
+    Study("table9", "Table 9 (SVHN in the paper): G against Madry PGD-AT and TRADES trained here, beside the "
+          "paper's quotes",
           "svhn", adversarial_runs, adversarial_table),
-    Study("table10", "Table 10: G against Madry PGD-AT and TRADES on CIFAR-10 (trained here), beside the paper's "
-          "quotes", "cifar10", adversarial_runs, adversarial_table),
+    Study("table10", "Table 10 (CIFAR-10 in the paper): G against Madry PGD-AT and TRADES trained here, beside "
+          "the paper's quotes", "cifar10", adversarial_runs, adversarial_table),
 )}
