@@ -3,7 +3,12 @@
 import os
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# The suite's XLA:CPU compile flags, beside the device count: XLA:CPU's loop emitters (not its fusion
+# emitters) and one codegen part per module compile small programs in about half the time, with the
+# optimisation level below (python -m benchmarks.probes.compile_flags_probe). The tests' subprocesses
+# keep them (tests/cli_server.py:without_device_count); the CLI, the studies and benchmarks/ do not.
+TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {TEST_XLA_FLAGS}")
 # The CLI runs of the tests share one compilation cache, away from ~/.cache.
 os.environ.setdefault("CRP_COMPILATION_CACHE", tempfile.mkdtemp(prefix="crp-test-xla-cache-"))
 # The suite checks results, not speed, and most of its time is XLA compiling small programs: at

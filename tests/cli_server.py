@@ -154,3 +154,12 @@ def run(module: str, args: Sequence[str], *, env: Mapping[str, str] | None = Non
 
 if __name__ == "__main__":
   serve()
+
+
+def without_device_count(environ: Mapping[str, str]) -> dict[str, str]:
+  """``environ`` less ``XLA_FLAGS``' fake device count (conftest's 4 devices), its other flags kept."""
+  env = dict(environ)
+  flags = [f for f in env.pop("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+  if flags:
+    env["XLA_FLAGS"] = " ".join(flags)
+  return env

@@ -141,7 +141,7 @@ def _file_state(path: str) -> tuple[int, int, str]:
 
 
 def _env(case: Case) -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = cli_server.without_device_count(os.environ)
   env["CRP_CPU_DEVICES"] = str(DEVICES)
   env.update(case.env)
   return env

@@ -21,6 +21,7 @@ import pytest
 from crp_jax import perturbations
 from crp_jax.runner import atomic, distributed, pipeline, train, seeds
 from crp_jax.runner.config import ConfigError
+from tests import cli_server
 from tools import compare_checkpoints, compare_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +46,7 @@ def free_port() -> int:
 
 
 def env_for(devices: int) -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}   # conftest's 4 fake devices
+  env = cli_server.without_device_count(os.environ)   # not conftest's 4 fake devices
   return {**env, "CRP_CPU_DEVICES": str(devices), "PYTHONPATH": ROOT}
 
 

@@ -21,7 +21,9 @@ import sys
 import nbclient  # the test extra's notebook packages: missing, the suite fails rather than skips
 import nbformat
 import pytest
+
 from ipykernel import kernelspec
+from tests import cli_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES_LINE = re.compile(r"on cpu: (\d+) device\(s\)")
@@ -42,8 +44,9 @@ def execute(name: str, devices: int, cwd, monkeypatch, jupyter_path: str) -> nbf
   # The checkout's top-level packages (experiments, studies) import as from the repository root: only crp_jax
   # is installed into site-packages.
   path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
-  env = {**os.environ, "CRP_NOTEBOOK_TINY": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path,
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  env = cli_server.without_device_count(os.environ)
+  flags = " ".join(f"--xla_force_host_platform_device_count={devices}".split() + env.get("XLA_FLAGS", "").split())
+  env.update(CRP_NOTEBOOK_TINY="1", JAX_PLATFORMS="cpu", PYTHONPATH=path, XLA_FLAGS=flags)
   client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600, allow_errors=False,
                                    resources={"metadata": {"path": str(cwd)}})
   client.execute(env=env)

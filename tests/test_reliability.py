@@ -46,7 +46,7 @@ def tiny_config() -> ml_collections.ConfigDict:
 
 
 def cli(workdir, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = cli_server.without_device_count(os.environ)
   env.update(CRP_CPU_DEVICES="2")
   return cli_server.run("experiments.run", [f"--workdir={workdir}", *args], env=env, timeout=timeout)
 
