@@ -18,5 +18,24 @@ os.environ.setdefault("CRP_COMPILATION_CACHE", tempfile.mkdtemp(prefix="crp-test
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Each worker keeps every program it compiles in the suite's persistent cache (the CLI runs' folder), so
+# a program another test compiled is loaded, not compiled again. Tests that count compiles turn it off
+# (tests/test_compile_once.py, tests/test_library_inputs.py).
+if os.environ["CRP_COMPILATION_CACHE"]:
+  jax.config.update("jax_compilation_cache_dir", os.environ["CRP_COMPILATION_CACHE"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+@pytest.fixture
+def no_persistent_cache():
+  """Every program of the test is compiled, none loaded from the suite's cache: for tests that count compiles."""
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+  before = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()   # JAX decides once whether the cache is used; ask again
+  yield
+  jax.config.update("jax_enable_compilation_cache", before)
+  compilation_cache.reset_cache()

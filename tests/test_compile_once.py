@@ -23,6 +23,7 @@ from crp_jax.runner.evaluators import batches as eval_batches
 from crp_jax.models import LeNet
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+pytestmark = pytest.mark.usefixtures("no_persistent_cache")
 CALLS = 3
 
 

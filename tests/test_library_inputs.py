@@ -141,6 +141,7 @@ CASES = (
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
+@pytest.mark.usefixtures("no_persistent_cache")
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_named_error_before_any_compile(case):
   compiles = []
