@@ -122,6 +122,8 @@ def adversarial_table(ctx: Context) -> Outcome:
   return Outcome((t,), {}, {}, common.protocol_notes(ctx, best_of=True) + tuple(notes) + (
       f"PGD-AT and TRADES: the library's baselines (crp_jax.adversarial) with config.adversary = "
       f"{ctx.base.adversary.steps} steps of {ctx.base.adversary.step_size:.4g} at ε = {ctx.base.adversary.eps:.4g} "
-      f"(TRADES β = {ctx.base.adversary.beta:g}), trained with the same trainer, length and evaluation plan as G. "
+      f"(TRADES β = {ctx.base.adversary.beta:g}; ε warm-up "
+      f"{ctx.base.adversary.get('eps_warmup_epochs', 0.0):g} epochs), trained with the same trainer, length and "
+      "evaluation plan as G. "
       "(paper: …) beside our PGD-AT and TRADES rows is the paper's number for that method, which it took from "
       "other work.",))

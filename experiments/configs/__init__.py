@@ -62,7 +62,10 @@ def control_paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   whole strong protocol (AutoAttack standard: APGD-CE, APGD-T and FAB-T with
   9 targets, Square with 1,000 queries) on 500 test digits, with every
   masking check. An evaluation that
-  reports 0 % for CRP must report clearly more here.
+  reports 0 % for CRP must report clearly more here. PGD-AT does not train
+  at this radius from the first step (its loss stays at ln 10): train it with
+  ``--config.compare_with= --config.adversary.eps_warmup_epochs=10``, ε
+  growing from 0 over the first 10 epochs (``results/control/mnist5k-paper``).
   """
   c = control(c)
   c.compare_with = "trades,standard"
