@@ -13,9 +13,8 @@ over ε (the masking checks' ε grid, Fig. 3's curve) compiles each attack once.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
-
 import dataclasses
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
