@@ -173,6 +173,8 @@ def test_the_warm_up_grows_the_radius_linearly_and_starts_from_the_clean_loss():
   logits = lambda z: z @ w
   point_loss = lambda z, y: (optax.softmax_cross_entropy_with_integer_labels(logits(z), y), None)
   spec = train.TrainSpec(method="pgd_at", adversary=adv)
+  with pytest.raises(ValueError, match="steps_per_epoch"):   # the warm-up's length has no default
+    train.adversarial_objective(spec, jax.random.key(2))
   objective = train.adversarial_objective(spec, jax.random.key(2), steps_per_epoch=10)
   clean, _ = point_loss(x, batch["label"])
   at = lambda t: objective(point_loss, x, batch, jnp.int32(t), logits)[0]

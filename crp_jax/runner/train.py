@@ -189,7 +189,7 @@ def make_objective(spec: TrainSpec, key: jax.Array, steps_per_epoch: int,
   return objective
 
 
-def adversarial_objective(spec: TrainSpec, key: jax.Array, steps_per_epoch: int = 1) -> Objective:
+def adversarial_objective(spec: TrainSpec, key: jax.Array, steps_per_epoch: int | None = None) -> Objective:
   """PGD-AT (the point loss at Madry's PGD-k point) or TRADES (clean loss + β·KL to TRADES' point).
 
   The inner attack runs on ``attack_logits``, the model in eval mode at
@@ -199,10 +199,12 @@ def adversarial_objective(spec: TrainSpec, key: jax.Array, steps_per_epoch: int 
   BatchNorm statistics of the clean pass. ``adversary.eps = 0`` (PGD-AT)
   or ``adversary.beta = 0`` (TRADES) trains exactly as ``standard`` does.
   With ``adversary.eps_warmup_epochs`` the radius and step of step ``t``
-  are scaled by :meth:`AdversarySpec.scale` (``steps_per_epoch`` sets its
-  length).
+  are scaled by :meth:`AdversarySpec.scale` (``steps_per_epoch``, required
+  then, sets its length).
   """
   adv = spec.adversary
+  if adv.eps_warmup_epochs and not steps_per_epoch:
+    raise ValueError("steps_per_epoch: required (a positive integer) with adversary.eps_warmup_epochs > 0")
 
   def objective(point_loss: PointLoss, x: jax.Array, batch: Batch, step: jax.Array, attack_logits):
     y, step_key = batch["label"], jax.random.fold_in(key, step)
