@@ -156,7 +156,8 @@ def test_an_eps_grid_compiles_one_program_per_attack_and_gives_the_bits_of_const
   assert len(events) == 2, events
   for spec in specs:  # the same attack with ε a constant of its own program
     alone = eval_batches.map_batches(eval_batches.correct_under(model, spec), variables, split.images,
-                                     split.labels, spec.key(key), batch_size=16, mesh=mesh, progress=False)
+                                     split.labels, spec.key(key), batch_size=16, mesh=mesh, progress=False,
+                                     ids=split.ids)
     np.testing.assert_array_equal(swept[spec], alone)
   accuracies = {float(swept[s].mean()) for s in specs}
   assert len(accuracies) > 1, accuracies   # the radii matter: a program that ignored ε would fail here

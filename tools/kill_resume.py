@@ -1,6 +1,7 @@
 r"""Kills a small training run anywhere, resumes it, and checks it ends bit-identical.
 
   python -m tools.kill_resume --kills=10 --seed=0
+  python -m tools.kill_resume --kills=5 --phase=evaluation   # every kill inside the evaluation
 
 First a reference run (``python -m experiments.run`` with a tiny config: 16
 steps, a checkpoint every 2) and an uninterrupted rerun, which must already
@@ -38,6 +39,7 @@ from typing import Any
 from absl import app, flags, logging
 
 from crp_jax.runner.checkpoint import QUARANTINE_DIR
+from crp_jax.runner.pipeline import EVAL_STATE_DIR
 
 
 
@@ -50,6 +52,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("devices", 2, "CPU devices of each run (CRP_CPU_DEVICES).")
   flags.DEFINE_bool("compilation_cache", True, "Share a persistent XLA compilation cache between runs.")
   flags.DEFINE_integer("jobs", 1, "Kill points run at the same time.")
+  flags.DEFINE_enum("phase", "any", ["any", "evaluation"],
+                    "any: kills anywhere (time, log, save); evaluation: every kill lands inside the evaluation "
+                    "(the strong protocol and AutoAttack at small budgets on), right after it saved a batch.")
 
 
 #: The run under test: 16 steps of CRP training with a checkpoint every 2 steps, then a small evaluation.
@@ -60,6 +65,14 @@ RUN_FLAGS: tuple[str, ...] = (
     "--config.max_checkpoints=2", "--config.eval.attack_subset=32", "--config.eval.batch_size=32",
     "--config.eval.pgd_steps=(1,)", "--config.eval.extra_step_size=0", "--config.eval.strong=false",
     "--progress=false")
+#: Added with --phase=evaluation: the strong protocol and AutoAttack standard at small budgets, so the
+#: evaluation saves many batches (eval.batch_size 8 on 32 examples) for the kills to land between.
+EVAL_FLAGS: tuple[str, ...] = (
+    "--config.eval.strong=true", "--config.eval.autoattack=standard", "--config.eval.batch_size=8",
+    "--config.eval.apgd_steps=5", "--config.eval.fab_steps=5", "--config.eval.num_targets=2",
+    "--config.eval.square_queries=20", "--config.eval.sweep_steps=(2,4)", "--config.eval.sweep_apgd_steps=(2,)",
+    "--config.eval.sweep_restarts=1", "--config.eval.eps_sweep_steps=2", "--config.eval.unbounded_steps=2",
+    "--config.eval.noise_samples=2")
 TOTAL_STEPS, EVERY = 16, 2  # 128 examples x 2 (clean + 1 draw) / 32 per batch x 2 epochs
 #: Fields of results.json that legitimately differ between runs.
 VOLATILE = ("training.seconds", "command")
@@ -74,7 +87,10 @@ class Kill:
   * ``time``: ``u`` times the reference run's duration after the start
     (anywhere: imports, data, compilation, training, evaluation, writing);
   * ``log``: right after ``metrics.jsonl`` logs a step, before its checkpoint;
-  * ``save``: while orbax writes a step's checkpoint (its temporary folder exists).
+  * ``save``: while orbax writes a step's checkpoint (its temporary folder exists);
+  * ``eval``: right after the evaluation saved a batch's results (a new file
+    in ``crp/evaluation_state``), the ``u``-quantile of the batches it still
+    has to save.
 
   The step of ``log`` and ``save`` is the ``u``-quantile of the steps the
   run still has to save, so a second kill after a restart still lands.
@@ -83,10 +99,11 @@ class Kill:
   u: float
 
 
-def plan(rng: random.Random) -> list[Kill]:
-  """One or two kills, each of a random mode."""
+def plan(rng: random.Random, phase: str = "any") -> list[Kill]:
+  """One or two kills, each of a random mode (``eval`` only with ``phase="evaluation"``)."""
   count = 1 if rng.random() < 0.6 else 2
-  return [Kill(rng.choice(("time", "log", "save")), rng.random()) for _ in range(count)]
+  modes = ("eval",) if phase == "evaluation" else ("time", "log", "save")
+  return [Kill(rng.choice(modes), rng.random()) for _ in range(count)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +111,10 @@ class Runner:
   """Starts ``experiments.run`` on ``model`` with the runs' environment."""
   env: dict[str, str]
   model: str
+  extra: tuple[str, ...] = ()
 
   @classmethod
-  def create(cls, root: str, model: str, devices: int, cache: bool) -> "Runner":
+  def create(cls, root: str, model: str, devices: int, cache: bool, extra: tuple[str, ...] = ()) -> "Runner":
     """``devices`` CPU devices, and the compilation cache under ``root`` if ``cache``."""
     env = dict(os.environ, CRP_CPU_DEVICES=str(devices))
     xla = [f for f in env.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
@@ -107,11 +125,11 @@ class Runner:
                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     else:  # no shared cache: a kill during a cache write must not touch later runs
       env["CRP_COMPILATION_CACHE"] = ""
-    return cls(env, model)
+    return cls(env, model, extra)
 
   def command(self, workdir: str) -> list[str]:
     return [sys.executable, "-m", "experiments.run", f"--workdir={workdir}",
-            f"--config.model={self.model}", *RUN_FLAGS]
+            f"--config.model={self.model}", *RUN_FLAGS, *self.extra]
 
   def start(self, workdir: str) -> subprocess.Popen:
     """Starts the run in ``workdir``; its output goes to ``<workdir>.log``."""
@@ -150,6 +168,11 @@ def logged_step(metrics_path: str) -> int:
   return json.loads(lines[-1])["step"] if lines else -1
 
 
+def eval_files(workdir: str) -> list[str]:
+  """The batch results the evaluation of the run in ``workdir`` has saved so far."""
+  return [n for n in _listdir(os.path.join(workdir, "crp", EVAL_STATE_DIR)) if n.endswith(".npz")]
+
+
 def target_step(when: Kill, ckpt_dir: str) -> int | None:
   """The step a ``log`` or ``save`` kill waits for, or ``None`` if no save is left."""
   done = max(saved_steps(ckpt_dir), default=0)
@@ -160,10 +183,15 @@ def target_step(when: Kill, ckpt_dir: str) -> int | None:
 class Watcher:
   """Tells when a run reaches a kill point, ignoring what earlier (killed) runs left behind."""
 
-  def __init__(self, when: Kill, workdir: str, duration: float):
+  def __init__(self, when: Kill, workdir: str, duration: float, eval_batches: int = 0):
+    self.workdir = workdir
     self.ckpt_dir = os.path.join(workdir, "crp", "checkpoints")
     self.metrics_path = os.path.join(workdir, "crp", "metrics.jsonl")
-    self.step = None if when.mode == "time" else target_step(when, self.ckpt_dir)
+    if when.mode == "eval":
+      done = len(eval_files(workdir))
+      self.step = done + 1 + int(when.u * (eval_batches - done)) if eval_batches > done else None
+    else:
+      self.step = None if when.mode == "time" else target_step(when, self.ckpt_dir)
     self.when = when if self.step is not None else Kill("time", when.u)
     self.deadline = time.monotonic() + when.u * duration
     self.start_ns = time.time_ns()
@@ -172,6 +200,8 @@ class Watcher:
   def reached(self) -> bool:
     if self.when.mode == "time":
       return time.monotonic() >= self.deadline
+    if self.when.mode == "eval":
+      return len(eval_files(self.workdir)) >= self.step
     if self.when.mode == "log":
       return _mtime_ns(self.metrics_path) > self.start_ns and logged_step(self.metrics_path) >= self.step
     current = set(tmp_dirs(self.ckpt_dir))
@@ -181,6 +211,7 @@ class Watcher:
   def describe(self) -> str:
     return {"time": "at a random time",
             "log": f"after the log of step {self.step}",
+            "eval": f"after the evaluation saved batch {self.step}",
             "save": f"during the save of step {self.step}"}[self.when.mode]
 
 
@@ -191,9 +222,9 @@ def _mtime_ns(path: str) -> int:
     return 0
 
 
-def kill(proc: subprocess.Popen, when: Kill, workdir: str, duration: float) -> str:
+def kill(proc: subprocess.Popen, when: Kill, workdir: str, duration: float, eval_batches: int = 0) -> str:
   """SIGKILLs ``proc`` where ``when`` says; returns where it landed."""
-  watcher = Watcher(when, workdir, duration)
+  watcher = Watcher(when, workdir, duration, eval_batches)
   t0 = time.monotonic()
   while proc.poll() is None:
     if watcher.reached():
@@ -296,14 +327,16 @@ def compare(ref_dir: str, workdir: str) -> list[str]:
     problems.append("results.json differs")
   if leftovers(workdir):
     problems.append(f"leftover temporary files: {', '.join(leftovers(workdir))}")
+  if os.path.isdir(os.path.join(workdir, "crp", EVAL_STATE_DIR)):
+    problems.append(f"{EVAL_STATE_DIR} left behind")
   return problems
 
 
 def kill_point(index: int, kills: list[Kill], root: str, ref_dir: str, runner: Runner,
-               duration: float) -> bool:
+               duration: float, eval_batches: int = 0) -> bool:
   """Runs one kill point to the end; prints its line; returns whether it matched."""
   workdir = os.path.join(root, f"kill{index}")
-  events = [kill(runner.start(workdir), k, workdir, duration) for k in kills]
+  events = [kill(runner.start(workdir), k, workdir, duration, eval_batches) for k in kills]
   try:
     finish(runner.start(workdir), workdir)
     problems = compare(ref_dir, workdir)
@@ -316,23 +349,29 @@ def kill_point(index: int, kills: list[Kill], root: str, ref_dir: str, runner: R
   return not problems
 
 
-def baseline(root: str, runner: Runner) -> tuple[str, float, list[str]]:
+def baseline(root: str, runner: Runner) -> tuple[str, float, list[str], int]:
   """The reference run, then an uninterrupted rerun compared with it.
 
   The rerun is the baseline for bit-identity and, with the compilation cache
   now warm, gives the duration that ``time`` kills span. Returns the
-  reference folder, that duration and what differs in the rerun.
+  reference folder, that duration, what differs in the rerun and how many
+  batch results the reference's evaluation saved.
   """
   ref_dir = os.path.join(root, "reference")
-  finish(runner.start(ref_dir), ref_dir)
+  proc, seen = runner.start(ref_dir), 0
+  while proc.poll() is None:   # how many batches the evaluation saves, for the eval kills
+    seen = max(seen, len(eval_files(ref_dir)))
+    time.sleep(POLL_S)
+  finish(proc, ref_dir)
   print(f"reference: {' '.join(['python', *runner.command(ref_dir)[1:]])}", flush=True)
   rerun = os.path.join(root, "rerun")
   t0 = time.monotonic()
   finish(runner.start(rerun), rerun)
   duration = time.monotonic() - t0
   problems = compare(ref_dir, rerun)
-  print(f"uninterrupted rerun ({duration:.0f} s): {'; '.join(problems) or 'bit-identical'}", flush=True)
-  return ref_dir, duration, problems
+  print(f"uninterrupted rerun ({duration:.0f} s): {'; '.join(problems) or 'bit-identical'}; "
+        f"the evaluation saved {seen} batch results", flush=True)
+  return ref_dir, duration, problems, seen
 
 
 def main(argv: list[str]) -> None:
@@ -340,12 +379,13 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   root = f.root or tempfile.mkdtemp(prefix="kill_resume-")
   os.makedirs(root, exist_ok=True)
-  runner = Runner.create(root, f.model, f.devices, f.compilation_cache)
-  ref_dir, duration, problems = baseline(root, runner)
+  runner = Runner.create(root, f.model, f.devices, f.compilation_cache,
+                         EVAL_FLAGS if f.phase == "evaluation" else ())
+  ref_dir, duration, problems, batches = baseline(root, runner)
   rng = random.Random(f.seed)
-  plans = [plan(rng) for _ in range(f.kills)]
+  plans = [plan(rng, f.phase) for _ in range(f.kills)]
   with concurrent.futures.ThreadPoolExecutor(max(f.jobs, 1)) as pool:
-    same = sum(pool.map(lambda ik: kill_point(ik[0] + 1, ik[1], root, ref_dir, runner, duration),
+    same = sum(pool.map(lambda ik: kill_point(ik[0] + 1, ik[1], root, ref_dir, runner, duration, batches),
                         enumerate(plans)))
   print(f"{same}/{f.kills} bit-identical")
   if not f.root:

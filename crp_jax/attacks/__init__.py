@@ -34,6 +34,17 @@ the integer options (they are static), pass the random ``key`` explicitly::
     attack = jax.jit(lambda x, y, key: pgd(logits_fn, x, y, key=key, eps=0.3,
                                            step_size=0.01, num_steps=40))
 
+Randomness is per example. Row ``b`` of a batch draws its random starts,
+restarts and Square's proposals from its own key, ``fold_in(key, b)`` when
+``key`` is one key; pass ``example_keys(key, ids)`` (one key per example,
+from each example's id) and an example draws the same bits at any batch
+size, chunking, order, device count or host count. AutoAttack and the CLI's
+evaluation key examples by their index in the data, so their draws do not
+depend on ``batch_size``. The model's own arithmetic may still differ in the
+last bits with the batch size (XLA picks kernels per shape), so a verdict
+on an example at the edge can still flip: the draws are invariant, the
+logits are as invariant as the model is.
+
 Steps run in ``lax.while_loop``, so the compile time does not grow with the
 number of steps. A loop stops as soon as every row has found a misclassified
 point, which changes nothing in the result (each row keeps its first such
@@ -53,7 +64,7 @@ from crp_jax._checks import check_data
 from crp_jax.attacks._apgd import apgd, apgd_targeted
 from crp_jax.attacks._autoattack import AutoAttackResult, Check, autoattack, robustbench_entry
 from crp_jax.attacks._fab import FabResult, fab, fab_with_info
-from crp_jax.attacks._core import LogitsFn, accuracy, correct, get_loss
+from crp_jax.attacks._core import LogitsFn, accuracy, correct, example_keys, get_loss
 from crp_jax.attacks._noise import random_noise
 from crp_jax.attacks._pgd import fgsm, pgd, projected_ascent
 from crp_jax.attacks._spec import AttackSpec, autoattack_attacks, run_attack, strong_attacks
@@ -76,6 +87,7 @@ __all__ = [
     "autoattack_attacks",
     "check_data",
     "correct",
+    "example_keys",
     "fab",
     "fab_with_info",
     "fgsm",

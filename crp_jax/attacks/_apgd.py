@@ -167,7 +167,8 @@ def apgd(
     logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
     x: ``(B, *shape)`` inputs inside ``clip``.
     y: ``(B,)`` integer labels.
-    key: PRNG key of the random starts.
+    key: PRNG key of the random starts: one key (row ``b`` draws from
+      ``fold_in(key, b)``) or ``(B,)`` keys, one per example (:func:`~crp_jax.attacks.example_keys`).
     eps: radius ε.
     norm: ``"linf"`` or ``"l2"``.
     num_steps: iterations N (static); N + 1 gradient evaluations.
@@ -248,7 +249,8 @@ def apgd_targeted(
     logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
     x: ``(B, *shape)`` inputs inside ``clip``.
     y: ``(B,)`` integer labels.
-    key: PRNG key of the random starts.
+    key: PRNG key of the random starts: one key (row ``b`` draws from
+      ``fold_in(key, b)``) or ``(B,)`` keys, one per example (:func:`~crp_jax.attacks.example_keys`).
     eps: radius ε.
     norm: ``"linf"`` or ``"l2"``.
     num_steps: iterations per target (static).

@@ -22,6 +22,7 @@ parameter, so an old model is freed when the caller drops it.
 from __future__ import annotations
 
 import collections
+import os
 import time
 from typing import Callable, NamedTuple, Sequence
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from crp_jax import _checks, cpu
 from crp_jax.attacks import _core
+from crp_jax.attacks._chain_state import ChainState, Finished, fingerprint
 from crp_jax.attacks._core import LogitsFn
 from crp_jax.attacks._spec import AttackSpec, autoattack_attacks, run_attack
 
@@ -72,29 +74,40 @@ def budget(spec: AttackSpec, num_classes: int) -> int:
 
 def run_in_order(specs: Sequence[AttackSpec], clean: np.ndarray, run: RunFn,
                  log: Callable[[str], None] | None = None,
-                 on_broken: Callable[[np.ndarray, np.ndarray], None] | None = None) -> Chain:
+                 on_broken: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                 state: ChainState | None = None) -> Chain:
   """Runs ``specs`` in order, each on the examples still robust; AutoAttack's loop.
 
   ``clean`` ``(N,)`` bool marks the examples classified correctly without
   attack: the only ones attacked. ``on_broken(indices, points)`` receives
-  the adversarial points of the examples each attack broke.
+  the adversarial points of the examples each attack broke. With ``state``
+  an attack it records as finished is not run again (its results and
+  points are read back), and each attack that finishes is recorded.
   """
   robust = np.asarray(clean, bool).copy()
   out = Chain({}, {}, {})
   for spec in specs:
     idx = np.flatnonzero(robust)
-    start = time.perf_counter()
-    if idx.size:
-      still, points = run(spec, idx)
-      broken = ~np.asarray(still, bool)
-      robust[idx[broken]] = False
-      if on_broken is not None and points is not None and broken.any():
-        on_broken(idx[broken], np.asarray(points)[broken])
+    done = state.finished.get(spec.name) if state is not None else None
+    if done is None:
+      start, previous = time.perf_counter(), state.current_seconds if state and state.current == spec.name else 0.0
+      broken, points = np.zeros(0, np.int64), None
+      if idx.size:
+        still, points = run(spec, idx)
+        hit = ~np.asarray(still, bool)
+        broken, points = idx[hit], None if points is None else np.asarray(points)[hit]
+      robust[broken] = False
+      done = Finished(robust.copy(), int(idx.size), previous + time.perf_counter() - start, broken, points)
+      if state is not None:
+        state.finish(spec.name, done)
+    robust = done.robust.copy()
+    if on_broken is not None and done.points is not None and done.broken.size:
+      on_broken(done.broken, done.points)
     out.robust_after[spec.name] = robust.copy()
-    out.attacked[spec.name], out.seconds[spec.name] = int(idx.size), time.perf_counter() - start
+    out.attacked[spec.name], out.seconds[spec.name] = done.attacked, done.seconds
     if log is not None:
       log(f"  {spec.name}: robust accuracy {100 * robust.mean():.2f}% ({robust.sum()}/{robust.size}) "
-          f"after {out.seconds[spec.name]:.1f} s on {idx.size} examples")
+          f"after {out.seconds[spec.name]:.1f} s on {done.attacked} examples")
   return out
 
 
@@ -147,32 +160,40 @@ def program(fn: Callable, *args) -> Program:
 
 
 def jitted_runner(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *,
-                  batch_size: int, clip: _core.Clip = (0.0, 1.0)) -> RunFn:
+                  batch_size: int, clip: _core.Clip = (0.0, 1.0), state: ChainState | None = None) -> RunFn:
   """A :data:`RunFn` for :func:`run_in_order`: ``spec`` jitted on chunks of the examples asked for.
 
-  Chunk ``c`` of an attack is keyed ``fold_in(spec.key(key), c)`` and padded
-  with copies of its first example (their results dropped). Each attack is
-  traced once per chunk size and runs through :func:`program`'s executables.
+  Example ``i`` (its index in ``x``) draws from ``fold_in(spec.key(key), i)``
+  (:func:`~crp_jax.attacks.example_keys`), so its draws do not depend on
+  ``batch_size`` or on which examples share its chunk. The last chunk is
+  padded with copies of its first example (their results dropped). Each
+  attack is traced once per chunk size and runs through :func:`program`'s
+  executables. With ``state`` each chunk is recorded as it finishes, and
+  chunks recorded before (by a run that was killed) are read, not rerun.
   """
   traced: dict[tuple[AttackSpec, int], Program] = {}
 
   def attack(spec: AttackSpec, *args) -> Program:
     if (spec, len(args[0])) not in traced:
-      def fn(x, y, k):
-        x_adv = run_attack(spec, logits_fn, x, y, key=k, clip=clip)
+      def fn(x, y, k, ids):
+        x_adv = run_attack(spec, logits_fn, x, y, key=_core.example_keys(k, ids), clip=clip)
         return _core.correct(logits_fn, x_adv, y), x_adv
       traced[spec, len(args[0])] = program(fn, *args)
     return traced[spec, len(args[0])]
 
   def run(spec: AttackSpec, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    still, points = [], []
-    for c, (start, count, size) in enumerate(_chunks(idx.size, batch_size)):
+    done = list(state.chunks_of(spec.name)) if state is not None else []
+    still, points = [c[0] for c in done], [c[1] for c in done]
+    for start, count, size in _chunks(idx.size, batch_size)[len(done):]:
+      begin = time.perf_counter()
       rows = idx[start:start + count]
       padded = np.concatenate([rows, np.full(size - count, rows[0])])
-      args = (x[padded], y[padded], jax.random.fold_in(spec.key(key), c))
+      args = (x[padded], y[padded], spec.key(key), padded.astype(np.int32))
       ok, x_adv = attack(spec, *args).run(*args)
       still.append(np.asarray(ok)[:rows.size])
       points.append(np.asarray(x_adv)[:rows.size])
+      if state is not None:
+        state.add_chunk(spec.name, still[-1], points[-1], time.perf_counter() - begin)
     return np.concatenate(still), np.concatenate(points)
 
   return run
@@ -326,6 +347,7 @@ def autoattack(
     batch_size: int = 500,
     clip: _core.Clip = (0.0, 1.0),
     log: Callable[[str], None] | None = print,
+    state_dir: str | os.PathLike | None = None,
     **budgets,
 ) -> AutoAttackResult:
   r"""AutoAttack (Croce & Hein 2020): its attacks in order, each on the examples still robust.
@@ -350,8 +372,8 @@ def autoattack(
     logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
     x: ``(N, *shape)`` inputs inside ``clip`` (NHWC for Square).
     y: ``(N,)`` integer labels.
-    key: PRNG key; attack ``a`` draws from ``spec.key(key)``, chunk ``c`` of
-      it from ``fold_in`` of that with ``c``.
+    key: PRNG key; example ``i`` of attack ``a`` draws from
+      ``fold_in(spec.key(key), i)``, whatever ``batch_size``.
     eps: radius ε.
     norm: ``"linf"`` or ``"l2"`` (AutoAttack's ``"Linf"``, ``"L2"`` too).
     version: ``"standard"`` or ``"plus"`` (ignored with ``custom``).
@@ -359,6 +381,11 @@ def autoattack(
     batch_size: examples per jitted call.
     clip: pixel range.
     log: where progress lines go (``None``: silent).
+    state_dir: a folder where the run records its progress after every
+      attack and chunk (atomically); called again with the same arguments
+      and folder, a run that was killed continues where it was and ends
+      with the same bits as an uninterrupted one. A folder holding another
+      run's state is refused (``ValueError``).
     **budgets: ``apgd_steps``, ``fab_steps``, ``num_targets``,
       ``square_queries``, ``restarts`` of :func:`autoattack_attacks`.
 
@@ -383,6 +410,8 @@ def autoattack(
   _checks.count(batch_size, "batch_size")
   for name, value in budgets.items():
     _checks.count(value, name)
+  if state_dir is not None and not isinstance(state_dir, (str, os.PathLike)):
+    raise TypeError(f"state_dir: expected a folder path (str or os.PathLike), got {type(state_dir).__name__}")
   version, specs = _resolve(version, custom, eps=eps, norm=norm, **budgets)
   x, y = jnp.asarray(x), jnp.asarray(y)
   logits = program(logits_fn, x).run(x)
@@ -391,13 +420,19 @@ def autoattack(
   if log is not None:
     log(f"AutoAttack {version} ({', '.join(s.name for s in specs)}), {norm} eps={eps:g}: "
         f"clean accuracy {100 * clean.mean():.2f}% on {clean.size} examples")
+  state = None
+  if state_dir is not None:
+    state = ChainState.open(state_dir, fingerprint(version, specs, eps, norm, batch_size, clip, key, x, y, logits))
+    if log is not None and (state.finished or state.chunks):
+      log(f"  resuming from {state.path}: {len(state.finished)} attack(s) finished, "
+          f"{len(state.chunks)} chunk(s) of {state.current or 'none'} done")
   x_adv = np.array(x)
 
   def keep(idx: np.ndarray, points: np.ndarray) -> None:
     x_adv[idx] = points
 
-  chain = run_in_order(specs, clean, jitted_runner(logits_fn, x, y, key, batch_size=batch_size, clip=clip),
-                       log, keep)
+  run = jitted_runner(logits_fn, x, y, key, batch_size=batch_size, clip=clip, state=state)
+  chain = run_in_order(specs, clean, run, log, keep, state)
   checks += square_check(specs, chain)
   for c in checks:
     if not c.passed and log is not None:

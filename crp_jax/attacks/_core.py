@@ -201,17 +201,64 @@ def random_start(key: jax.Array, x: jax.Array, eps: jax.Array, norm: Norm, clip:
   """A point drawn uniformly from the ε ball around each example, then clipped.
 
   L∞: ``δ ~ U(−ε, ε)^d``. L2: direction ``u = g/‖g‖`` with ``g ~ N(0, I)``
-  and radius ``ε·U^{1/d}``, i.e. uniform in volume.
+  and radius ``ε·U^{1/d}``, i.e. uniform in volume. Row ``b`` draws from its
+  own key (:func:`row_keys`), so its start does not depend on the other rows.
   """
+  keys = row_keys(key, x.shape[0])
   if norm == "linf":
-    delta = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * eps
+    delta = per_row(keys, lambda k: jax.random.uniform(k, x.shape[1:], x.dtype, -1.0, 1.0)) * eps
   else:
-    dir_key, radius_key = jax.random.split(key)
-    g = jax.random.normal(dir_key, x.shape, x.dtype)
-    d = x[0].size
-    radius = eps * jax.random.uniform(radius_key, x.shape[:1], x.dtype) ** (1.0 / d)
+    def one(k):
+      dir_key, radius_key = jax.random.split(k)
+      return jax.random.normal(dir_key, x.shape[1:], x.dtype), jax.random.uniform(radius_key, (), x.dtype)
+    g, u = jax.vmap(one)(keys)
+    radius = eps * u ** (1.0 / x[0].size)
     delta = g * rows_like(radius / (l2_norm(g) + _TINY), x)
   return clip_box(x + delta, clip)
+
+
+# ----------------------------------------------------------------------------- per-example keys
+# An attack's randomness is drawn per example: row b of a batch draws only from its
+# own key, so its draws are the same bits at any batch size, chunking, order or
+# device count. One key means row b's key is fold_in(key, b); a caller that splits
+# its data passes example_keys(key, ids) with each example's id instead.
+
+
+def is_key_batch(key: jax.Array) -> bool:
+  """Whether ``key`` holds one key per example (typed ``(B,)``, or raw ``uint32`` ``(B, 2)``)."""
+  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+  return key.ndim == (1 if typed else 2)
+
+
+def example_keys(key: jax.Array, ids: jax.Array) -> jax.Array:
+  """``(B,)`` keys, ``fold_in(key, ids[b])``: each example's own key, whatever batch it is in.
+
+  Pass these as an attack's ``key`` when you run the attack on parts of a
+  dataset (chunks, shards, a subset): example ``i`` then draws the same
+  random starts, targets' starts and Square proposals wherever it lands.
+  """
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids))
+
+
+def row_keys(key: jax.Array, batch: int) -> jax.Array:
+  """``(B,)`` keys of the rows: ``key`` as given if it holds ``B`` keys, else ``fold_in(key, b)`` for row ``b``."""
+  if not is_key_batch(key):
+    return example_keys(key, jnp.arange(batch))
+  if key.shape[0] != batch:
+    raise ValueError(f"key: {key.shape[0]} per-example keys for {batch} examples; pass one key, "
+                     f"or one per example (crp_jax.attacks.example_keys)")
+  return key
+
+
+def fold_rows(keys: jax.Array, data: int | jax.Array) -> jax.Array:
+  """``(B,)`` keys ``fold_in(keys[b], data)``: a new stream per row (a restart, an iteration)."""
+  return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
+
+
+def per_row(keys: jax.Array, draw: Callable[[jax.Array], jax.Array]) -> jax.Array:
+  """``draw(keys[b])`` stacked over rows: ``(B, *draw's shape)``."""
+  return jax.vmap(draw)(keys)
 
 
 # ----------------------------------------------------------------------------- best point
@@ -286,13 +333,16 @@ def repeat_runs(a: jax.Array, num_runs: int) -> jax.Array:
 
 def starts(key: jax.Array, x: jax.Array, eps: jax.Array, norm: Norm, clip: Clip, num_runs: int,
            random: bool = True) -> jax.Array:
-  """``(B·R, *shape)`` starting points: run ``r`` draws :func:`random_start` with ``fold_in(key, r)``.
+  """``(B·R, *shape)`` starting points: run ``r`` of row ``b`` draws :func:`random_start` with ``fold_in(key_b, r)``.
 
-  So run 0 starts at the same point whatever the number of runs.
+  ``key_b`` is row ``b``'s key (:func:`row_keys`). So run 0 starts at the
+  same point whatever the number of runs, and a row's starts whatever the
+  other rows.
   """
   if not random:
     return repeat_runs(x, num_runs)
-  draw = lambda r: random_start(jax.random.fold_in(key, r), x, eps, norm, clip)
+  keys = row_keys(key, x.shape[0])
+  draw = lambda r: random_start(fold_rows(keys, r), x, eps, norm, clip)
   stacked = jax.vmap(draw, out_axes=1)(jnp.arange(num_runs))  # (B, R, *shape)
   return stacked.reshape((-1,) + x.shape[1:])
 

@@ -166,12 +166,12 @@ def _step(logits_fn: LogitsFn, s: _State, x0: jax.Array, y: jax.Array, target: j
                 jnp.where(frozen, s.steps, new.steps))
 
 
-def _start(key: jax.Array, x: jax.Array, radius: jax.Array, norm: Norm, clip: Clip) -> jax.Array:
-  """A restart's first iterate: ``x`` plus a random direction scaled to norm ``radius`` (``ε/2``)."""
+def _start(keys: jax.Array, x: jax.Array, radius: jax.Array, norm: Norm, clip: Clip) -> jax.Array:
+  """A restart's first iterate: ``x`` plus a random direction scaled to norm ``radius`` (``ε/2``); row ``b`` draws from ``keys[b]``."""
   if norm == "linf":
-    t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+    t = _core.per_row(keys, lambda k: jax.random.uniform(k, x.shape[1:], x.dtype, -1.0, 1.0))
   else:
-    t = jax.random.normal(key, x.shape, x.dtype)
+    t = _core.per_row(keys, lambda k: jax.random.normal(k, x.shape[1:], x.dtype))
   t = t / _core.rows_like(jnp.maximum(_norm_rows(t, norm), _DUAL_TINY), x)
   return _core.clip_box(x + radius * t, clip)
 
@@ -257,7 +257,8 @@ def fab_with_info(
     logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
     x: ``(B, *shape)`` inputs inside ``clip``.
     y: ``(B,)`` integer labels.
-    key: PRNG key of the random restarts (restart 0 draws nothing).
+    key: PRNG key of the random restarts (restart 0 draws nothing): one key
+      (row ``b`` draws from ``fold_in(key, b)``) or ``(B,)`` keys, one per example.
     eps: the radius an ε-bounded evaluation counts success in, or ``None``
       for the pure minimum-norm attack. With ε, a run stops changing once
       it holds a point within ε (so ``early_stop`` returns the same bits and
@@ -302,7 +303,8 @@ def fab_with_info(
   within = lambda s: s.best_norm <= radius if eps is not None else jnp.zeros_like(s.best_norm, bool)
   starts = x0
   if restarts > 1:  # restart 0 of each target starts at x and draws nothing
-    starts = jax.vmap(lambda r: jnp.where(r % restarts == 0, x, _start(jax.random.fold_in(key, r), x,
+    keys = _core.row_keys(key, x.shape[0])
+    starts = jax.vmap(lambda r: jnp.where(r % restarts == 0, x, _start(_core.fold_rows(keys, r), x,
                                                                         0.5 * radius, norm, clip)),
                       out_axes=1)(jnp.arange(runs)).reshape(x0.shape)
   clean_adv = _core.misclassified(logits, y)

@@ -15,16 +15,19 @@ def random_noise(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Ar
   """The first of ``num_samples`` random sign perturbations ``x ± ε`` that fools the model.
 
   A corner of the ε cube is the strongest place for random L∞ noise; sample
-  ``s`` is ``clip(x + ε·sign(u)), u ~ U(−1, 1)`` with key ``fold_in(key, s)``.
+  ``s`` is ``clip(x + ε·sign(u)), u ~ U(−1, 1)``; row ``b`` draws it with
+  ``fold_in(key_b, s)`` of its own key (:func:`~crp_jax.attacks.example_keys`).
   If none fools the model, returns ``x``. Shapes: ``(B, ...) -> (B, ...)``;
   pixels in ``[0, 1]``.
   """
   _checks.attack_inputs(logits_fn, x, y, eps=eps)
   _checks.count(num_samples, "num_samples")
+  keys = _core.row_keys(key, x.shape[0])
 
   def body(i, carry):
     x_adv, fooled = carry
-    noise = eps * jnp.sign(jax.random.uniform(jax.random.fold_in(key, i), x.shape, minval=-1.0))
+    draw = lambda k: jax.random.uniform(k, x.shape[1:], minval=-1.0)
+    noise = eps * jnp.sign(_core.per_row(_core.fold_rows(keys, i), draw))
     cand = jnp.clip(x + noise, 0.0, 1.0)
     hit = jnp.argmax(logits_fn(cand), -1) != y
     return jnp.where(_core.rows_like(hit & ~fooled, x), cand, x_adv), fooled | hit

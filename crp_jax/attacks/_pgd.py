@@ -177,7 +177,8 @@ def pgd(
     logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
     x: ``(B, *shape)`` inputs inside ``clip``.
     y: ``(B,)`` integer labels.
-    key: PRNG key of the random starts.
+    key: PRNG key of the random starts: one key (row ``b`` draws from
+      ``fold_in(key, b)``) or ``(B,)`` keys, one per example (:func:`~crp_jax.attacks.example_keys`).
     eps: radius ε.
     step_size: step α.
     num_steps: number of gradient steps (static).

@@ -40,28 +40,31 @@ class _State(NamedTuple):
   queries: jax.Array  # (B,) int32
 
 
-def _window(key: jax.Array, x: jax.Array, side: jax.Array) -> jax.Array:
-  """``(B, h, w, 1)`` bool mask of one ``side × side`` square per example, at a uniform position."""
-  batch, height, width = x.shape[:3]
-  key_h, key_w = jax.random.split(key)
-  top = jax.random.randint(key_h, (batch, 1), 0, height - side + 1)
-  left = jax.random.randint(key_w, (batch, 1), 0, width - side + 1)
+def _window(keys: jax.Array, x: jax.Array, side: jax.Array) -> jax.Array:
+  """``(B, h, w, 1)`` bool mask of one ``side × side`` square per example, at a uniform position drawn from ``keys[b]``."""
+  height, width = x.shape[1:3]
+
+  def corner(k):
+    key_h, key_w = jax.random.split(k)
+    return (jax.random.randint(key_h, (1,), 0, height - side + 1),
+            jax.random.randint(key_w, (1,), 0, width - side + 1))
+
+  top, left = jax.vmap(corner)(keys)
   rows, cols = jnp.arange(height)[None, :], jnp.arange(width)[None, :]
   in_rows = (rows >= top) & (rows < top + side)
   in_cols = (cols >= left) & (cols < left + side)
   return in_rows[:, :, None, None] & in_cols[:, None, :, None]
 
 
-def _candidate(key: jax.Array, x: jax.Array, x_best: jax.Array, eps: jax.Array, side: jax.Array,
+def _candidate(keys: jax.Array, x: jax.Array, x_best: jax.Array, eps: jax.Array, side: jax.Array,
                clip: Clip) -> jax.Array:
-  """``x_best`` with one square set to ``x ± ε`` (one sign per channel).
+  """``x_best`` with one square set to ``x ± ε`` (one sign per channel); row ``b`` draws from ``keys[b]``.
 
   If that changes nothing (the square already holds those values) the signs
   are flipped, as the reference code redraws until something changes.
   """
-  key_window, key_sign = jax.random.split(key)
-  mask = _window(key_window, x, side)
-  sign = jax.random.rademacher(key_sign, x.shape[:1] + (1, 1) + x.shape[3:], x.dtype)
+  mask = _window(_core.fold_rows(keys, 0), x, side)
+  sign = _core.per_row(_core.fold_rows(keys, 1), lambda k: jax.random.rademacher(k, (1, 1) + x.shape[3:], x.dtype))
   proposal = jnp.where(mask, _core.clip_box(x + eps * sign, clip), x_best)
   unchanged = ~jnp.any(jnp.abs(proposal - x_best) > 1e-7, axis=(1, 2, 3))
   flipped = jnp.where(mask, _core.clip_box(x - eps * sign, clip), x_best)
@@ -82,13 +85,13 @@ def _query(logits_fn: LogitsFn, s: _State, x_new: jax.Array, y: jax.Array) -> _S
   )
 
 
-def _init(logits_fn: LogitsFn, key: jax.Array, x: jax.Array, y: jax.Array, eps: jax.Array,
+def _init(logits_fn: LogitsFn, keys: jax.Array, x: jax.Array, y: jax.Array, eps: jax.Array,
           clip: Clip) -> _State:
   """Query the clean input (1 query), then vertical stripes ``x ± ε`` (1 more if still robust)."""
   logits = logits_fn(x)
   clean = _State(x, _core.margin_loss(logits, y), _core.misclassified(logits, y),
                  jnp.ones(x.shape[:1], jnp.int32))
-  stripes = jax.random.rademacher(key, x.shape[:1] + (1,) + x.shape[2:], x.dtype)
+  stripes = _core.per_row(keys, lambda k: jax.random.rademacher(k, (1,) + x.shape[2:], x.dtype))
   x_init = _core.clip_box(x + eps * stripes, clip)
   # −∞: the stripes replace the clean input whatever their margin, as in the reference.
   return _query(logits_fn, clean._replace(loss_best=jnp.full_like(clean.loss_best, -jnp.inf)),
@@ -124,7 +127,8 @@ def square_with_info(
     logits_fn: ``(B, h, w, c) -> (B, C)`` logits, per-example independent.
     x: ``(B, h, w, c)`` NHWC inputs inside ``clip``.
     y: ``(B,)`` integer labels.
-    key: PRNG key of the search.
+    key: PRNG key of the search: one key (row ``b`` draws from
+      ``fold_in(key, b)``) or ``(B,)`` keys, one per example.
     eps: L∞ radius ε.
     num_queries: query budget per example, ≥ 2 (static).
     p_init: initial fraction of pixels changed per iteration.
@@ -149,13 +153,14 @@ def square_with_info(
   _checks.count(num_queries, "num_queries", 2)   # the clean input and the stripes
   eps = _core.as_scalar(eps, x)
   sides = jnp.asarray(square_sizes(num_queries, p_init, x.shape[1], x.shape[2]))
-  init_key, search_key = jax.random.split(key)
+  keys = _core.row_keys(key, x.shape[0])
+  init_keys, search_keys = _core.fold_rows(keys, 0), _core.fold_rows(keys, 1)
 
   def body(i, s: _State) -> _State:
-    x_new = _candidate(jax.random.fold_in(search_key, i), x, s.x_best, eps, sides[i], clip)
+    x_new = _candidate(_core.fold_rows(search_keys, i), x, s.x_best, eps, sides[i], clip)
     return _query(logits_fn, s, x_new, y)
 
-  s = _init(logits_fn, init_key, x, y, eps, clip)
+  s = _init(logits_fn, init_keys, x, y, eps, clip)
   if num_queries > 2:  # the loop body indexes `sides`, which is empty otherwise
     s = _core.steps_until_done(num_queries - 2, body, s, lambda s: s.done, early_stop)
   return s.x_best, s.queries

@@ -52,7 +52,8 @@ def strong_eval(
     logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
     x: ``(B, *shape)`` inputs inside ``clip`` (NHWC for Square).
     y: ``(B,)`` integer labels.
-    key: PRNG key of all attacks.
+    key: PRNG key of all attacks (one key; row ``b`` of attack ``a`` draws
+      from ``fold_in(fold_in(key, a), b)``).
     eps: radius ε.
     norm: ``"linf"`` or ``"l2"``.
     apgd_steps: iterations of APGD-CE and of APGD-T per target (static).

@@ -9,40 +9,25 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
+from crp_jax import _files
 from crp_jax.runner import distributed
 
 #: Prefix of the temporary files :func:`atomic_write_text` renames into place.
-TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = _files.TEMP_PREFIX
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-  """Writes ``data`` to ``path`` via a temp file in the same folder and a rename.
+  """Writes ``data`` to ``path`` via a temp file in the same folder and a rename (:func:`crp_jax._files.write_bytes`).
 
   A crash (or SIGKILL) mid-write leaves the previous file intact, because
   ``os.replace`` is atomic on POSIX within one file system; at worst a
   stray temp file remains, which :func:`remove_stale_temps` deletes.
   Only process 0 writes.
   """
-  if not distributed.is_writer():
-    return
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
-  try:
-    os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  _fsync_dir(folder)
+  if distributed.is_writer():
+    _files.write_bytes(path, data)
 
 
 def atomic_write_text(path: str, text: str | bytes) -> None:
@@ -50,18 +35,10 @@ def atomic_write_text(path: str, text: str | bytes) -> None:
   atomic_write_bytes(path, text if isinstance(text, bytes) else text.encode("utf-8"))
 
 
-def _fsync_dir(folder: str) -> None:
-  """Makes a rename in ``folder`` durable across a power loss (best effort)."""
-  try:
-    fd = os.open(folder, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
+def write_arrays(path: str, arrays: dict[str, Any]) -> None:
+  """Writes ``arrays`` as one ``.npz`` file atomically, like :func:`atomic_write_bytes` (process 0 only)."""
+  if distributed.is_writer():
+    _files.write_arrays(path, arrays)
 
 
 def remove_stale_temps(folder: str) -> list[str]:
@@ -70,13 +47,7 @@ def remove_stale_temps(folder: str) -> list[str]:
   Only call it when no other process writes to ``folder``; only process 0
   deletes. Returns their names.
   """
-  if not distributed.is_writer() or not os.path.isdir(folder):
-    return []
-  stale = sorted(n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX)
-                 and os.path.isfile(os.path.join(folder, n)))
-  for name in stale:
-    os.remove(os.path.join(folder, name))
-  return stale
+  return _files.remove_stale_temps(folder) if distributed.is_writer() else []
 
 
 def write_json(path: str, obj: Any) -> None:

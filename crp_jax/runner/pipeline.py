@@ -7,6 +7,7 @@ check that can fail on user input runs before the first file is written.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import Any, NamedTuple
 
@@ -69,18 +70,33 @@ def train_one(config: ml_collections.ConfigDict, workdir: str, train_split: data
   return Trained(config, model, state.variables()), info
 
 
-def as_model(trained: Trained) -> evaluators.Model:
-  """``trained`` as the evaluation plan takes it: module, variables, eval config and the run's eval key."""
+#: The folder in a model's workdir where its evaluation keeps each batch's results until it is written.
+EVAL_STATE_DIR = "evaluation_state"
+
+
+def as_model(trained: Trained, workdir: str | None = None) -> evaluators.Model:
+  """``trained`` as the evaluation plan takes it: module, variables, eval config, the run's eval key, and
+  where its evaluation keeps its progress (``<workdir>/evaluation_state``)."""
   return evaluators.Model(trained.model, trained.variables, trained.config.eval,
-                          seeds.run_keys(trained.config.seed)["eval"])
+                          seeds.run_keys(trained.config.seed)["eval"],
+                          None if workdir is None else os.path.join(workdir, EVAL_STATE_DIR))
 
 
 def evaluate_all(entries: dict[str, Trained], test: data.Split, *, mesh: jax.sharding.Mesh,
-                 progress: bool = True, only: tuple[str, ...] | None = None) -> dict[str, dict[str, Any]]:
+                 progress: bool = True, only: tuple[str, ...] | None = None,
+                 workdirs: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
   """Each model's ``evaluation`` record: its config's evaluation plan (``only``: those evaluators), transfer
-  between the models."""
-  models = {n: as_model(t) for n, t in entries.items()}
+  between the models. With ``workdirs`` (model name -> its folder) an evaluation killed midway resumes
+  from the batches it had finished; :func:`drop_eval_state` removes them once the outputs are written."""
+  models = {n: as_model(t, (workdirs or {}).get(n)) for n, t in entries.items()}
   return evaluators.evaluate_models(models, test, mesh=mesh, progress=progress, only=only)
+
+
+def drop_eval_state(workdirs: dict[str, str]) -> None:
+  """Removes the models' evaluation progress (:data:`EVAL_STATE_DIR`): their outputs are written."""
+  if distributed.is_writer():
+    for d in workdirs.values():
+      shutil.rmtree(os.path.join(d, EVAL_STATE_DIR), ignore_errors=True)
 
 
 def result_record(trained: Trained, training: dict[str, Any], evaluation: dict[str, Any],
@@ -143,12 +159,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   for m in methods_of(config):
     entries[m], training[m] = train_one(method_config(config, m), os.path.join(workdir, m), train_split,
                                         mesh=train_mesh, progress=progress)
-  final = evaluate_all(entries, test, mesh=mesh, progress=progress)
+  dirs = {m: os.path.join(workdir, m) for m in entries}
+  final = evaluate_all(entries, test, mesh=mesh, progress=progress, workdirs=dirs)
   results = {m: result_record(entries[m], training[m], final[m], command) for m in entries}
   for m in entries:
     write_outputs(os.path.join(workdir, m), {m: results[m]}, command)
   atomic.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   text = write_outputs(workdir, results, command)
+  drop_eval_state(dirs)
   distributed.sync("crp_jax-run-written")
   return text
 
@@ -239,7 +257,8 @@ def evaluate_saved(workdirs: list[str], *, eval_overrides: dict[str, Any] | None
   ``evaluation.json``/``.md``/``.png`` beside the first."""
   distributed.agree("models and evaluation settings", [workdirs, eval_overrides])
   saved = load_saved(workdirs, eval_overrides)
-  final = evaluate_all(saved.entries, saved.test, mesh=meshes.make_mesh(), progress=progress)
+  final = evaluate_all(saved.entries, saved.test, mesh=meshes.make_mesh(), progress=progress,
+                       workdirs=saved.dirs)
   results = {n: result_record(t, {"steps": None, "seconds": 0.0, "workdir": saved.dirs[n]}, final[n], command)
              for n, t in saved.entries.items()}
   out = workdirs[0]
@@ -248,6 +267,7 @@ def evaluate_saved(workdirs: list[str], *, eval_overrides: dict[str, Any] | None
   atomic.atomic_write_text(os.path.join(out, "evaluation.md"), text)
   report.plot_curves(results, os.path.join(out, "evaluation.png"))
   write_robustbench(out, results)
+  drop_eval_state(saved.dirs)
   distributed.sync("crp_jax-evaluation-written")
   return text
 

@@ -105,25 +105,26 @@ def measure(plan: tuple[Evaluator, ...], model: Model, test: Split, *, mesh: Mes
   indices = batches.subset_indices(test.num_examples, cfg.attack_subset)
   subset = batches.take(test, indices)
   common = dict(batch_size=cfg.batch_size, mesh=mesh, progress=progress)
+  store = batches.open_store(model.state_dir, model.variables)
   specs = {s: None for e in plan for s in e.specs}
   # Clean accuracy is measured once on the whole split; the subset's is a slice of it.
   clean = AttackSpec("clean", name="clean", label="No attack")
   full = batches.run_specs(model.module, model.variables, test, (clean,), model.key, **common)[clean]
   correct = batches.run_specs(model.module, model.variables, subset,
-                               tuple(s for s in specs if s.kind != "clean"), model.key, **common)
+                               tuple(s for s in specs if s.kind != "clean"), model.key, store=store, **common)
   correct.update({s: full[indices] for s in specs if s.kind == "clean"})
   gradients = None
   if any(e.needs_gradients for e in plan):
     gradients = batches.map_batches(batches.gradient_stats(model.module), model.variables, subset.images,
                                      subset.labels, model.key, desc="gradients", **common)
-  chains = {e.name: run_chain(e.chain, full[indices], correct, model, subset, **common)
+  chains = {e.name: run_chain(e.chain, full[indices], correct, model, subset, store=store, **common)
             for e in plan if e.chain}
   extra = {e.name: e.measure(model, test, mesh=mesh, progress=progress) for e in plan if hasattr(e, "measure")}
   return batches.Measurements(full, int(test.num_examples), correct, gradients, chains=chains, extra=extra)
 
 
 def run_chain(specs: tuple[AttackSpec, ...], clean: np.ndarray, measured: dict[AttackSpec, np.ndarray],
-              model: Model, subset: Split, **common) -> _autoattack.Chain:
+              model: Model, subset: Split, store: batches.Store | None = None, **common) -> _autoattack.Chain:
   """``specs`` in order on the examples of ``subset`` still robust, AutoAttack's loop.
 
   A spec already in ``measured`` (run on the whole subset) is read there;
@@ -133,7 +134,8 @@ def run_chain(specs: tuple[AttackSpec, ...], clean: np.ndarray, measured: dict[A
     if spec in measured:
       return measured[spec][idx], None
     part = batches.take(subset, idx)
-    return batches.run_specs(model.module, model.variables, part, (spec,), model.key, **common)[spec], None
+    return batches.run_specs(model.module, model.variables, part, (spec,), model.key, store=store,
+                             **common)[spec], None
 
   return _autoattack.run_in_order(specs, clean, run)
 

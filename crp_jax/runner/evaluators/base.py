@@ -13,11 +13,16 @@ from crp_jax.runner.evaluators.batches import Measurements
 
 
 class Model(NamedTuple):
-  """A model to evaluate: its module, eval-mode variables, eval config and root key."""
+  """A model to evaluate: its module, eval-mode variables, eval config and root key.
+
+  ``state_dir``: where the evaluation keeps each batch's results as it
+  goes, so that one killed at any point resumes (``None``: it keeps none).
+  """
   module: nn.Module
   variables: Any
   cfg: ml_collections.ConfigDict
   key: jax.Array
+  state_dir: str | None = None
 
 
 class Evaluator(Protocol):

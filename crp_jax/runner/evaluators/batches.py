@@ -14,6 +14,7 @@ over ε (the masking checks' ε grid, Fig. 3's curve) compiles each attack once.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -25,9 +26,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from crp_jax import attacks
-from crp_jax.attacks import AttackSpec, _autoattack
+from crp_jax.attacks import AttackSpec, _autoattack, _chain_state
 from crp_jax.data import Split, to_float
-from crp_jax.runner import distributed
+from crp_jax.runner import atomic, distributed
 
 
 class Measurements(NamedTuple):
@@ -71,18 +72,67 @@ def take(split: Split, indices: np.ndarray) -> Split:
                num_classes=split.num_classes, image_shape=split.image_shape)
 
 
+class Store(NamedTuple):
+  """Each batch's results of an evaluation in ``folder``, written as they finish, so a killed one resumes.
+
+  A result is saved under a tag that fingerprints everything it depends on
+  (the attack's settings, its key, the examples' ids, ε and η, the batch
+  size and, through ``salt``, the model's variables), one file per batch,
+  atomically; an evaluation started again reads the batches it finds and
+  computes only the rest. Every draw is per example, so the bits are those
+  of an uninterrupted run. Single-process runs only (with several
+  processes, each would need the same files).
+  """
+
+  folder: str
+  salt: str
+
+  def _path(self, tag: str, batch: int) -> str:
+    return os.path.join(self.folder, f"{tag[:32]}-{batch}.npz")
+
+  def load(self, tag: str, batch: int) -> np.ndarray | None:
+    path = self._path(tag, batch)
+    if not os.path.exists(path):
+      return None
+    with np.load(path, allow_pickle=False) as f:
+      return f["result"]
+
+  def save(self, tag: str, batch: int, array: np.ndarray) -> None:
+    atomic.write_arrays(self._path(tag, batch), {"result": array})
+
+
+def open_store(folder: str | None, variables: Any) -> Store | None:
+  """A :class:`Store` in ``folder`` for a model with ``variables``; ``None`` without a folder or with several processes."""
+  if folder is None or jax.process_count() > 1:
+    return None
+  os.makedirs(folder, exist_ok=True)
+  return Store(folder, _chain_state.fingerprint(*jax.tree.leaves(variables)))
+
+
+def _call(fn: Callable, per_example: bool, variables: Any, images: jax.Array, labels: jax.Array,
+          ids: jax.Array, key: jax.Array, *operands: jax.Array) -> jax.Array:
+  """``fn`` on one batch, with the examples' own keys (``per_example``) or the batch's key."""
+  return fn(variables, images, labels, attacks.example_keys(key, ids) if per_example else key, *operands)
+
+
 def map_batches(fn: Callable, variables: Any, images: np.ndarray, labels: np.ndarray,
                 key: jax.Array, *, batch_size: int, mesh: Mesh, desc: str = "",
-                progress: bool = True, operands: tuple[float, ...] = ()) -> np.ndarray:
+                progress: bool = True, operands: tuple[float, ...] = (),
+                ids: np.ndarray | None = None, store: Store | None = None, tag: str = "") -> np.ndarray:
   """Runs ``fn(variables, images, labels, key, *operands) -> (batch, ...)`` over all examples.
 
   Batches are sharded along the mesh's ``data`` axis, each process putting
   its own rows (:func:`~crp_jax.runner.distributed.global_batch`), and
   every process gets all the outputs. The last batch is
   padded with copies of the first examples (their results dropped), so
-  every batch has one shape and ``fn`` compiles once. Batch ``b`` gets the
-  key ``fold_in(key, b)``. ``operands`` are scalars passed replicated:
-  calls with the same ``fn`` and new operand values reuse its program.
+  every batch has one shape and ``fn`` compiles once. With ``store``, each
+  batch's result is saved under ``tag`` and read back instead of computed
+  when it is there. Batch ``b`` gets the
+  key ``fold_in(key, b)``; with ``ids`` (``(N,)`` the examples' ids) ``fn``
+  gets ``(batch,)`` keys instead, ``fold_in(key, ids[i])`` for example
+  ``i``, the same whatever the batch size. ``operands`` are scalars passed
+  replicated: calls with the same ``fn`` and new operand values reuse its
+  program.
 
   Returns:
     ``(N, ...)`` numpy array, the concatenated per-example outputs.
@@ -94,17 +144,27 @@ def map_batches(fn: Callable, variables: Any, images: np.ndarray, labels: np.nda
   idx = np.concatenate([np.arange(n), np.arange(pad) % n])
   data = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
-  # Replicated outputs, so every process can fetch the whole batch's results.
-  jitted = jax.jit(fn, in_shardings=(replicated, data, data, replicated) + (replicated,) * len(operands),
-                   out_shardings=replicated)
+  per_example = ids is not None
+  # Replicated outputs, so every process can fetch the whole batch's results. `fn` is a static
+  # argument of one top-level function, so calls with the same `fn` reuse its program.
+  jitted = jax.jit(_call, static_argnums=(0, 1), out_shardings=replicated,
+                   in_shardings=(replicated, data, data, data, replicated) + (replicated,) * len(operands))
   variables = distributed.replicate(variables, mesh)
   scalars = [np.float32(v) for v in operands]
+  ids = np.asarray(ids if per_example else np.arange(n), np.int32)
   out = []
   for b in tqdm(range(len(idx) // batch_size), desc=desc, disable=not progress, leave=False):
+    saved = store.load(tag, b) if store is not None else None
+    if saved is not None:
+      out.append(saved)
+      continue
     sl = idx[b * batch_size:(b + 1) * batch_size]
-    batch = [distributed.global_batch(data, a[sl]) for a in (images, labels)]
+    batch = [distributed.global_batch(data, a[sl]) for a in (images, labels, ids)]
+    batch_key = key if per_example else jax.random.fold_in(key, b)
     # Fetched per batch, so the progress bar follows the work, not the dispatch.
-    out.append(jax.device_get(jitted(variables, *batch, jax.random.fold_in(key, b), *scalars)))
+    out.append(jax.device_get(jitted(fn, per_example, variables, *batch, batch_key, *scalars)))
+    if store is not None:
+      store.save(tag, b, out[-1])
   return np.concatenate(out)[:n]
 
 
@@ -135,8 +195,11 @@ def _correct_at_radius(model: nn.Module, spec: AttackSpec) -> Callable:
 
 def run_specs(model: nn.Module, variables: Any, split: Split, specs: tuple[AttackSpec, ...],
               root_key: jax.Array, *, batch_size: int, mesh: Mesh,
-              progress: bool = True) -> dict[AttackSpec, np.ndarray]:
+              progress: bool = True, store: Store | None = None) -> dict[AttackSpec, np.ndarray]:
   """Per-example correctness of ``model`` on ``split`` under each spec, each keyed by ``spec.key(root_key)``.
+
+  Example ``i`` draws from ``fold_in(spec.key(root_key), split.ids[i])``,
+  so its draws are the same in any batch, subset or chunk of the split.
 
   Specs with equal :meth:`~crp_jax.attacks.AttackSpec.settings` run once and share the result; specs
   of :data:`RADIUS_OPERAND_KINDS` that differ only in ε, η, key or name share one program.
@@ -151,9 +214,13 @@ def run_specs(model: nn.Module, variables: Any, split: Split, specs: tuple[Attac
         shape = dataclasses.replace(spec, eps=0.0, step_size=0.0, key_path=(), name="", label="")
         fn = programs.setdefault(shape.settings(), _correct_at_radius(model, shape))
         operands = (spec.eps, spec.step_size)
-      done[spec.settings()] = map_batches(fn, variables, split.images, split.labels, spec.key(root_key),
+      key = spec.key(root_key)
+      tag = "" if store is None else _chain_state.fingerprint(
+          store.salt, spec.settings(), key, split.ids, operands, batch_size, mesh.devices.size)
+      done[spec.settings()] = map_batches(fn, variables, split.images, split.labels, key,
                                           batch_size=batch_size, mesh=mesh, desc=spec.name,
-                                          progress=progress, operands=operands)
+                                          progress=progress, operands=operands, ids=split.ids,
+                                          store=store, tag=tag)
     out[spec] = done[spec.settings()]
   return out
 
@@ -194,7 +261,7 @@ def transfer_matrix(models: dict[str, tuple[nn.Module, Any]], split: Split, spec
       continue
     x_adv = map_batches(_crafter(s_model, spec), s_vars, split.images, split.labels, key,
                         batch_size=batch_size, mesh=mesh, desc=f"{spec.name} on {s_name}",
-                        progress=progress)
+                        progress=progress, ids=split.ids)
     for t_name, (t_model, t_vars) in models.items():
       if t_name != s_name:
         out[t_name][s_name] = map_batches(_correct_on_float(t_model), t_vars, x_adv, split.labels, key,
