@@ -142,8 +142,8 @@ def load_average() -> str:
     return "n/a"
 
 
-def versions() -> dict[str, str]:
-  """Versions of the packages whose speed is measured."""
+def versions(references: Sequence[str] = ("torch", "torchattacks")) -> dict[str, str]:
+  """Versions of the packages whose speed is measured: JAX's stack, then the ``references``."""
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jaxlib  # pylint: disable=g-import-not-at-top
@@ -151,7 +151,7 @@ def versions() -> dict[str, str]:
   import optax  # pylint: disable=g-import-not-at-top
   out = {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
          "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__}
-  for name in ("torch", "torchattacks"):
+  for name in references:
     try:
       out[name] = __import__(name).__version__
     except ImportError:

@@ -742,12 +742,19 @@ def _import_settings() -> str:
   return f"sets nothing; per-executable options {cpu.compiler_options() or 'none'}"
 
 
-def write_results(path: str, text: str) -> None:
-  """Replaces the generated block of ``path`` (or writes a new file), keeping the notes around it."""
-  block = f"{BEGIN}\n{text}\n{END}"
+def write_results(path: str, text: str, *, begin: str = BEGIN, end: str = END) -> None:
+  """Replaces the generated block between ``begin`` and ``end`` in ``path``, keeping the notes around it.
+
+  A file without that block gets it appended; a missing file is written
+  with a ``# Benchmarks`` title. Other commands' blocks (other markers)
+  stay as they are.
+  """
+  block = f"{begin}\n{text}\n{end}"
   old = open(path).read() if os.path.exists(path) else ""
-  if BEGIN in old and END in old:
-    new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+  if begin in old and end in old:
+    new = old[:old.index(begin)] + block + old[old.index(end) + len(end):]
+  elif old.strip():
+    new = old.rstrip("\n") + f"\n\n{block}\n"
   else:
     new = f"# Benchmarks\n\n{block}\n"
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

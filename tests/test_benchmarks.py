@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import _env, _flops, run
+from benchmarks import _env, _flops, foolbox_peer, run
 from crp_jax.runner import meshes
 from crp_jax import cpu
 from crp_jax.models import LeNet, ResNet18, WideResNet, init_variables, max_pool_2x2
@@ -125,6 +125,31 @@ def test_write_results_keeps_the_notes(tmp_path):
   assert "second" in text and "first" not in text and "hand-written" in text
 
 
+def test_write_results_appends_a_block_of_other_markers(tmp_path):
+  """``benchmarks.foolbox_peer`` writes its own block next to ``benchmarks.run``'s, and replaces only its own."""
+  path = str(tmp_path / "results.md")
+  run.write_results(path, "run's table")
+  for text in ("peer first", "peer second"):
+    run.write_results(path, text, begin=foolbox_peer.BEGIN, end=foolbox_peer.END)
+  text = open(path).read()
+  assert "run's table" in text and "peer second" in text and "peer first" not in text
+  assert text.index(run.END) < text.index(foolbox_peer.BEGIN)
+
+
+def _foolbox_peer(*args: str) -> subprocess.CompletedProcess:
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, "-m", "benchmarks.foolbox_peer", *args], cwd=repo, capture_output=True,
+                        text=True, check=False)
+
+
+def test_foolbox_peer_help_and_a_bad_flag():
+  """``--help`` needs no foolbox; a bad row is one line on stderr and status 2."""
+  out = _foolbox_peer("--help")
+  assert out.returncode == 0 and "--batches" in out.stdout and "--out" in out.stdout, out.stderr
+  out = _foolbox_peer("--rows=fgsm_linf,bogus")
+  assert out.returncode == 2 and out.stderr.startswith("error: --rows: unknown rows ['bogus']"), out.stderr
+
+
 def test_peak_rss_of_a_child():
   # The caller holds 600 MiB more than the child ever does; the child's number must not include it.
   held = bytearray(600 * 2**20)
@@ -228,3 +253,17 @@ def test_the_pgd_at_rows_contenders_take_the_same_step_at_eps_zero():
   ours.run(1)
   theirs = step(torch_models.to_nchw(data.image[0] / np.float32(255)), torch_models.torch_labels(data.label[0]))
   np.testing.assert_allclose(float(ours.metrics["loss"]), float(theirs.detach()), rtol=1e-5)
+
+
+@pytest.mark.parity
+def test_foolbox_peer_smoke(tmp_path):
+  """``benchmarks.foolbox_peer`` at a tiny size: every row timed on both sides, same robust accuracy, block written."""
+  pytest.importorskip("foolbox")
+  out = tmp_path / "results.md"
+  proc = _foolbox_peer("--tiny", "--repeats=1", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  written = out.read_text()
+  assert foolbox_peer.BEGIN in written and foolbox_peer.END in written
+  for row in foolbox_peer.ROWS:
+    line = next(l for l in written.splitlines() if l.startswith(f"| {row} |"))
+    assert line.count(" ms (±") == 2 and "×" in line and "(same;" in line, line
