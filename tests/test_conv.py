@@ -34,6 +34,29 @@ def test_matches_lax_value_and_gradients(padding, kernel):
   _assert_matches_lax(x, k, window_strides=(1, 1), padding=padding, dimension_numbers=DN)
 
 
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 1), (0, 3))])
+@pytest.mark.parametrize("kernel", [(5, 5), (3, 2)])
+def test_one_channel_input_matches_lax_value_and_gradients(padding, kernel):
+  x = jax.random.normal(jax.random.key(0), (3, 9, 8, 1))
+  k = jax.random.normal(jax.random.key(1), (*kernel, 1, 6))
+  _assert_matches_lax(x, k, window_strides=(1, 1), padding=padding, dimension_numbers=DN)
+  jitted = jax.jit(lambda x, k: _grads(conv_general_dilated, x, k, window_strides=(1, 1), padding=padding,
+                                       dimension_numbers=DN))
+  for a, b in zip(jitted(x, k), _grads(lax.conv_general_dilated, x, k, window_strides=(1, 1), padding=padding,
+                                       dimension_numbers=DN)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_one_channel_input_gradient_is_no_convolution():
+  # A convolution with one output channel is slow in both of XLA:CPU's libraries: a matmul and shifted adds.
+  x, k = jnp.ones((2, 8, 8, 1)), jnp.ones((5, 5, 1, 4))
+  grad = jax.grad(lambda x: jnp.sum(conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=DN)))
+  hlo = jax.jit(grad).lower(x).compile().as_text()
+  assert " convolution(" in jax.jit(lambda x: conv_general_dilated(
+      x, k, (1, 1), "SAME", dimension_numbers=DN)).lower(x).compile().as_text()
+  assert " convolution(" not in hlo
+
+
 def test_input_gradient_is_a_forward_convolution():
   # The point of the module: the backward pass holds no convolution with
   # swapped kernel features (XLA:CPU's slow path inside loops).

@@ -25,6 +25,12 @@ train step on one CPU device those transposes took 0.95 of 5.06 s per step
 before, 0.26 of 3.97 s after, strided convolutions below included
 (``CRP_CPU_DEVICES=1 python -m benchmarks.probes.train_probe trace --model=resnet18``).
 
+A one-channel input (LeNet's first layer on MNIST) gets its input gradient
+as a matmul and shifted adds instead (:func:`_single_channel_input_grad`):
+as a convolution it has one output channel, a shape both of XLA:CPU's
+convolution libraries run slowly (FGSM on LeNet at batch 256: 210 → 191 ms
+under a bare ``jax.jit``, 257 → 222 ms with :func:`crp_jax.cpu.compiler_options`).
+
 A strided convolution (ResNet downsampling) is written as a sum of
 stride-1 convolutions over the input's polyphase components
 (:func:`_strided`): its autodiff input gradient would be an input-dilated
@@ -168,11 +174,14 @@ def _conv_stride1_fwd(x, k, pads, precision):
 def _conv_stride1_bwd(pads, precision, res, g):
   x, k = res
   kh, kw = k.shape[:2]
-  # A materialised (flipped, in/out-swapped) kernel: the barrier keeps XLA
-  # from folding the transpose back into the convolution's dim_labels.
-  k_t = lax.optimization_barrier(jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2))
-  pads_t = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]), (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
-  dx = _plain(g, k_t, pads_t, precision)
+  if k.shape[2] == 1 and all(lo >= 0 and hi >= 0 for lo, hi in pads):
+    dx = _single_channel_input_grad(g, k, pads, x.shape, precision)
+  else:
+    # A materialised (flipped, in/out-swapped) kernel: the barrier keeps XLA
+    # from folding the transpose back into the convolution's dim_labels.
+    k_t = lax.optimization_barrier(jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2))
+    pads_t = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]), (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
+    dx = _plain(g, k_t, pads_t, precision)
   # XLA transposes x and g into (C, H, W, B) layouts for the kernel gradient;
   # left alone, it fuses x's producers (BatchNorm, ReLU, residual adds) into
   # those transposes and recomputes them in a cache-hostile order.
@@ -182,6 +191,39 @@ def _conv_stride1_bwd(pads, precision, res, g):
 
 
 _conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
+
+
+def _single_channel_input_grad(g: jax.Array, k: jax.Array, pads, x_shape, precision) -> jax.Array:
+  r"""The input gradient of a stride-1 convolution of a one-channel input, as a matmul and shifted adds.
+
+  With taps :math:`(a, c)`, padded input :math:`\bar x` and output gradient :math:`g`,
+
+  .. math::
+    \partial \bar x_{p, q} = \sum_{a, c} z_{p - a,\, q - c,\, (a, c)}, \qquad
+    z_{i, j, (a, c)} = \sum_o g_{i, j, o}\, k_{a, c, 0, o},
+
+  then cropped to the unpadded input: one ``(B·H·W, C_out) @ (C_out, kh·kw)``
+  matmul and ``kh·kw`` shifted adds, which XLA fuses into one loop. As a
+  convolution (:func:`_conv_stride1_bwd`'s other branch) this is a
+  convolution with one output channel, which both of XLA:CPU's libraries
+  run far below their speed: LeNet's first layer on MNIST, the last
+  input-gradient step of every attack, took 44 ms with YNNPACK and 71 ms
+  with Eigen at batch 256, this form 15-19 ms with either. The same sum
+  in another order: the values agree to float rounding.
+  """
+  (kh, kw), (lo_h, hi_h), (lo_w, hi_w) = k.shape[:2], pads[0], pads[1]
+  _, h, w, _ = x_shape
+  out_h, out_w = g.shape[1], g.shape[2]
+  taps = k[:, :, 0, :].reshape(kh * kw, k.shape[-1])
+  z = jnp.einsum("bhwo,to->bhwt", g, taps, precision=precision)
+  dxp = None
+  for a in range(kh):
+    for c in range(kw):
+      term = jnp.pad(z[..., a * kw + c], ((0, 0), (a, kh - 1 - a), (c, kw - 1 - c)))
+      dxp = term if dxp is None else dxp + term
+  # dxp covers the padded input, (B, h + lo_h + hi_h, w + lo_w + hi_w); the padding gets no gradient.
+  assert dxp.shape[1:] == (out_h + kh - 1, out_w + kw - 1) == (h + lo_h + hi_h, w + lo_w + hi_w)
+  return dxp[:, lo_h:lo_h + h, lo_w:lo_w + w, None].astype(g.dtype)
 
 
 def _opaque(*xs: jax.Array) -> tuple[jax.Array, ...]:
