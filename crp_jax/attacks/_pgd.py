@@ -223,4 +223,6 @@ def pgd(
   start = _core.starts(key, x, eps, norm, clip, restarts, random_start)
   runs = _pgd_run(logits_fn, loss_fn, x_runs, y_runs, start, eps, step_size, num_steps, norm, clip,
                   early_stop, last_iterate)
+  if restarts == 1:   # nothing to merge; with last_iterate the merge's forward pass would be dead work
+    return runs.x
   return _core.merge_runs(runs, restarts).x
