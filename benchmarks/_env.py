@@ -36,6 +36,17 @@ def usage_error(message: str) -> NoReturn:
   sys.exit(USAGE_EXIT)
 
 
+def selected_rows(argv: Sequence[str], rows_flag: str, known: Sequence[str]) -> list[str]:
+  """The rows a ``--rows`` flag names, in its order; a stray argument or an unknown row is a usage error."""
+  if len(argv) > 1:
+    usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+  names = [n for n in rows_flag.split(",") if n]
+  unknown = set(names) - set(known)
+  if unknown:
+    usage_error(f"--rows: unknown rows {sorted(unknown)}; choose from {','.join(known)}")
+  return names
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """``app.run``'s parser: absl's flags from ``argv`` (program name first), a bad one in one line.
 

@@ -272,12 +272,7 @@ def define_flags() -> None:
 
 def main(argv: Sequence[str]) -> None:
   """Runs the rows; prints the table and writes ``--out`` (``app.run`` would print a returned value)."""
-  if len(argv) > 1:
-    _env.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-  names = [n for n in FLAGS.rows.split(",") if n]
-  unknown = set(names) - set(ROWS)
-  if unknown:
-    _env.usage_error(f"--rows: unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}")
+  names = _env.selected_rows(argv, FLAGS.rows, list(ROWS))
   try:
     batches = [int(b) for b in FLAGS.batches]
   except ValueError:

@@ -197,12 +197,7 @@ def define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    _env.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-  names = [n for n in FLAGS.rows.split(",") if n]
-  unknown = set(names) - set(ROWS)
-  if unknown:
-    _env.usage_error(f"--rows: unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}")
+  names = _env.selected_rows(argv, FLAGS.rows, list(ROWS))
   jax.config.update("jax_num_cpu_devices", 1)   # JAX's default, whatever device count the caller forces
   tr = bench.load_torch(FLAGS.torch, threads=None)   # torch's default threads: a user's script sets none
   rows = measure(names, bench.sizes(FLAGS.tiny), tr, FLAGS.repeats)

@@ -806,11 +806,7 @@ def parse_args(argv: Sequence[str]) -> Args:
   for name in names:
     FLAGS[name].unparse()
   rest = _env.parse_flags(argv)
-  if len(rest) > 1:
-    _env.usage_error(f"unexpected arguments: {' '.join(rest[1:])}")
-  unknown = set(FLAGS.rows.split(",")) - set(ROWS) - {""}
-  if unknown:
-    _env.usage_error(f"--rows: unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}")
+  _env.selected_rows(rest, FLAGS.rows, list(ROWS))
   return Args(**{name: FLAGS[name].value for name in names}, argv=tuple(argv[1:]))
 
 
