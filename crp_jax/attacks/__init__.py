@@ -64,6 +64,8 @@ from crp_jax._checks import check_data
 from crp_jax.attacks._apgd import apgd, apgd_targeted
 from crp_jax.attacks._autoattack import AutoAttackResult, Check, autoattack, robustbench_entry
 from crp_jax.attacks._fab import FabResult, fab, fab_with_info
+from crp_jax.attacks._indicators import (Indicator, attack_failure, incomplete_optimisation, silent_success,
+                                         unstable_predictions)
 from crp_jax.attacks._core import LogitsFn, accuracy, correct, example_keys, get_loss
 from crp_jax.attacks._noise import random_noise
 from crp_jax.attacks._pgd import fgsm, pgd, projected_ascent
@@ -79,10 +81,12 @@ __all__ = [
     "AutoAttackResult",
     "Check",
     "FabResult",
+    "Indicator",
     "LogitsFn",
     "accuracy",
     "apgd",
     "apgd_targeted",
+    "attack_failure",
     "autoattack",
     "autoattack_attacks",
     "check_data",
@@ -92,13 +96,16 @@ __all__ = [
     "fab_with_info",
     "fgsm",
     "get_loss",
+    "incomplete_optimisation",
     "pgd",
     "projected_ascent",
     "random_noise",
     "robustbench_entry",
     "run_attack",
+    "silent_success",
     "square",
     "square_with_info",
     "strong_attacks",
     "strong_eval",
+    "unstable_predictions",
 ]

@@ -34,6 +34,7 @@ from crp_jax import _checks, cpu
 from crp_jax.attacks import _core
 from crp_jax.attacks._chain_state import ChainState, Finished, fingerprint
 from crp_jax.attacks._core import LogitsFn
+from crp_jax.attacks._indicators import Indicator, attack_failure
 from crp_jax.attacks._spec import AttackSpec, autoattack_attacks, run_attack
 
 # (spec, indices of the examples to attack) -> ((m,) bool still correct, (m, *shape) points or None)
@@ -252,6 +253,9 @@ class AutoAttackResult(NamedTuple):
     x_adv: ``(N, *shape)`` the point that broke each example (``x`` where none did).
     checks: AutoAttack's checks; a failed one means the number may not hold.
     num_classes: ``C``, the width of the logits.
+    indicators: with ``indicators=True``, the indicators of attack failure
+      (:func:`~crp_jax.attacks.attack_failure`) on the examples classified
+      correctly clean, their ``examples`` indices into ``x``; else empty.
   """
 
   version: str
@@ -263,6 +267,7 @@ class AutoAttackResult(NamedTuple):
   x_adv: np.ndarray
   checks: tuple[Check, ...]
   num_classes: int
+  indicators: tuple[Indicator, ...] = ()
 
   @property
   def robust(self) -> np.ndarray:
@@ -348,6 +353,7 @@ def autoattack(
     clip: _core.Clip = (0.0, 1.0),
     log: Callable[[str], None] | None = print,
     state_dir: str | os.PathLike | None = None,
+    indicators: bool = False,
     **budgets,
 ) -> AutoAttackResult:
   r"""AutoAttack (Croce & Hein 2020): its attacks in order, each on the examples still robust.
@@ -386,6 +392,9 @@ def autoattack(
       and folder, a run that was killed continues where it was and ends
       with the same bits as an uninterrupted one. A folder holding another
       run's state is refused (``ValueError``).
+    indicators: also run the indicators of attack failure (silent success,
+      incomplete optimisation, unstable predictions; PGD with the APGD
+      step budget) on the examples classified correctly clean.
     **budgets: ``apgd_steps``, ``fab_steps``, ``num_targets``,
       ``square_queries``, ``restarts`` of :func:`autoattack_attacks`.
 
@@ -437,5 +446,27 @@ def autoattack(
   for c in checks:
     if not c.passed and log is not None:
       log(f"  check FAILED, {c.name}: {c.detail}")
+  found = _failure_indicators(logits_fn, x, y, clean, key=key, eps=eps, norm=norm, clip=clip,
+                              num_steps=budgets.get("apgd_steps", 100), log=log) if indicators else ()
   return AutoAttackResult(version, float(eps), norm, specs, clean, chain, x_adv, tuple(checks),
-                          int(logits.shape[1]))
+                          int(logits.shape[1]), found)
+
+
+#: The indicators draw from fold_in(key, INDICATOR_KEY); the attacks' key paths are small integers.
+INDICATOR_KEY = 1000
+
+
+def _failure_indicators(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, clean: np.ndarray, *, key: jax.Array,
+                        eps: float, norm: str, clip: _core.Clip, num_steps: int,
+                        log: Callable[[str], None] | None) -> tuple[Indicator, ...]:
+  """:func:`attack_failure` on the examples correct clean, their indices mapped back into ``x``."""
+  idx = np.flatnonzero(clean)
+  if not idx.size:
+    return ()
+  found = attack_failure(logits_fn, x[idx], y[idx], key=jax.random.fold_in(key, INDICATOR_KEY), eps=eps,
+                         num_steps=num_steps, norm=norm, clip=clip)
+  found = tuple(i._replace(examples=idx[i.examples]) for i in found)
+  for i in found:
+    if log is not None:
+      log(f"  {i.line()}")
+  return found

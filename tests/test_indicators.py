@@ -1,0 +1,68 @@
+"""The indicators of attack failure: each has a model that trips it and one that does not."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from crp_jax import attacks
+
+KEY = jax.random.key(0)
+
+
+def band(x):
+  """1-D, label 0: misclassified only for x in (0.55, 0.6); the gradient points at 0.575 from both sides."""
+  return jnp.concatenate([jnp.zeros_like(x), 100.0 * (0.025 - jnp.abs(x - 0.575))], axis=1)
+
+
+def ramp(threshold):
+  """1-D, label 0: misclassified for x > threshold; the gradient always points up."""
+  return lambda x: jnp.concatenate([jnp.zeros_like(x), 10.0 * (x - threshold)], axis=1)
+
+
+X, Y = jnp.array([[0.5]]), jnp.array([0])
+
+
+def test_silent_success_trips_when_pgd_walks_out_of_a_misclassified_band():
+  # 0.5 -> 0.56 (misclassified) -> 0.62 (correct again): the last iterate hides the success.
+  tripped = attacks.silent_success(band, X, Y, key=KEY, eps=0.2, step_size=0.06, num_steps=2, random_start=False)
+  assert not tripped.passed and tripped.examples.tolist() == [0]
+  # Three steps end back inside the band; a ramp is monotone: nothing silent.
+  assert attacks.silent_success(band, X, Y, key=KEY, eps=0.2, step_size=0.06, num_steps=3,
+                                random_start=False).passed
+  assert attacks.silent_success(ramp(0.7), X, Y, key=KEY, eps=0.3, step_size=0.06, num_steps=5,
+                                random_start=False).passed
+
+
+def test_incomplete_optimisation_trips_while_the_loss_still_rises():
+  slow = attacks.incomplete_optimisation(ramp(0.9), X, Y, key=KEY, eps=0.3, step_size=0.01, num_steps=10,
+                                         random_start=False)
+  assert not slow.passed and slow.examples.tolist() == [0]
+  # Big steps reach the ε boundary in three steps; the loss is flat over the last ones.
+  assert attacks.incomplete_optimisation(ramp(0.9), X, Y, key=KEY, eps=0.3, step_size=0.1, num_steps=10,
+                                         random_start=False).passed
+  with pytest.raises(ValueError, match="window"):
+    attacks.incomplete_optimisation(ramp(0.9), X, Y, key=KEY, eps=0.3, step_size=0.1, num_steps=4, window=4)
+
+
+def test_unstable_predictions_trip_on_a_randomised_and_on_a_jagged_model():
+  rng = np.random.default_rng(0)
+  x = jnp.full((8, 1), 0.5)
+  randomised = lambda z: ramp(0.5)(z) + jnp.asarray(rng.normal(size=(len(z), 2)), jnp.float32)
+  assert not attacks.unstable_predictions(randomised, x, key=KEY).passed
+  jagged = lambda z: jnp.concatenate([jnp.zeros_like(z), 1e4 * (z - 0.5 - 1e-5)], axis=1)
+  assert not attacks.unstable_predictions(jagged, x, key=KEY).passed
+  assert attacks.unstable_predictions(ramp(0.9), x, key=KEY).passed
+
+
+def test_autoattack_reports_the_indicators_with_indices_into_x():
+  x = jnp.array([[0.1], [0.5], [0.95], [0.5]])
+  y = jnp.array([0, 0, 0, 1])   # example 3 (label 1) is misclassified clean: never attacked
+  r = attacks.autoattack(band, x, y, key=KEY, eps=0.2, custom=["apgd-ce"], log=None, indicators=True,
+                         apgd_steps=20)
+  assert r.clean.tolist() == [True, True, True, False]
+  assert [i.name for i in r.indicators] == ["silent success", "incomplete optimisation", "unstable predictions"]
+  assert all(set(i.examples.tolist()) <= {0, 1, 2} for i in r.indicators)
+  assert attacks.autoattack(band, x, y, key=KEY, eps=0.2, custom=["apgd-ce"], log=None).indicators == ()
