@@ -66,3 +66,42 @@ def test_autoattack_reports_the_indicators_with_indices_into_x():
   assert [i.name for i in r.indicators] == ["silent success", "incomplete optimisation", "unstable predictions"]
   assert all(set(i.examples.tolist()) <= {0, 1, 2} for i in r.indicators)
   assert attacks.autoattack(band, x, y, key=KEY, eps=0.2, custom=["apgd-ce"], log=None).indicators == ()
+
+
+@pytest.mark.parametrize("spec", [
+    attacks.AttackSpec("fgsm", eps=0.1),
+    attacks.AttackSpec("pgd", eps=0.1, step_size=0.02, steps=5, restarts=2),
+    attacks.AttackSpec("apgd", eps=0.1, steps=5, restarts=2),
+    attacks.AttackSpec("apgd_t", eps=0.1, steps=5, num_targets=3, loss="dlr"),
+    attacks.AttackSpec("fab", eps=0.1, steps=4, num_targets=2, restarts=2),
+    attacks.AttackSpec("fab", eps=0.1, steps=4),
+    attacks.AttackSpec("square", eps=0.1, steps=12),
+], ids=lambda s: f"{s.kind}-{s.num_targets}")
+def test_the_compute_an_attack_reports_is_the_forward_passes_it_runs(spec):
+  """Rows through logits_fn, divided by the batch, equal forwards + gradients (FAB untargeted: + gradients / C)."""
+  classes, batch = 5, 3
+  w = jax.random.normal(jax.random.key(1), (2 * 2 * 1, classes))
+  rows = [0]
+
+  def logits_fn(x):
+    jax.debug.callback(lambda n: rows.__setitem__(0, rows[0] + int(n)), jnp.asarray(x.shape[0]))
+    return x.reshape(x.shape[0], -1) @ w
+
+  x = jax.random.uniform(jax.random.key(2), (batch, 2, 2, 1))
+  y = jnp.argmax(logits_fn(x), 1)
+  rows[0] = 0
+  jax.block_until_ready(attacks.run_attack(spec, logits_fn, x, y, key=KEY, early_stop=False))
+  c = attacks.cost(spec, classes)
+  backward_per_forward = classes if spec.kind == "fab" and not spec.num_targets else 1
+  assert rows[0] / batch == c.forwards + c.gradients / backward_per_forward
+
+
+def test_autoattack_reports_what_each_attack_may_spend():
+  w = jnp.array([[1., -1., 0.], [-1., 1., 0.]])
+  x, y = jnp.array([[0.55, 0.45], [0.9, 0.1]]), jnp.array([0, 0])
+  r = attacks.autoattack(lambda x: x @ w, x, y, key=KEY, eps=0.1, norm="l2", custom=["apgd-ce", "fab-t"], log=None,
+                         apgd_steps=10, fab_steps=10, num_targets=9)
+  assert r.compute()["apgd-ce"] == {"forwards": 0, "gradients": 11, "examples": 2, "total_forwards": 0,
+                                    "total_gradients": 22}
+  # FAB-T's targets are capped at C − 1 = 2; it runs on the one example APGD-CE left.
+  assert r.compute()["fab-t"]["gradients"] == 2 * 10 and r.compute()["fab-t"]["examples"] == 1

@@ -62,7 +62,7 @@ slow generic path inside loops, 2.9x slower per step.
 
 from crp_jax._checks import check_data
 from crp_jax.attacks._apgd import apgd, apgd_targeted
-from crp_jax.attacks._autoattack import AutoAttackResult, Check, autoattack, robustbench_entry
+from crp_jax.attacks._autoattack import AutoAttackResult, Check, Cost, autoattack, cost, robustbench_entry
 from crp_jax.attacks._fab import FabResult, fab, fab_with_info
 from crp_jax.attacks._indicators import (Indicator, attack_failure, incomplete_optimisation, silent_success,
                                          unstable_predictions)
@@ -80,6 +80,7 @@ __all__ = [
     "AttackSpec",
     "AutoAttackResult",
     "Check",
+    "Cost",
     "FabResult",
     "Indicator",
     "LogitsFn",
@@ -91,6 +92,7 @@ __all__ = [
     "autoattack_attacks",
     "check_data",
     "correct",
+    "cost",
     "example_keys",
     "fab",
     "fab_with_info",

@@ -73,6 +73,47 @@ def budget(spec: AttackSpec, num_classes: int) -> int:
   return spec.steps * spec.restarts * (targets if spec.kind in ("apgd_t", "fab") else 1)
 
 
+class Cost(NamedTuple):
+  """What one attack may spend on one example: forward-only passes and gradient evaluations (forward + backward)."""
+
+  forwards: int
+  gradients: int
+
+
+#: FAB's bisection at the end of each run (fab_with_info's default), one forward pass a step.
+FAB_FINAL_SEARCH = 10
+
+
+def cost(spec: AttackSpec, num_classes: int) -> Cost:
+  """The most ``spec`` spends on one example, counted from its code; early stopping spends less.
+
+  FGSM: 1 gradient. PGD: per run ``n`` gradients and a forward pass (the
+  last iterate). APGD: per run ``n + 1`` gradients (the start, then each
+  step), times the targets for APGD-T, which first picks them with a
+  forward pass. FAB: per run and step one forward
+  pass and the gradients of the boundary (``C`` for untargeted FAB, which
+  picks the closest class, 1 per target), plus its final bisection. Square
+  and noise: ``n`` forward passes. ``C`` is the number of classes.
+  """
+  targets = min(max(spec.num_targets, 1), num_classes - 1)
+  runs, n = spec.restarts, spec.steps
+  if spec.kind == "fgsm":
+    return Cost(0, 1)
+  if spec.kind == "pgd":
+    return Cost(runs, runs * n)
+  if spec.kind == "apgd":
+    return Cost(0, runs * (n + 1))
+  if spec.kind == "apgd_t":   # a forward pass at x picks the targets
+    return Cost(1, runs * targets * (n + 1))
+  if spec.kind == "fab":
+    per_step = 1 if spec.num_targets else num_classes
+    fab_runs = runs * (targets if spec.num_targets else 1)
+    return Cost(1 + fab_runs * (n + FAB_FINAL_SEARCH), fab_runs * n * per_step)
+  if spec.kind in ("square", "noise"):
+    return Cost(n, 0)
+  return Cost(1, 0)   # clean
+
+
 def run_in_order(specs: Sequence[AttackSpec], clean: np.ndarray, run: RunFn,
                  log: Callable[[str], None] | None = None,
                  on_broken: Callable[[np.ndarray, np.ndarray], None] | None = None,
@@ -289,6 +330,16 @@ class AutoAttackResult(NamedTuple):
   def budgets(self) -> dict[str, int]:
     """Attack name -> gradient steps or queries it may spend on one example."""
     return {s.name: budget(s, self.num_classes) for s in self.attacks}
+
+  def compute(self) -> dict[str, dict[str, int]]:
+    """Attack name -> ``forwards`` and ``gradients`` it may spend per example (:func:`cost`), the examples
+    it ran on, and the totals (per example times examples): what the number cost, as an upper bound."""
+    out = {}
+    for s in self.attacks:
+      c, m = cost(s, self.num_classes), self.chain.attacked[s.name]
+      out[s.name] = {"forwards": c.forwards, "gradients": c.gradients, "examples": m,
+                     "total_forwards": c.forwards * m, "total_gradients": c.gradients * m}
+    return out
 
   def robustbench_entry(self, **info) -> dict:
     """This result as a RobustBench per-model entry; see :func:`robustbench_entry`."""
