@@ -105,3 +105,20 @@ def test_autoattack_reports_what_each_attack_may_spend():
                                     "total_gradients": 22}
   # FAB-T's targets are capped at C − 1 = 2; it runs on the one example APGD-CE left.
   assert r.compute()["fab-t"]["gradients"] == 2 * 10 and r.compute()["fab-t"]["examples"] == 1
+
+
+def test_malt_targets_the_closest_linearised_boundary_not_the_highest_logit():
+  # Logits (6, 5, 4, 0) at x, label 0. Class 1 is AutoAttack's first target, but its boundary is far
+  # (gap 1, ‖∇(z₁ − z₀)‖₁ = 11: 0.091); class 2's is closer (gap 2, ‖∇(z₂ − z₀)‖₁ = 110: 0.018).
+  def logits_fn(z):
+    return jnp.stack([10 * z[:, 0], z[:, 1] + 4.7, 100 * z[:, 2] - 36.0, z[:, 3]], axis=1)
+
+  x, y = jnp.array([[0.6, 0.3, 0.4, 0.0]]), jnp.array([0])
+  np.testing.assert_allclose(logits_fn(x)[0], [6, 5, 4, 0], atol=1e-5)
+  from crp_jax.attacks import _core, _fab   # pylint: disable=g-import-not-at-top
+  assert _core.top_other_classes(logits_fn(x), y, 1).tolist() == [[1]]
+  assert _fab.malt_targets(logits_fn, x, y, 3, "linf").tolist() == [[2, 1, 3]]
+  spec = attacks.AttackSpec("apgd_t", eps=0.01, steps=5, num_targets=1, loss="dlr", targeting="malt")
+  assert attacks.cost(spec, 4).gradients == 6 + 4
+  with pytest.raises(ValueError, match="targeting"):
+    attacks.AttackSpec("apgd_t", targeting="closest")

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crp_jax import _checks
-from crp_jax.attacks import _core
+from crp_jax.attacks import _core, _fab
 from crp_jax.attacks._core import Best, Clip, LogitsFn, LogitsLossFn, Norm
 
 
@@ -207,10 +207,8 @@ def apgd(
   return _core.merge_runs(best, restarts).x
 
 
-def top_other_classes(logits: jax.Array, y: jax.Array, k: int) -> jax.Array:
-  """``(B, k)`` the ``k`` highest-scoring classes other than ``y``, best first."""
-  is_true = jax.nn.one_hot(y, logits.shape[1], dtype=jnp.bool_)
-  return jax.lax.top_k(jnp.where(is_true, -jnp.inf, logits), k)[1]
+#: How APGD-T picks its targets: AutoAttack's highest logits, or MALT's closest linearised boundaries.
+TARGETING: tuple[str, ...] = ("logits", "malt")
 
 
 def apgd_targeted(
@@ -228,6 +226,7 @@ def apgd_targeted(
     random_start: bool = True,
     clip: Clip = (0.0, 1.0),
     early_stop: bool = True,
+    targeting: str = "logits",
 ) -> jax.Array:
   r"""APGD-T: APGD on the targeted DLR loss, once per target class (Croce & Hein 2020).
 
@@ -237,7 +236,11 @@ def apgd_targeted(
     -\frac{z_y - z_t}{z_{\pi_1} - (z_{\pi_3} + z_{\pi_4})/2 + 10^{-12}},
 
   and the targets are, per example, the ``num_targets`` classes other than
-  ``y`` with the highest clean logits (capped at C − 1; needs C ≥ 4). Run
+  ``y`` with the highest clean logits (capped at C − 1; needs C ≥ 4), or with
+  ``targeting="malt"`` those whose linearised boundary is closest (MALT,
+  Melamed, Yehudai & Shamir, NeurIPS 2024): the smallest
+  :math:`|z_y - z_t| / \|\nabla z_y - \nabla z_t\|_*` at ``x``, ``C`` more
+  backward passes per example. Run
   ``r = t·restarts + k`` (target ``t``, restart ``k``) starts from a draw
   keyed by ``fold_in(key, r)``; each example keeps the first run, in that
   order, that misclassifies it, else its highest-loss point. Success is
@@ -261,22 +264,29 @@ def apgd_targeted(
     clip: pixel range ``(lo, hi)``, or ``None``.
     early_stop: stop once every run of every example is misclassified;
       the result is the same. ``False`` runs all ``num_steps``.
+    targeting: ``"logits"`` (AutoAttack's) or ``"malt"``.
 
   Returns:
     ``(B, *shape)`` adversarial inputs inside the ball and ``clip``.
 
   References:
     Croce, Hein, *Reliable Evaluation of Adversarial Robustness with an
-    Ensemble of Diverse Parameter-free Attacks*, ICML 2020.
+    Ensemble of Diverse Parameter-free Attacks*, ICML 2020. Melamed,
+    Yehudai, Shamir, *MALT Powers Up Adversarial Attacks*, NeurIPS 2024.
   """
   norm = _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps, norm_name=norm)
+  if targeting not in TARGETING:
+    raise ValueError(f"targeting={targeting!r}: choose one of {', '.join(TARGETING)}")
   _checks.count(num_steps, "num_steps")
   _checks.count(num_targets, "num_targets")
   _checks.count(restarts, "restarts")
   eps = _core.as_scalar(eps, x)
   logits = logits_fn(x)
   num_targets = min(num_targets, logits.shape[1] - 1)
-  targets = top_other_classes(logits, y, num_targets)
+  if targeting == "malt":
+    targets = _fab.malt_targets(logits_fn, x, y, num_targets, norm)
+  else:
+    targets = _core.top_other_classes(logits, y, num_targets)
 
   runs = num_targets * restarts
   # Row b·runs + t·restarts + k: target t, restart k of example b.

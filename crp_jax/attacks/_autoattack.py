@@ -103,8 +103,8 @@ def cost(spec: AttackSpec, num_classes: int) -> Cost:
     return Cost(runs, runs * n)
   if spec.kind == "apgd":
     return Cost(0, runs * (n + 1))
-  if spec.kind == "apgd_t":   # a forward pass at x picks the targets
-    return Cost(1, runs * targets * (n + 1))
+  if spec.kind == "apgd_t":   # a forward pass at x picks the targets (MALT: C backward passes too)
+    return Cost(1, runs * targets * (n + 1) + (num_classes if spec.targeting == "malt" else 0))
   if spec.kind == "fab":
     per_step = 1 if spec.num_targets else num_classes
     fab_runs = runs * (targets if spec.num_targets else 1)

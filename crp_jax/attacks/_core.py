@@ -39,6 +39,12 @@ def _best_other_logit(logits: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.max(jnp.where(is_true, -jnp.inf, logits), axis=1)
 
 
+def top_other_classes(logits: jax.Array, y: jax.Array, k: int) -> jax.Array:
+  """``(B, k)`` the ``k`` highest-scoring classes other than ``y``, best first."""
+  is_true = jax.nn.one_hot(y, logits.shape[1], dtype=jnp.bool_)
+  return jax.lax.top_k(jnp.where(is_true, -jnp.inf, logits), k)[1]
+
+
 def margin_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
   r"""CW logit margin :math:`\max_{j \ne y} z_j - z_y`; ``> 0`` means misclassified."""
   return _best_other_logit(logits, y) - _true_logit(logits, y)

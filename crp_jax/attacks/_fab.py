@@ -13,14 +13,13 @@ iterate steps back towards ``x``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from crp_jax import _checks
 from crp_jax.attacks import _core
-from crp_jax.attacks._apgd import top_other_classes
 from crp_jax.attacks._core import Clip, LogitsFn, Norm
 
 _FLOOR = 1e-8  # smallest step length in the bias α, as in the reference
@@ -104,20 +103,36 @@ def boundary(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, target: jax.Array 
   Returns:
     ``f`` ``(N,)``, ``∇f`` ``(N, D)`` and the logits ``(N, C)`` at ``x``.
   """
-  logits, pullback = jax.vjp(logits_fn, x)
+  logits, grad_of = _linearised(logits_fn, x, y)
   num_classes = logits.shape[1]
-  onehot = lambda j: jax.nn.one_hot(j, num_classes, dtype=logits.dtype)
-  grad_of = lambda j: pullback(onehot(j) - onehot(y))[0].reshape(x.shape[0], -1)
   gap = lambda j: jnp.take_along_axis(logits, j[:, None], axis=1)[:, 0] - \
       jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
   if target is not None:
     return gap(target), grad_of(target), logits
-  classes = jnp.arange(num_classes)
-  grads = jax.vmap(lambda j: grad_of(jnp.full_like(y, j)))(classes)  # (C, N, D)
+  grads = jax.vmap(lambda j: grad_of(jnp.full_like(y, j)))(jnp.arange(num_classes))  # (C, N, D)
+  j = jnp.argmin(_distances(logits, y, grads, norm), axis=1)
+  return gap(j), jnp.take_along_axis(jnp.swapaxes(grads, 0, 1), j[:, None, None], axis=1)[:, 0], logits
+
+
+def _linearised(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> tuple[jax.Array, Callable]:
+  """The logits at ``x`` and ``grad_of(j) -> (N, D)``, the input gradient of ``z_j − z_y`` (one backward pass)."""
+  logits, pullback = jax.vjp(logits_fn, x)
+  onehot = lambda j: jax.nn.one_hot(j, logits.shape[1], dtype=logits.dtype)
+  return logits, lambda j: pullback(onehot(j) - onehot(y))[0].reshape(x.shape[0], -1)
+
+
+def _distances(logits: jax.Array, y: jax.Array, grads: jax.Array, norm: Norm) -> jax.Array:
+  """``(N, C)`` distances ``|z_j − z_y| / ‖∇(z_j − z_y)‖_*`` to the linearised boundaries (``inf`` at ``y``)."""
   gaps = logits - jnp.take_along_axis(logits, y[:, None], axis=1)  # (N, C)
   dist = jnp.abs(gaps) / (_dual_norm(jnp.swapaxes(grads, 0, 1), norm) + _DUAL_TINY)
-  j = jnp.argmin(jnp.where(jax.nn.one_hot(y, num_classes, dtype=jnp.bool_), jnp.inf, dist), axis=1)
-  return gap(j), jnp.take_along_axis(jnp.swapaxes(grads, 0, 1), j[:, None, None], axis=1)[:, 0], logits
+  return jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=jnp.bool_), jnp.inf, dist)
+
+
+def malt_targets(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, k: int, norm: Norm) -> jax.Array:
+  """``(N, k)`` MALT's targets: the classes whose linearised boundary at ``x`` is closest, closest first."""
+  logits, grad_of = _linearised(logits_fn, x, y)
+  grads = jax.vmap(lambda j: grad_of(jnp.full_like(y, j)))(jnp.arange(logits.shape[1]))  # (C, N, D)
+  return jax.lax.top_k(-_distances(logits, y, grads, norm), k)[1]
 
 
 class _State(NamedTuple):
@@ -296,7 +311,7 @@ def fab_with_info(
   num_targets = min(num_targets, logits.shape[1] - 1) if targeted else 1
   runs = num_targets * restarts
   # Row b·runs + t·restarts + k: target t, restart k of example b.
-  target = (jnp.repeat(top_other_classes(logits, y, num_targets), restarts, axis=1).reshape(-1)
+  target = (jnp.repeat(_core.top_other_classes(logits, y, num_targets), restarts, axis=1).reshape(-1)
             if targeted else None)
   x0, y0 = _core.repeat_runs(x, runs), _core.repeat_runs(y, runs)
   radius = jnp.inf if eps is None else _core.as_scalar(eps, x)

@@ -46,6 +46,7 @@ class AttackSpec:
       ``PGD-20 (η=0.01, random start, last iterate)``.
     key_path: the attack's key is ``fold_in(root, *key_path)`` of the
       evaluation's root key, so a spec fixes its randomness.
+    targeting: APGD-T's targets, ``logits`` (AutoAttack's) or ``malt``.
   """
   kind: str
   eps: float = 0.0
@@ -60,10 +61,13 @@ class AttackSpec:
   name: str = ""
   label: str = ""
   key_path: tuple[int, ...] = ()
+  targeting: str = "logits"
 
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"kind={self.kind!r}: unknown attack kind; choose one of {', '.join(KINDS)}")
+    if self.targeting not in _apgd.TARGETING:
+      raise ValueError(f"targeting={self.targeting!r}: choose one of {', '.join(_apgd.TARGETING)}")
 
   def settings(self) -> tuple:
     """What the attack computes: every field but ``name`` and ``label``.
@@ -97,7 +101,7 @@ def _apgd_spec(s: AttackSpec, f: LogitsFn, x: jax.Array, y: jax.Array, k: jax.Ar
 def _apgd_t_spec(s: AttackSpec, f: LogitsFn, x: jax.Array, y: jax.Array, k: jax.Array, **opts) -> jax.Array:
   return _apgd.apgd_targeted(f, x, y, key=k, eps=s.eps, norm=s.norm, num_steps=s.steps,
                              num_targets=s.num_targets, restarts=s.restarts,
-                             random_start=s.random_start, **opts)
+                             random_start=s.random_start, targeting=s.targeting, **opts)
 
 
 def _fab_spec(s: AttackSpec, f: LogitsFn, x: jax.Array, y: jax.Array, k: jax.Array, **opts) -> jax.Array:
