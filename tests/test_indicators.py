@@ -122,3 +122,28 @@ def test_malt_targets_the_closest_linearised_boundary_not_the_highest_logit():
   assert attacks.cost(spec, 4).gradients == 6 + 4
   with pytest.raises(ValueError, match="targeting"):
     attacks.AttackSpec("apgd_t", targeting="closest")
+
+
+def test_l2_square_stays_in_the_ball_and_breaks_what_a_linear_model_allows():
+  """A linear model's L2 distance to its boundary is |w·x + b| / ‖w‖: Square breaks none beyond ε, most within ε/2."""
+  kw, kx = jax.random.split(jax.random.key(0))
+  w = jax.random.normal(kw, (64,))
+  w = w / jnp.linalg.norm(w)
+  x = 0.3 + 0.4 * jax.random.uniform(kx, (64, 8, 8, 1))
+  b = -float(jnp.median(x.reshape(64, -1) @ w)) - 0.3
+
+  def logits_fn(z):
+    s = z.reshape(z.shape[0], -1) @ w + b
+    return jnp.stack([-s, s], axis=1)
+
+  y = jnp.argmax(logits_fn(x), 1)
+  distance = np.asarray(jnp.abs(x.reshape(64, -1) @ w + b))
+  eps = 0.5
+  x_adv = jax.jit(lambda x, y, k: attacks.square(logits_fn, x, y, key=k, eps=eps, norm="l2", num_queries=300))(
+      x, y, KEY)
+  assert float(jnp.max(jnp.linalg.norm((x_adv - x).reshape(64, -1), axis=1))) <= eps * (1 + 1e-6)
+  assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+  broken = np.asarray(jnp.argmax(logits_fn(x_adv), 1) != y)
+  assert not broken[distance > eps].any()
+  assert (distance < eps / 2).sum() >= 10 and broken[distance < eps / 2].mean() >= 0.9
+  assert [s.name for s in attacks.autoattack_attacks("standard", eps=eps, norm="l2")][-1] == "square"

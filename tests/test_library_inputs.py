@@ -92,7 +92,7 @@ CASES = (
          ("x", "outside clip")),
     Case("square: 1 query", lambda: attacks.square(F, X, Y, key=KEY, eps=0.3, num_queries=1), ValueError,
          ("num_queries=1",)),
-    Case("square: L2", lambda: attacks.square(F, X, Y, key=KEY, eps=0.3, norm="l2"), ValueError, ("norm='l2'",)),
+    Case("square: L1", lambda: attacks.square(F, X, Y, key=KEY, eps=0.3, norm="l1"), ValueError, ("norm='l1'",)),
     Case("square: not NHWC", lambda: attacks.square(lambda z: z @ W, X2D, Y, key=KEY, eps=0.3),
          ValueError, ("x", "NHWC")),
     Case("random_noise: 0 samples", lambda: attacks.random_noise(F, X, Y, key=KEY, eps=0.3, num_samples=0),

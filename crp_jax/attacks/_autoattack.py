@@ -419,7 +419,7 @@ def autoattack(
   * ``custom``: a list of those names (``apgd-ce`` is the one-run APGD-CE of
     ``standard``) or of :class:`AttackSpec` s, in the order given.
 
-  Square is L∞ only here: with ``norm="l2"`` it is left out. Only examples
+  Square runs in the given norm (its L2 version with ``norm="l2"``). Only examples
   classified correctly at ``x`` are attacked. Before the attacks the model
   is checked as AutoAttack does (:func:`model_checks`), and after them
   whether Square broke points the white-box attacks missed

@@ -117,7 +117,7 @@ _RUNNERS: dict[str, Runner] = {
     "apgd_t": _apgd_t_spec,
     "fab": _fab_spec,
     "square": lambda s, f, x, y, k, **opts: _square.square(f, x, y, key=k, eps=s.eps, num_queries=s.steps,
-                                                           **opts),
+                                                           norm=s.norm, **opts),
     # Noise lies in [0, 1] by construction; it ignores ``clip``.
     "noise": lambda s, f, x, y, k, **opts: _noise.random_noise(f, x, y, key=k, eps=s.eps,
                                                                num_samples=s.steps),
@@ -137,7 +137,7 @@ def run_attack(spec: AttackSpec, logits_fn: LogitsFn, x: jax.Array, y: jax.Array
 
 def strong_attacks(*, eps: float, apgd_steps: int = 100, num_targets: int = 9,
                    square_queries: int = 5000, norm: str = "linf") -> tuple[AttackSpec, ...]:
-  """The strong protocol's attacks, AutoAttack-style: APGD-CE, APGD-T (DLR), Square (L∞ only).
+  """The strong protocol's attacks, AutoAttack-style: APGD-CE, APGD-T (DLR), Square (L∞ or L2).
 
   Attack ``a`` of the table has ``key_path == (a,)``.
   """
@@ -149,9 +149,8 @@ def strong_attacks(*, eps: float, apgd_steps: int = 100, num_targets: int = 9,
                  name="apgd-t",
                  label=f"APGD-T ({apgd_steps} steps, {num_targets} targets)"),
   ]
-  if norm == "linf":
-    table.append(AttackSpec("square", eps=eps, steps=square_queries, name="square",
-                            label=f"Square ({square_queries} queries)"))
+  table.append(AttackSpec("square", eps=eps, steps=square_queries, norm=norm, name="square",
+                          label=f"Square ({square_queries} queries)"))
   return tuple(dataclasses.replace(s, key_path=(a,)) for a, s in enumerate(table))
 
 
@@ -167,8 +166,8 @@ def autoattack_attacks(version: str = "standard", *, eps: float, norm: str = "li
   ``standard``: APGD-CE, APGD-T (``num_targets``), FAB-T (``num_targets``),
   Square (``square_queries``), one run each. ``plus``: APGD-CE and APGD-DLR
   with ``restarts`` runs, untargeted FAB with ``restarts`` runs, Square, then
-  APGD-T and FAB-T. Square is L∞ only here, so with ``norm="l2"`` it is left
-  out (AutoAttack runs an L2 Square). The first three of ``standard`` are
+  APGD-T and FAB-T. Square runs in the version's norm (L∞ or L2), as
+  AutoAttack's does. The first three of ``standard`` are
   :func:`strong_attacks`' specs, keys included; FAB-T has ``key_path (3,)``,
   ``plus``' extra attacks ``(4,), (5,)``.
   """

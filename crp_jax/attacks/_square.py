@@ -1,4 +1,4 @@
-"""Square Attack, L∞ (Andriushchenko et al. 2020): score-based random search."""
+"""Square Attack, L∞ and L2 (Andriushchenko et al. 2020): score-based random search."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ class _State(NamedTuple):
   queries: jax.Array  # (B,) int32
 
 
-def _window(keys: jax.Array, x: jax.Array, side: jax.Array) -> jax.Array:
-  """``(B, h, w, 1)`` bool mask of one ``side × side`` square per example, at a uniform position drawn from ``keys[b]``."""
+def _corners(keys: jax.Array, x: jax.Array, side: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(B, 1)`` top and left of a ``side × side`` square per example, uniform, drawn from ``keys[b]``."""
   height, width = x.shape[1:3]
 
   def corner(k):
@@ -49,8 +49,16 @@ def _window(keys: jax.Array, x: jax.Array, side: jax.Array) -> jax.Array:
     return (jax.random.randint(key_h, (1,), 0, height - side + 1),
             jax.random.randint(key_w, (1,), 0, width - side + 1))
 
-  top, left = jax.vmap(corner)(keys)
-  rows, cols = jnp.arange(height)[None, :], jnp.arange(width)[None, :]
+  return jax.vmap(corner)(keys)
+
+
+def _window(keys: jax.Array, x: jax.Array, side: jax.Array) -> jax.Array:
+  """``(B, h, w, 1)`` bool mask of one ``side × side`` square per example, at a uniform position drawn from ``keys[b]``."""
+  return _mask(*_corners(keys, x, side), x, side)
+
+
+def _mask(top: jax.Array, left: jax.Array, x: jax.Array, side: jax.Array) -> jax.Array:
+  rows, cols = jnp.arange(x.shape[1])[None, :], jnp.arange(x.shape[2])[None, :]
   in_rows = (rows >= top) & (rows < top + side)
   in_cols = (cols >= left) & (cols < left + side)
   return in_rows[:, :, None, None] & in_cols[:, None, :, None]
@@ -69,6 +77,91 @@ def _candidate(keys: jax.Array, x: jax.Array, x_best: jax.Array, eps: jax.Array,
   unchanged = ~jnp.any(jnp.abs(proposal - x_best) > 1e-7, axis=(1, 2, 3))
   flipped = jnp.where(mask, _core.clip_box(x - eps * sign, clip), x_best)
   return jnp.where(_core.rows_like(unchanged, x), flipped, proposal)
+
+
+# ----------------------------------------------------------------------------- L2
+
+
+def _pattern(top: jax.Array, left: jax.Array, x: jax.Array, side: jax.Array, flip: jax.Array) -> jax.Array:
+  r"""``(B, h, w, 1)`` the L2 attack's "meta pseudo-Gaussian" in each example's ``side × side`` window, unit norm.
+
+  The window's top ``⌊s/2⌋`` rows and the rest are two rectangles of
+  opposite sign; a pixel at Chebyshev distance ``d`` from its rectangle's
+  centre gets :math:`\sum_{k=d}^{K-1} (k+1)^{-2}` with ``K = ⌊s/2⌋ + 1``: nested
+  squares whose weights fall off with the distance. ``flip`` ``(B, 1)``
+  bool swaps rows and columns. Zero outside the window.
+  """
+  rows = jnp.arange(x.shape[1])[None, :, None] - top[:, :, None]   # (B, h, 1)
+  cols = jnp.arange(x.shape[2])[None, None, :] - left[:, :, None]  # (B, 1, w)
+  i, j = jnp.where(flip[:, :, None], cols, rows), jnp.where(flip[:, :, None], rows, cols)
+  half = side // 2
+  upper = i < half
+  i_in = jnp.where(upper, i, i - half)
+  height = jnp.where(upper, half, side - half)
+  d = jnp.maximum(jnp.abs(i_in - height // 2), jnp.abs(j - side // 2))
+  inverse_squares = jnp.concatenate([jnp.zeros(1), jnp.cumsum(1.0 / jnp.arange(1, max(x.shape[1:3]) + 2) ** 2)])
+  value = inverse_squares[half + 1] - inverse_squares[jnp.clip(d, 0, half + 1)]
+  inside = (i >= 0) & (i < side) & (j >= 0) & (j < side)
+  pattern = jnp.where(inside, jnp.where(upper, value, -value), 0.0).astype(x.dtype)[..., None]
+  return pattern / _core.rows_like(_core.l2_norm(pattern) + 1e-12, pattern)
+
+
+def _channel_norms(v: jax.Array) -> jax.Array:
+  """``(B, 1, 1, c)`` the L2 norm of each example's each channel."""
+  return jnp.sqrt(jnp.sum(jnp.square(v), axis=(1, 2), keepdims=True))
+
+
+def _candidate_l2(keys: jax.Array, x: jax.Array, x_best: jax.Array, eps: jax.Array, side: jax.Array,
+                  clip: Clip) -> jax.Array:
+  r"""``x_best`` with its perturbation moved between two random windows, its L2 norm kept at most ε.
+
+  With ``δ = x_best − x`` and windows ``W₁, W₂``, per channel: the mass
+  :math:`
+u^2 = \|\delta_{W_1 \cup W_2}\|^2` plus an even share of the
+  unused budget :math:`(\epsilon^2 - \|\delta\|^2)/c` goes into ``W₁`` along
+  a random-signed pattern (:func:`_pattern`) plus ``W₁``'s old direction,
+  and ``W₂`` is emptied (Andriushchenko et al. 2020, the L2 update).
+  """
+  top1, left1 = _corners(_core.fold_rows(keys, 0), x, side)
+  top2, left2 = _corners(_core.fold_rows(keys, 1), x, side)
+  flip = _core.per_row(_core.fold_rows(keys, 2), lambda k: jax.random.bernoulli(k, shape=(1,)))
+  sign = _core.per_row(_core.fold_rows(keys, 3), lambda k: jax.random.rademacher(k, (1, 1) + x.shape[3:], x.dtype))
+  w1, w2 = _mask(top1, left1, x, side), _mask(top2, left2, x, side)
+  delta = x_best - x
+  nu = _channel_norms(jnp.where(w1 | w2, delta, 0.0))
+  spare = jnp.maximum(eps ** 2 - _core.l2_norm(delta) ** 2, 0.0)
+  old = jnp.where(w1, delta, 0.0)
+  direction = _pattern(top1, left1, x, side, flip) * sign + old / (_channel_norms(old) + 1e-10)
+  direction = direction / (_channel_norms(direction) + 1e-12)
+  scale = jnp.sqrt(jnp.maximum(nu ** 2 + _core.rows_like(spare, x) / x.shape[3], 0.0))
+  new = jnp.where(w1, direction * scale, jnp.where(w2, 0.0, delta))
+  return _into_ball(x, new, eps, clip)
+
+
+def _into_ball(x: jax.Array, delta: jax.Array, eps: jax.Array, clip: Clip) -> jax.Array:
+  """``clip(x + δ)`` with ``δ`` first scaled into the L2 ball of radius ε (rounding can leave it just outside)."""
+  shrink = jnp.minimum(1.0, eps / (_core.l2_norm(delta) + 1e-12))
+  return _core.clip_box(x + delta * _core.rows_like(shrink, x), clip)
+
+
+def _init_l2(logits_fn: LogitsFn, keys: jax.Array, x: jax.Array, y: jax.Array, eps: jax.Array,
+             clip: Clip) -> "_State":
+  """Query the clean input, then a grid of random-signed patterns in blocks of ``h // 5``, scaled to norm ε."""
+  logits = logits_fn(x)
+  clean = _State(x, _core.margin_loss(logits, y), _core.misclassified(logits, y),
+                 jnp.ones(x.shape[:1], jnp.int32))
+  block = max(x.shape[1] // 5, 1)
+  delta = jnp.zeros_like(x)
+  origin = jnp.zeros((x.shape[0], 1), jnp.int32)
+  no_flip = jnp.zeros((x.shape[0], 1), bool)
+  for b, (top, left) in enumerate((t, l) for t in range(0, x.shape[1] - block + 1, block)
+                                  for l in range(0, x.shape[2] - block + 1, block)):
+    sign = _core.per_row(_core.fold_rows(keys, b),
+                         lambda k: jax.random.rademacher(k, (1, 1) + x.shape[3:], x.dtype))
+    delta = delta + _pattern(origin + top, origin + left, x, jnp.int32(block), no_flip) * sign
+  delta = delta * _core.rows_like(eps / (_core.l2_norm(delta) + 1e-12), x)
+  return _query(logits_fn, clean._replace(loss_best=jnp.full_like(clean.loss_best, -jnp.inf)),
+                _into_ball(x, delta, eps, clip), y)
 
 
 def _query(logits_fn: LogitsFn, s: _State, x_new: jax.Array, y: jax.Array) -> _State:
@@ -111,7 +204,7 @@ def square_with_info(
     clip: Clip = (0.0, 1.0),
     early_stop: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
-  r"""Square Attack (L∞) and the number of model queries spent on each example.
+  r"""Square Attack (L∞ or L2) and the number of model queries spent on each example.
 
   Gradient-free random search on the margin loss
   :math:`\max_{j \ne y} z_j - z_y`. From vertical stripes
@@ -123,16 +216,22 @@ def square_with_info(
   iteration, so at most ``num_queries`` per example. Unlike the reference,
   the square may touch the last row and column.
 
+  L2 (``norm="l2"``): the start is a grid of random-signed pseudo-Gaussian
+  patterns scaled to norm ε, and each iteration moves the perturbation's mass
+  from one random window into another along a new pattern
+  (:func:`_candidate_l2`), windows at least 3 × 3; every point stays in the
+  L2 ball and the box.
+
   Args:
     logits_fn: ``(B, h, w, c) -> (B, C)`` logits, per-example independent.
     x: ``(B, h, w, c)`` NHWC inputs inside ``clip``.
     y: ``(B,)`` integer labels.
     key: PRNG key of the search: one key (row ``b`` draws from
       ``fold_in(key, b)``) or ``(B,)`` keys, one per example.
-    eps: L∞ radius ε.
+    eps: radius ε.
     num_queries: query budget per example, ≥ 2 (static).
     p_init: initial fraction of pixels changed per iteration.
-    norm: only ``"linf"``.
+    norm: ``"linf"`` or ``"l2"``.
     clip: pixel range ``(lo, hi)``, or ``None``.
     early_stop: stop the search once every example is fooled (the result
       is the same); ``False`` runs every iteration, for timing.
@@ -145,22 +244,24 @@ def square_with_info(
     Andriushchenko, Croce, Flammarion, Hein, *Square Attack: a
     query-efficient black-box adversarial attack via random search*, ECCV 2020.
   """
-  if _checks.norm(norm) != "linf":
-    raise ValueError(f"norm={norm!r}: square is L∞ only here; use 'linf'")
-  _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps)
+  norm = _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps, norm_name=norm)
   if x.ndim != 4:
     raise ValueError(f"x: shape {x.shape}; square needs NHWC inputs (B, h, w, c)")
   _checks.count(num_queries, "num_queries", 2)   # the clean input and the stripes
   eps = _core.as_scalar(eps, x)
-  sides = jnp.asarray(square_sizes(num_queries, p_init, x.shape[1], x.shape[2]))
+  sides = square_sizes(num_queries, p_init, x.shape[1], x.shape[2])
+  if norm == "l2":   # two windows of at least 3 × 3 (the reference's floor), inside the image
+    sides = np.clip(sides, min(3, *x.shape[1:3]), min(x.shape[1:3])).astype(np.int32)
+  sides = jnp.asarray(sides)
   keys = _core.row_keys(key, x.shape[0])
   init_keys, search_keys = _core.fold_rows(keys, 0), _core.fold_rows(keys, 1)
+  init, candidate = (_init, _candidate) if norm == "linf" else (_init_l2, _candidate_l2)
 
   def body(i, s: _State) -> _State:
-    x_new = _candidate(_core.fold_rows(search_keys, i), x, s.x_best, eps, sides[i], clip)
+    x_new = candidate(_core.fold_rows(search_keys, i), x, s.x_best, eps, sides[i], clip)
     return _query(logits_fn, s, x_new, y)
 
-  s = _init(logits_fn, init_keys, x, y, eps, clip)
+  s = init(logits_fn, init_keys, x, y, eps, clip)
   if num_queries > 2:  # the loop body indexes `sides`, which is empty otherwise
     s = _core.steps_until_done(num_queries - 2, body, s, lambda s: s.done, early_stop)
   return s.x_best, s.queries
@@ -179,7 +280,7 @@ def square(
     clip: Clip = (0.0, 1.0),
     early_stop: bool = True,
 ) -> jax.Array:
-  """Square Attack (L∞); :func:`square_with_info` without the query counts.
+  """Square Attack (L∞ or L2); :func:`square_with_info` without the query counts.
 
   Examples:
     >>> import jax, jax.numpy as jnp

@@ -46,7 +46,7 @@ def strong_eval(
   shardable). The attacks are the table of
   :func:`~crp_jax.attacks.strong_attacks`, the one the CLI's evaluation and
   the parity tool run too; attack ``a`` uses key ``fold_in(key, a)``. Square
-  is L∞ only, so with ``norm="l2"`` it is skipped and has no entry.
+  runs in the given norm (its L2 version with ``norm="l2"``) and needs NHWC inputs.
 
   Args:
     logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
@@ -64,8 +64,7 @@ def strong_eval(
 
   Returns:
     ``{"correct": {name: (B,) bool}, "accuracy": {name: scalar}}`` for
-    ``name`` in ``("clean", "apgd-ce", "apgd-t", "square", "worst_case")``
-    (no ``"square"`` for L2).
+    ``name`` in ``("clean", "apgd-ce", "apgd-t", "square", "worst_case")``.
   """
   norm = _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps, norm_name=norm)
   for name, value in (("apgd_steps", apgd_steps), ("num_targets", num_targets), ("square_queries", square_queries)):
