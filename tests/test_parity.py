@@ -69,6 +69,7 @@ def test_train_config_lasts_the_steps_on_the_library_trainer():
     ("--apgd_steps=0", "error: --apgd_steps must be >= 1, got 0"),
     ("--eps=0", "error: need 0 < --eps <= 1 and --tolerance >= 0, got 0.0 and 1.0"),
     ("--examples=many", "error: flag --examples=many: invalid literal for int() with base 10: 'many'"),
+    ("--norm=l2", "error: --reference and --norm apply to --protocol=autoattack only"),
 ])
 def test_a_bad_flag_is_one_line_and_exit_2(flag, message):
   proc = subprocess.run([sys.executable, "-m", "tools.parity", flag], cwd=ROOT, capture_output=True, text=True,
@@ -123,6 +124,21 @@ def test_autoattack_parity_with_torchattacks():
   table = parity.format_autoattack_report(r)
   print(table)
   assert r.logit_max_abs_diff <= parity.LOGIT_TOLERANCE, table
+  assert 0.05 < r.theirs_final < r.ours.clean_accuracy - 0.05, table  # not vacuous
+  assert list(r.theirs.robust_after) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+  assert r.passed, table
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+def test_autoattack_parity_with_autoattacks_own_code(norm, eps):
+  pytest.importorskip("torch")
+  pytest.importorskip("pyautoattack")
+  budget = parity.Budget(apgd_steps=10, num_targets=3, square_queries=100)
+  r = parity.run_autoattack_parity(examples=100, eps=eps, train_steps=300, budget=budget, batch_size=100,
+                                   tolerance=0.02, reference="pyautoattack", norm=norm)
+  table = parity.format_autoattack_report(r)
+  print(table)
   assert 0.05 < r.theirs_final < r.ours.clean_accuracy - 0.05, table  # not vacuous
   assert list(r.theirs.robust_after) == ["apgd-ce", "apgd-t", "fab-t", "square"]
   assert r.passed, table

@@ -379,6 +379,7 @@ class AutoAttackReport(NamedTuple):
   theirs: _autoattack.Chain
   fab_alone: tuple[Outcome, Outcome] | None
   tolerance: float
+  reference: str = "torchattacks"
 
   @property
   def theirs_final(self) -> float:
@@ -398,6 +399,38 @@ def their_standard(net: Any, eps: float, budget: Budget, seed: int) -> dict[str,
                                           queries=budget.square_queries, seed=seed)
 
 
+def their_pyautoattack(net: Any, eps: float, norm: str, budget: Budget, seed: int) -> dict[str, Any]:
+  """fra31/auto-attack's own APGD-CE, APGD-T, FAB-T and Square (PyPI ``pyautoattack``) at ``budget``.
+
+  Each is called as ``run_standard_evaluation`` calls it (loss, targeting and
+  restarts set before ``perturb``), so chaining them with
+  :func:`~crp_jax.attacks._autoattack.run_in_order` is AutoAttack standard.
+  """
+  from pyautoattack import AutoAttack  # pylint: disable=g-import-not-at-top
+  aa = AutoAttack(net, eps=eps, norm={"linf": "Linf", "l2": "L2"}[norm], version="standard", seed=seed)
+  aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = budget.apgd_steps
+  aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = budget.num_targets
+  aa.square.n_queries = budget.square_queries
+
+  def apgd_ce(x, y):
+    aa.apgd.loss, aa.apgd.seed = "ce", seed
+    return aa.apgd.perturb(x, y)
+
+  def apgd_t(x, y):
+    aa.apgd_targeted.seed = seed
+    return aa.apgd_targeted.perturb(x, y)
+
+  def fab_t(x, y):
+    aa.fab.targeted, aa.fab.n_restarts, aa.fab.seed = True, 1, seed
+    return aa.fab.perturb(x, y)
+
+  def square(x, y):
+    aa.square.seed = seed
+    return aa.square.perturb(x, y)
+
+  return {"apgd-ce": apgd_ce, "apgd-t": apgd_t, "fab-t": fab_t, "square": square}
+
+
 def _their_runner(net: Any, x: Any, y: Any, their: dict[str, Any], batch_size: int) -> _autoattack.RunFn:
   """A :data:`~crp_jax.attacks._autoattack.RunFn` of torchattacks' attacks on the examples asked for."""
   def run(spec: attacks.AttackSpec, idx: np.ndarray) -> tuple[np.ndarray, None]:
@@ -408,9 +441,10 @@ def _their_runner(net: Any, x: Any, y: Any, their: dict[str, Any], batch_size: i
 
 def run_autoattack_parity(*, examples: int, eps: float, train_steps: int, budget: Budget = Budget(),
                           batch_size: int = 500, seed: int = 0, tolerance: float = 0.005,
-                          workdir: str = "", fab_alone_examples: int = 0,
-                          log: Callable[[str], None] = print) -> AutoAttackReport:
-  """Our ``autoattack(version="standard")`` and torchattacks' four attacks, chained alike, on the same digits."""
+                          workdir: str = "", fab_alone_examples: int = 0, reference: str = "torchattacks",
+                          norm: str = "linf", log: Callable[[str], None] = print) -> AutoAttackReport:
+  """Our ``autoattack(version="standard")`` and the reference's four attacks (torchattacks', or
+  ``pyautoattack``: AutoAttack's own code), chained alike, on the same digits, in ``norm``."""
   variables = saved_lenet(workdir) if workdir else train_lenet(train_steps, seed=seed)
   logits_fn = logits_fn_of(variables)
   x_all, y_all = attack_examples(1000)
@@ -421,13 +455,18 @@ def run_autoattack_parity(*, examples: int, eps: float, train_steps: int, budget
   log(f"clean test accuracy {100 * clean_acc:.1f}% on 1000 digits; flax vs torch logits max |diff| {gap:.2e}")
   budgets = dict(apgd_steps=budget.apgd_steps, fab_steps=budget.apgd_steps, num_targets=budget.num_targets,
                  square_queries=budget.square_queries)
-  ours = attacks.autoattack(logits_fn, x, y, key=jax.random.key(seed), eps=eps, version="standard",
+  ours = attacks.autoattack(logits_fn, x, y, key=jax.random.key(seed), eps=eps, version="standard", norm=norm,
                             batch_size=batch_size, log=lambda m: log(f"crp_jax {m.strip()}"), **budgets)
   specs = ours.attacks
-  their = their_standard(net, eps, budget, seed)
-  log("torchattacks, the same four in the same order:")
+  if reference == "pyautoattack":
+    their = their_pyautoattack(net, eps, norm, budget, seed)
+  elif norm == "linf":
+    their = their_standard(net, eps, budget, seed)
+  else:
+    raise ValueError("norm: the torchattacks reference is L-inf only here; use --reference=pyautoattack")
+  log(f"{reference}, the same four in the same order:")
   theirs = _autoattack.run_in_order(specs, ours.clean, _their_runner(net, x_torch, y_torch, their, batch_size),
-                                lambda m: log(f"torchattacks {m.strip()}"))
+                                lambda m: log(f"{reference} {m.strip()}"))
   fab_alone = None
   if fab_alone_examples:
     n = fab_alone_examples
@@ -437,7 +476,7 @@ def run_autoattack_parity(*, examples: int, eps: float, train_steps: int, budget
     theirs_fab = run_theirs(net, x_torch[:n], y_torch[:n], their["fab-t"], batch_size=batch_size)
     fab_alone = (ours_fab._replace(correct=ours_fab.correct & ours.clean[:n]),
                  theirs_fab._replace(correct=theirs_fab.correct & ours.clean[:n]))
-  return AutoAttackReport(clean_acc, gap, ours, theirs, fab_alone, tolerance)
+  return AutoAttackReport(clean_acc, gap, ours, theirs, fab_alone, tolerance, reference)
 
 
 def format_autoattack_report(r: AutoAttackReport) -> str:
@@ -452,21 +491,23 @@ def format_autoattack_report(r: AutoAttackReport) -> str:
     rows.append((f"FAB-T alone, first {o.correct.size} digits", float(o.correct.mean()),
                  float(t.correct.mean()), _seconds(o), _seconds(t)))
   failed = [c.name for c in r.ours.checks if not c.passed]
-  verdict = (f"{'PASS' if r.passed else 'FAIL'}: AutoAttack standard, crp_jax {100 * r.ours.robust_accuracy:.1f}% "
-             f"vs torchattacks {100 * r.theirs_final:.1f}%: must be <= +{100 * r.tolerance:.1f} points; "
+  verdict = (f"{'PASS' if r.passed else 'FAIL'}: AutoAttack standard ({r.ours.norm}), crp_jax "
+             f"{100 * r.ours.robust_accuracy:.1f}% vs {r.reference} {100 * r.theirs_final:.1f}%: must be <= "
+             f"+{100 * r.tolerance:.1f} points; "
              f"logits max |diff| {r.logit_max_abs_diff:.1e} <= {LOGIT_TOLERANCE:.0e}; "
              f"AutoAttack checks failed: {', '.join(failed) or 'none'}")
-  return "\n".join(_table(rows) + [verdict])
+  return "\n".join(_table(rows, r.reference) + [verdict])
 
 
 Row = tuple[str, float, float, str, str]  # label, crp_jax, torchattacks, their wall times
 
 
-def _table(rows: list[Row]) -> list[str]:
+def _table(rows: list[Row], reference: str = "torchattacks") -> list[str]:
   """Aligned text lines of ``rows``, accuracies in % and their difference in points."""
   width = max(40, *(len(r[0]) for r in rows))
-  header = (f"{'attack':<{width}} {'crp_jax %':>9} {'torchatt. %':>11} {'diff':>6} "
-            f"{'crp_jax s (+compile)':>20} {'torchatt. s':>11}")
+  ref = reference[:8] + "."
+  header = (f"{'attack':<{width}} {'crp_jax %':>9} {ref + ' %':>11} {'diff':>6} "
+            f"{'crp_jax s (+compile)':>20} {ref + ' s':>11}")
   lines = [header, "-" * len(header)]
   for label, ours, theirs, our_s, their_s in rows:
     lines.append(f"{label:<{width}} {100 * ours:>9.1f} {100 * theirs:>11.1f} "
@@ -523,6 +564,10 @@ def define_flags() -> None:
                     "strong: APGD-CE, APGD-T, Square each alone and AutoAttack (issue 4); autoattack: "
                     "attacks.autoattack(version='standard') against torchattacks' APGD-CE, APGD-T, FAB-T, "
                     "Square chained the same way (issue 15).")
+  flags.DEFINE_enum("reference", "torchattacks", ["torchattacks", "pyautoattack"],
+                    "With --protocol=autoattack: torchattacks' attacks, or AutoAttack's own code from PyPI's "
+                    "pyautoattack (the bench extra).")
+  flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "With --protocol=autoattack: the threat model.")
   flags.DEFINE_integer("fab_alone_examples", 0, "With --protocol=autoattack: also FAB-T alone on this "
                        "many digits, both sides.")
 
@@ -536,6 +581,10 @@ def flag_problem(f: flags.FlagValues) -> str | None:
       return f"--{name} must be >= 1, got {f[name].value}"
   if not 0 <= f.fab_alone_examples <= f.examples:
     return f"--fab_alone_examples must be in [0, --examples={f.examples}], got {f.fab_alone_examples}"
+  if (f.reference != "torchattacks" or f.norm != "linf") and f.protocol != "autoattack":
+    return "--reference and --norm apply to --protocol=autoattack only"
+  if f.reference == "torchattacks" and f.norm != "linf":
+    return "--norm=l2 needs --reference=pyautoattack (the torchattacks reference here is L-inf only)"
   if not 0 < f.eps <= 1 or f.tolerance < 0:
     return f"need 0 < --eps <= 1 and --tolerance >= 0, got {f.eps} and {f.tolerance}"
   if f.workdir and not os.path.isfile(os.path.join(f.workdir, "config.json")):
@@ -570,8 +619,9 @@ def main(argv: list[str]) -> int:
   if f.protocol == "autoattack":
     r = run_autoattack_parity(examples=f.examples, eps=f.eps, train_steps=f.train_steps, budget=budget,
                               batch_size=f.batch_size, seed=f.seed, tolerance=f.tolerance / 100,
-                              workdir=f.workdir, fab_alone_examples=f.fab_alone_examples)
-    print(f"\nAutoAttack parity at eps={f.eps} (L-inf) on {f.examples} mnist5k test digits of {model}, "
+                              workdir=f.workdir, fab_alone_examples=f.fab_alone_examples,
+                              reference=f.reference, norm=f.norm)
+    print(f"\nAutoAttack parity against {f.reference} at eps={f.eps} ({f.norm}) on {f.examples} mnist5k test digits of {model}, "
           f"total {time.perf_counter() - start:.0f} s")
     print(format_autoattack_report(r))
     return 0 if r.passed else 1
