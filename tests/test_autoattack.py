@@ -227,7 +227,9 @@ def test_bad_versions_and_custom_lists_are_refused():
   logits_fn, x, y = linear_problem("linf", 0.1, extra_classes=2)
   call = lambda **kw: attacks.autoattack(logits_fn, x, y, key=jax.random.key(0), eps=0.1, log=None, **kw)
   with pytest.raises(ValueError, match="unknown AutoAttack version"):
-    call(version="rand")
+    call(version="fast")
+  with pytest.raises(ValueError, match="version='rand' attacks a randomised model"):
+    call(version="rand")   # rand needs the model's draws (attacks.eot)
   with pytest.raises(ValueError, match="unknown attack 'pgd'"):
     call(custom=["pgd"])
   with pytest.raises(ValueError, match="twice"):

@@ -66,7 +66,7 @@ from crp_jax.attacks._autoattack import AutoAttackResult, Check, Cost, autoattac
 from crp_jax.attacks._fab import FabResult, fab, fab_with_info
 from crp_jax.attacks._indicators import (Indicator, attack_failure, incomplete_optimisation, silent_success,
                                          unstable_predictions)
-from crp_jax.attacks._core import LogitsFn, accuracy, correct, example_keys, get_loss
+from crp_jax.attacks._core import Eot, LogitsFn, accuracy, correct, eot, example_keys, get_loss
 from crp_jax.attacks._noise import random_noise
 from crp_jax.attacks._pgd import fgsm, pgd, projected_ascent
 from crp_jax.attacks._spec import AttackSpec, autoattack_attacks, run_attack, strong_attacks
@@ -81,6 +81,7 @@ __all__ = [
     "AutoAttackResult",
     "Check",
     "Cost",
+    "Eot",
     "FabResult",
     "Indicator",
     "LogitsFn",
@@ -92,6 +93,7 @@ __all__ = [
     "autoattack_attacks",
     "check_data",
     "correct",
+    "eot",
     "cost",
     "example_keys",
     "fab",

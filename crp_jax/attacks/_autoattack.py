@@ -416,6 +416,9 @@ def autoattack(
     FAB-T (9 targets × 100 steps), Square (5,000 queries);
   * ``plus``: APGD-CE and APGD-DLR (5 restarts each), FAB (5 restarts),
     Square, APGD-T, FAB-T;
+  * ``rand``: APGD-CE and APGD-DLR, for a randomised model given as
+    :func:`~crp_jax.attacks.eot` (the gradients average over its draws, and
+    an example is robust if the prediction averaged over the draws is right);
   * ``custom``: a list of those names (``apgd-ce`` is the one-run APGD-CE of
     ``standard``) or of :class:`AttackSpec` s, in the order given.
 
@@ -433,7 +436,7 @@ def autoattack(
       ``fold_in(spec.key(key), i)``, whatever ``batch_size``.
     eps: radius ε.
     norm: ``"linf"`` or ``"l2"`` (AutoAttack's ``"Linf"``, ``"L2"`` too).
-    version: ``"standard"`` or ``"plus"`` (ignored with ``custom``).
+    version: ``"standard"``, ``"plus"`` or ``"rand"`` (ignored with ``custom``).
     custom: the attacks to run instead of a version.
     batch_size: examples per jitted call.
     clip: pixel range.
@@ -472,6 +475,9 @@ def autoattack(
     _checks.count(value, name)
   if state_dir is not None and not isinstance(state_dir, (str, os.PathLike)):
     raise TypeError(f"state_dir: expected a folder path (str or os.PathLike), got {type(state_dir).__name__}")
+  if version == "rand" and custom is None and not isinstance(logits_fn, _core.Eot):
+    raise ValueError("logits_fn: version='rand' attacks a randomised model through its draws; pass "
+                     "attacks.eot(model, key=..., draws=20) with model(x, key) -> logits")
   version, specs = _resolve(version, custom, eps=eps, norm=norm, **budgets)
   x, y = jnp.asarray(x), jnp.asarray(y)
   logits = program(logits_fn, x).run(x)

@@ -118,6 +118,45 @@ def misclassified(logits: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.argmax(logits, axis=1) != y
 
 
+class Eot(NamedTuple):
+  r"""A randomised model ``fn(x, key) -> (B, C)`` seen through ``draws`` fixed draws of its randomness.
+
+  Called, it returns the mean logits over the draws (draw ``d`` keyed
+  ``fold_in(key, d)``), a deterministic function every attack accepts. The
+  gradient attacks (FGSM, PGD, APGD, APGD-T) then differentiate the loss
+  averaged over the draws, :math:`rac{1}{D}\sum_d \ell(\mathrm{fn}(x, k_d), y)`:
+  Expectation over Transformation (Athalye et al. 2018), with the same
+  draws at every step (AutoAttack's ``rand`` version draws anew at each).
+  """
+
+  fn: Callable[[jax.Array, jax.Array], jax.Array]
+  key: jax.Array
+  draws: int
+
+  def all_logits(self, x: jax.Array) -> jax.Array:
+    """``(D, B, C)`` the logits of every draw."""
+    return jax.vmap(lambda d: self.fn(x, jax.random.fold_in(self.key, d)))(jnp.arange(self.draws))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jnp.mean(self.all_logits(x), axis=0)
+
+
+def eot(fn: Callable[[jax.Array, jax.Array], jax.Array], *, key: jax.Array, draws: int = 20) -> Eot:
+  """A randomised model ``fn(x, key) -> (B, C)`` as a :class:`Eot` logits function over ``draws`` draws.
+
+  >>> import jax, jax.numpy as jnp
+  >>> noisy = lambda x, k: x + 0.1 * jax.random.normal(k, x.shape)
+  >>> f = eot(noisy, key=jax.random.key(0), draws=1000)
+  >>> bool(jnp.allclose(f(jnp.array([[1.0, 0.0]])), jnp.array([[1.0, 0.0]]), atol=0.02))
+  True
+  """
+  if not callable(fn):
+    raise TypeError(f"fn: expected a callable fn(x, key) -> logits, got {type(fn).__name__}")
+  if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+    raise ValueError(f"draws={draws!r}: must be an integer >= 1")
+  return Eot(fn, key, draws)
+
+
 def loss_and_grad(
     logits_fn: LogitsFn, loss_fn: LogitsLossFn, x: jax.Array, y: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -125,8 +164,14 @@ def loss_and_grad(
 
   Differentiates the *sum* of per-example losses: with a per-example model
   (BatchNorm in inference mode) row ``b`` of the gradient is ``∇_{x_b} ℓ_b``.
+  With an :class:`Eot` model the loss is the mean over its draws and the
+  logits their mean.
   """
   def total(x):
+    if isinstance(logits_fn, Eot):
+      draws = logits_fn.all_logits(x)
+      loss = jnp.mean(jax.vmap(lambda z: loss_fn(z, y))(draws), axis=0)
+      return jnp.sum(loss), (loss, jnp.mean(draws, axis=0))
     logits = logits_fn(x)
     loss = loss_fn(logits, y)
     return jnp.sum(loss), (loss, logits)

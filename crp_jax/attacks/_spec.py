@@ -155,18 +155,19 @@ def strong_attacks(*, eps: float, apgd_steps: int = 100, num_targets: int = 9,
 
 
 #: AutoAttack's versions (Croce & Hein 2020), as :func:`autoattack_attacks` builds them.
-VERSIONS: tuple[str, ...] = ("standard", "plus")
+VERSIONS: tuple[str, ...] = ("standard", "plus", "rand")
 
 
 def autoattack_attacks(version: str = "standard", *, eps: float, norm: str = "linf", apgd_steps: int = 100,
                        fab_steps: int = 100, num_targets: int = 9, square_queries: int = 5000,
                        restarts: int = 5) -> tuple[AttackSpec, ...]:
-  """AutoAttack's attacks in its order: ``standard`` or ``plus``.
+  """AutoAttack's attacks in its order: ``standard``, ``plus`` or ``rand``.
 
   ``standard``: APGD-CE, APGD-T (``num_targets``), FAB-T (``num_targets``),
   Square (``square_queries``), one run each. ``plus``: APGD-CE and APGD-DLR
   with ``restarts`` runs, untargeted FAB with ``restarts`` runs, Square, then
-  APGD-T and FAB-T. Square runs in the version's norm (L∞ or L2), as
+  APGD-T and FAB-T. ``rand``: APGD-CE and APGD-DLR, one run each (for a
+  randomised model, with EOT: :func:`~crp_jax.attacks.eot`). Square runs in the version's norm (L∞ or L2), as
   AutoAttack's does. The first three of ``standard`` are
   :func:`strong_attacks`' specs, keys included; FAB-T has ``key_path (3,)``,
   ``plus``' extra attacks ``(4,), (5,)``.
@@ -180,6 +181,9 @@ def autoattack_attacks(version: str = "standard", *, eps: float, norm: str = "li
                      label=f"FAB-T ({fab_steps} steps, {num_targets} targets)", key_path=(3,))
   if version == "standard":
     return (apgd_ce, apgd_t, fab_t, *square)
+  if version == "rand":   # for a randomised model seen through attacks.eot: the two untargeted APGDs
+    return (apgd_ce, AttackSpec("apgd", eps=eps, steps=apgd_steps, loss="dlr", norm=norm, name="apgd-dlr",
+                                label=f"APGD-DLR ({apgd_steps} steps)", key_path=(4,)))
   runs = f", {restarts} restarts"
   apgd_ce = dataclasses.replace(apgd_ce, restarts=restarts, label=f"APGD-CE ({apgd_steps} steps{runs})")
   apgd_dlr = AttackSpec("apgd", eps=eps, steps=apgd_steps, loss="dlr", restarts=restarts, norm=norm,
