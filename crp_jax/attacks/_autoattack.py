@@ -486,12 +486,8 @@ def autoattack(
   if log is not None:
     log(f"AutoAttack {version} ({', '.join(s.name for s in specs)}), {norm} eps={eps:g}: "
         f"clean accuracy {100 * clean.mean():.2f}% on {clean.size} examples")
-  state = None
-  if state_dir is not None:
-    state = ChainState.open(state_dir, fingerprint(version, specs, eps, norm, batch_size, clip, key, x, y, logits))
-    if log is not None and (state.finished or state.chunks):
-      log(f"  resuming from {state.path}: {len(state.finished)} attack(s) finished, "
-          f"{len(state.chunks)} chunk(s) of {state.current or 'none'} done")
+  state = None if state_dir is None else _open_state(
+      state_dir, fingerprint(version, specs, eps, norm, batch_size, clip, key, x, y, logits), log)
   x_adv = np.array(x)
 
   def keep(idx: np.ndarray, points: np.ndarray) -> None:
@@ -507,6 +503,15 @@ def autoattack(
                               num_steps=budgets.get("apgd_steps", 100), log=log) if indicators else ()
   return AutoAttackResult(version, float(eps), norm, specs, clean, chain, x_adv, tuple(checks),
                           int(logits.shape[1]), found)
+
+
+def _open_state(state_dir: str | os.PathLike, print_: str, log: Callable[[str], None] | None) -> ChainState:
+  """The run's :class:`ChainState` in ``state_dir`` (fingerprint ``print_``), saying what it resumes."""
+  state = ChainState.open(state_dir, print_)
+  if log is not None and (state.finished or state.chunks):
+    log(f"  resuming from {state.path}: {len(state.finished)} attack(s) finished, "
+        f"{len(state.chunks)} chunk(s) of {state.current or 'none'} done")
+  return state
 
 
 #: The indicators draw from fold_in(key, INDICATOR_KEY); the attacks' key paths are small integers.

@@ -191,6 +191,15 @@ def _start(keys: jax.Array, x: jax.Array, radius: jax.Array, norm: Norm, clip: C
   return _core.clip_box(x + radius * t, clip)
 
 
+def _restart_points(key: jax.Array, x: jax.Array, runs: int, restarts: int, radius: jax.Array, norm: Norm,
+                    clip: Clip) -> jax.Array:
+  """``(B·runs, *shape)`` first iterates: run ``r`` of row ``b`` at ``x`` when ``r % restarts == 0`` (restart 0
+  of each target draws nothing), else :func:`_start` with ``fold_in(key_b, r)``."""
+  keys = _core.row_keys(key, x.shape[0])
+  draw = lambda r: jnp.where(r % restarts == 0, x, _start(_core.fold_rows(keys, r), x, radius, norm, clip))
+  return jax.vmap(draw, out_axes=1)(jnp.arange(runs)).reshape((-1,) + x.shape[1:])
+
+
 def final_search(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, best: jax.Array, found: jax.Array,
                  num_steps: int) -> jax.Array:
   r"""Bisection on the segment from ``x`` to ``best`` for the misclassified point closest to ``x``.
@@ -316,12 +325,7 @@ def fab_with_info(
   x0, y0 = _core.repeat_runs(x, runs), _core.repeat_runs(y, runs)
   radius = jnp.inf if eps is None else _core.as_scalar(eps, x)
   within = lambda s: s.best_norm <= radius if eps is not None else jnp.zeros_like(s.best_norm, bool)
-  starts = x0
-  if restarts > 1:  # restart 0 of each target starts at x and draws nothing
-    keys = _core.row_keys(key, x.shape[0])
-    starts = jax.vmap(lambda r: jnp.where(r % restarts == 0, x, _start(_core.fold_rows(keys, r), x,
-                                                                        0.5 * radius, norm, clip)),
-                      out_axes=1)(jnp.arange(runs)).reshape(x0.shape)
+  starts = x0 if restarts == 1 else _restart_points(key, x, runs, restarts, 0.5 * radius, norm, clip)
   clean_adv = _core.misclassified(logits, y)
   clean_adv = _core.repeat_runs(clean_adv, runs)
   init = _State(starts, x0, jnp.where(clean_adv, 0.0, jnp.inf).astype(x.dtype),
