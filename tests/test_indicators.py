@@ -147,3 +147,11 @@ def test_l2_square_stays_in_the_ball_and_breaks_what_a_linear_model_allows():
   assert not broken[distance > eps].any()
   assert (distance < eps / 2).sum() >= 10 and broken[distance < eps / 2].mean() >= 0.9
   assert [s.name for s in attacks.autoattack_attacks("standard", eps=eps, norm="l2")][-1] == "square"
+
+
+def test_check_7_flags_exactly_the_examples_an_iterate_broke_and_the_last_iterate_missed():
+  from crp_jax.runner.evaluators import masking  # pylint: disable=g-import-not-at-top
+  best = np.array([True, False, False, True])
+  assert masking.check_silent_success(np.array([True, False, False, True]), best, 10).passed
+  flagged = masking.check_silent_success(np.array([True, True, False, True]), best, 10)
+  assert not flagged.passed and "1 example(s)" in flagged.detail and "examples 1 of" in flagged.detail

@@ -4,7 +4,7 @@ Models trained on random noise often *look* robust to FGSM and PGD while
 their gradients are merely masked (Athalye et al. 2018; Carlini et al.
 2019). The strong protocol runs attacks that do not trust the gradient's
 scale (APGD-CE, APGD-T with the DLR loss; Croce & Hein 2020) or do not use
-the gradient at all (Square; Andriushchenko et al. 2020); beside them, six
+the gradient at all (Square; Andriushchenko et al. 2020); beside them, seven
 checks each print PASS or FLAG with their numbers:
 
 1. accuracy does not rise with more PGD/APGD steps or restarts;
@@ -174,7 +174,8 @@ def _beats(name: str, weak: np.ndarray, strong: np.ndarray, weak_name: str, stro
 
 
 def masking_checks(c: CheckInputs, cfg: ml_collections.ConfigDict, num_classes: int) -> list[Check]:
-  """All six checks; ``cfg`` (an eval config) gives the tolerances."""
+  """Checks 1 to 6; ``cfg`` (an eval config) gives the tolerances (check 7 needs the last-iterate run:
+  :func:`check_silent_success`)."""
   tol = max(1 / len(c.gradients), cfg.masking_tolerance)
   white = c.white_box()
   strongest = max(c.sweeps.pgd_steps, key=lambda s: s.steps)
@@ -190,6 +191,16 @@ def masking_checks(c: CheckInputs, cfg: ml_collections.ConfigDict, num_classes: 
                       f"noise ({c.sweeps.noise.steps} samples) {_pct(_acc(noise))} vs white-box "
                       f"{_pct(_acc(white))}"))
   return checks + gradient_checks(c.gradients, cfg.zero_grad_threshold)
+
+
+def check_silent_success(last: np.ndarray, best: np.ndarray, steps: int) -> Check:
+  """Check 7 (an indicator of attack failure, Pintor et al. 2022): the same PGD-n run (same start) returning
+  its last iterate never misses an example one of its iterates broke; ``(n,)`` bool, still correct."""
+  silent = np.flatnonzero(np.asarray(last, bool) & ~np.asarray(best, bool))
+  shown = ", ".join(str(i) for i in silent[:10]) + (" ..." if silent.size > 10 else "")
+  return Check("7 no silent success (PGD's last iterate)", silent.size == 0,
+               f"{silent.size} example(s) misclassified at an iterate of PGD-{steps} but correct at its last"
+               + (f" (examples {shown} of the attacked subset)" if silent.size else ""))
 
 
 #: Below this L1 norm a cross-entropy input gradient counts as saturated (reported, not flagged).

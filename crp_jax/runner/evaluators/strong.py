@@ -65,7 +65,10 @@ class StrongProtocol:
                                               for s in table)
     sweeps = masking.sweep_specs(cfg, self.apgd_ce)
     self.sweeps = sweeps.replace_all(_keyed(sweeps.all(), len(table)))
-    self.specs = (self.apgd_ce, self.apgd_t, self.square, *self.sweeps.all())
+    # The first PGD sweep again, same key, returning its last iterate: check 7 (silent success).
+    first = self.sweeps.pgd_steps[0]
+    self.last_iterate = dataclasses.replace(first, last_iterate=True, name=f"{first.name}-last")
+    self.specs = (self.apgd_ce, self.apgd_t, self.square, *self.sweeps.all(), self.last_iterate)
     # Run in order after ``specs``, each on the examples still robust (attacks.run_in_order).
     self.chain = autoattack_chain(cfg, (self.apgd_ce, self.apgd_t, self.square))
     # Crafted with the evaluation key itself on every other model.
@@ -83,7 +86,8 @@ class StrongProtocol:
     if self.chain:
       worst = m.chains[self.name].robust_after[self.chain[-1].name]
     every = np.logical_and.reduce([m.correct[s] for s in at_eps] + list(transfer.values()) + [worst])
-    checks = masking.masking_checks(c, self.cfg, num_classes)
+    checks = masking.masking_checks(c, self.cfg, num_classes) + [masking.check_silent_success(
+        m.correct[self.last_iterate], m.correct[self.sweeps.pgd_steps[0]], self.last_iterate.steps)]
     acc = lambda s: float(m.correct[s].mean())
     return {"accuracy": {s.name: acc(s) for s in (*paper, *self.specs)},
             "labels": {s.name: s.label for s in (self.apgd_ce, self.apgd_t, self.square)},
