@@ -111,10 +111,10 @@ def test_a_killed_subprocess_resumes_to_the_same_bits(reference, tmp_path):
       np.savez({str(out)!r}, x_adv=r.x_adv, **{{k: v for k, v in r.chain.robust_after.items()}})
   """)
   folder = str(tmp_path / "state")
-  # The five processes share compiled programs through the suite's persistent cache (conftest.py).
-  env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-  if os.environ.get("CRP_COMPILATION_CACHE"):
-    env["JAX_COMPILATION_CACHE_DIR"] = os.environ["CRP_COMPILATION_CACHE"]
+  # The five processes share compiled programs through a cache of their own: a SIGKILL can cut a cache
+  # write short, and a truncated entry must not reach the suite's cache (conftest.py).
+  env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache")}
   for kill_after in (2, 3, 3, 3):   # each killed run goes 2-3 saves further (chunks and attacks' ends)
     killed = subprocess.run([sys.executable, "-c", script, folder], cwd=ROOT, capture_output=True, text=True,
                             env={**env, "KILL_AFTER_SAVES": str(kill_after)}, timeout=300)
