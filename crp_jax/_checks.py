@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-#: AutoAttack's spellings (and ours) of the two norms -> ours.
-NORM_SPELLINGS: dict[str, str] = {"linf": "linf", "Linf": "linf", "LINF": "linf", "l2": "l2", "L2": "l2"}
+#: AutoAttack's spellings (and ours) of the three norms -> ours.
+NORM_SPELLINGS: dict[str, str] = {"linf": "linf", "Linf": "linf", "LINF": "linf", "l2": "l2", "L2": "l2",
+                                  "l1": "l1", "L1": "l1"}
 
 
 def concrete(value: Any) -> bool:
@@ -38,9 +39,10 @@ def _min_max(a: Any) -> tuple[Any, Any]:
 
 
 def norm(value: Any, name: str = "norm") -> str:
-  """``value`` as ``"linf"`` or ``"l2"`` (AutoAttack's ``"Linf"`` and ``"L2"`` accepted)."""
+  """``value`` as ``"linf"``, ``"l2"`` or ``"l1"`` (AutoAttack's ``"Linf"``, ``"L2"``, ``"L1"`` accepted)."""
   if not isinstance(value, str) or value not in NORM_SPELLINGS:
-    raise ValueError(f"{name}={value!r}: unknown norm; use 'linf' or 'l2' (AutoAttack's 'Linf', 'L2' work too)")
+    raise ValueError(f"{name}={value!r}: unknown norm; use 'linf', 'l2' or 'l1' "
+                     f"(AutoAttack's 'Linf', 'L2', 'L1' work too)")
   return NORM_SPELLINGS[value]
 
 

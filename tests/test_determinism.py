@@ -2,7 +2,7 @@
 
 A linear model evaluated one row at a time (``lax.map``: every row runs the
 same one-row program) has batch-invariant logits and gradients, so every attack of AutoAttack's ``standard`` and
-``plus`` must give the same bits per example at batch sizes 1, 7 and 64,
+``plus`` (and of its L1 ``standard``) must give the same bits per example at batch sizes 1, 7 and 64,
 through the library (chunks keyed by ``example_keys``) and through
 ``autoattack``'s driver, and on 1 or 4 devices. FAB is the exception: its
 own arithmetic (the projections) is compiled per shape by XLA and moves its
@@ -24,6 +24,7 @@ from crp_jax import attacks, models
 from crp_jax.attacks import _core
 
 N, SHAPE, C, EPS = 64, (6, 6, 1), 10, 0.03
+L1_EPS = 0.5
 BUDGETS = dict(apgd_steps=8, fab_steps=8, num_targets=3, square_queries=40, restarts=2)
 
 
@@ -76,6 +77,18 @@ def test_every_attack_gives_the_same_bits_per_example_at_batch_1_7_and_64(dense)
     broken_by[spec.name] = int(np.sum(~verdict(whole)))
   # The comparison means something: the attacks move points and break some examples, not all.
   assert all(0 < b < N for name, b in broken_by.items() if name != "noise"), broken_by
+
+
+def test_l1_attacks_give_the_same_bits_per_example_at_batch_1_7_and_64(dense):
+  logits_fn, x, y = dense
+  key = jax.random.key(12)
+  verdict = lambda points: np.asarray(jnp.argmax(logits_fn(points), 1) == y)
+  for spec in attacks.autoattack_attacks("standard", eps=L1_EPS, norm="l1", **BUDGETS):
+    whole = _run_in_chunks(spec, logits_fn, x, y, key, N)
+    for size in (1, 7):
+      _assert_same(spec, _run_in_chunks(spec, logits_fn, x, y, key, size), whole, verdict,
+                   f"L1 {spec.name} at batch {size}")
+    assert 0 < np.sum(~verdict(whole)) < N, spec.name
 
 
 def test_autoattack_gives_the_same_bits_at_any_batch_size(dense):

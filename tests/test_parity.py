@@ -130,7 +130,7 @@ def test_autoattack_parity_with_torchattacks():
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0), ("l1", 5.0)])
 def test_autoattack_parity_with_autoattacks_own_code(norm, eps):
   pytest.importorskip("torch")
   pytest.importorskip("pyautoattack")
@@ -142,3 +142,19 @@ def test_autoattack_parity_with_autoattacks_own_code(norm, eps):
   assert 0.05 < r.theirs_final < r.ours.clean_accuracy - 0.05, table  # not vacuous
   assert list(r.theirs.robust_after) == ["apgd-ce", "apgd-t", "fab-t", "square"]
   assert r.passed, table
+
+
+def test_differing_examples_names_what_broke_each_on_either_side():
+  from types import SimpleNamespace as NS
+  names = ["apgd-ce", "apgd-t", "square"]
+  ours = {"apgd-ce": np.array([1, 1, 1, 0], bool), "apgd-t": np.array([1, 0, 1, 0], bool),
+          "square": np.array([1, 0, 1, 0], bool)}
+  theirs = {"apgd-ce": np.array([1, 1, 1, 0], bool), "apgd-t": np.array([1, 1, 1, 0], bool),
+            "square": np.array([0, 1, 1, 0], bool)}
+  r = NS(ours=NS(attacks=[NS(name=n) for n in names], chain=NS(robust_after=ours)),
+         theirs=NS(robust_after=theirs), reference="pyautoattack")
+  assert parity.differing_examples(r) == [
+      "examples whose verdict differs: 2 of 4",
+      "  example 0: crp_jax robust, pyautoattack square",
+      "  example 1: crp_jax apgd-t, pyautoattack robust",
+  ]

@@ -65,7 +65,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from crp_jax import attacks, data
-from crp_jax.attacks import _autoattack
+from crp_jax.attacks import _autoattack, _spec
 from crp_jax.models import LeNet
 from crp_jax.runner import config as config_lib, train, meshes
 
@@ -407,9 +407,11 @@ def their_pyautoattack(net: Any, eps: float, norm: str, budget: Budget, seed: in
   :func:`~crp_jax.attacks._autoattack.run_in_order` is AutoAttack standard.
   """
   from pyautoattack import AutoAttack  # pylint: disable=g-import-not-at-top
-  aa = AutoAttack(net, eps=eps, norm={"linf": "Linf", "l2": "L2"}[norm], version="standard", seed=seed)
+  aa = AutoAttack(net, eps=eps, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm], version="standard", seed=seed)
   aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = budget.apgd_steps
   aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = budget.num_targets
+  if norm == "l1":   # its L1 version: APGD-T has at most 5 targets (and APGD-CE 5 restarts, set by the version)
+    aa.apgd_targeted.n_target_classes = min(budget.num_targets, _spec.L1_TARGETS)
   aa.square.n_queries = budget.square_queries
 
   def apgd_ce(x, y):
@@ -491,12 +493,30 @@ def format_autoattack_report(r: AutoAttackReport) -> str:
     rows.append((f"FAB-T alone, first {o.correct.size} digits", float(o.correct.mean()),
                  float(t.correct.mean()), _seconds(o), _seconds(t)))
   failed = [c.name for c in r.ours.checks if not c.passed]
+  lines = _table(rows, r.reference) + differing_examples(r)
   verdict = (f"{'PASS' if r.passed else 'FAIL'}: AutoAttack standard ({r.ours.norm}), crp_jax "
              f"{100 * r.ours.robust_accuracy:.1f}% vs {r.reference} {100 * r.theirs_final:.1f}%: must be <= "
              f"+{100 * r.tolerance:.1f} points; "
              f"logits max |diff| {r.logit_max_abs_diff:.1e} <= {LOGIT_TOLERANCE:.0e}; "
              f"AutoAttack checks failed: {', '.join(failed) or 'none'}")
-  return "\n".join(_table(rows, r.reference) + [verdict])
+  return "\n".join(lines + [verdict])
+
+
+def _broken_by(robust_after: dict[str, np.ndarray], names: list[str], i: int) -> str:
+  """Which attack of the chain first broke example ``i`` (``robust`` if none did)."""
+  return next((n for n in names if not robust_after[n][i]), "robust")
+
+
+def differing_examples(r: AutoAttackReport) -> list[str]:
+  """One line per example whose final verdict differs between the two sides, with what broke it on each."""
+  names = [s.name for s in r.ours.attacks]
+  last = names[-1]
+  ours, theirs = r.ours.chain.robust_after[last], r.theirs.robust_after[last]
+  differ = np.flatnonzero(ours != theirs)
+  lines = [f"examples whose verdict differs: {differ.size} of {ours.size}"]
+  lines += [f"  example {i}: crp_jax {_broken_by(r.ours.chain.robust_after, names, i)}, "
+            f"{r.reference} {_broken_by(r.theirs.robust_after, names, i)}" for i in differ]
+  return lines
 
 
 Row = tuple[str, float, float, str, str]  # label, crp_jax, torchattacks, their wall times
@@ -567,7 +587,7 @@ def define_flags() -> None:
   flags.DEFINE_enum("reference", "torchattacks", ["torchattacks", "pyautoattack"],
                     "With --protocol=autoattack: torchattacks' attacks, or AutoAttack's own code from PyPI's "
                     "pyautoattack (the bench extra).")
-  flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "With --protocol=autoattack: the threat model.")
+  flags.DEFINE_enum("norm", "linf", ["linf", "l2", "l1"], "With --protocol=autoattack: the threat model.")
   flags.DEFINE_integer("fab_alone_examples", 0, "With --protocol=autoattack: also FAB-T alone on this "
                        "many digits, both sides.")
 
@@ -584,7 +604,7 @@ def flag_problem(f: flags.FlagValues) -> str | None:
   if (f.reference != "torchattacks" or f.norm != "linf") and f.protocol != "autoattack":
     return "--reference and --norm apply to --protocol=autoattack only"
   if f.reference == "torchattacks" and f.norm != "linf":
-    return "--norm=l2 needs --reference=pyautoattack (the torchattacks reference here is L-inf only)"
+    return f"--norm={f.norm} needs --reference=pyautoattack (the torchattacks reference here is L-inf only)"
   if not 0 < f.eps <= 1 or f.tolerance < 0:
     return f"need 0 < --eps <= 1 and --tolerance >= 0, got {f.eps} and {f.tolerance}"
   if f.workdir and not os.path.isfile(os.path.join(f.workdir, "config.json")):

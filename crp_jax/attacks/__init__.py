@@ -14,7 +14,7 @@ inputs of ``x``'s shape inside the ε ball of the given norm and inside
 ``clip`` (default ``(0, 1)``). The number of classes ``C`` is read from the
 logits. Every attack checks its arguments before tracing (one
 ``ValueError``/``TypeError`` naming the argument): shapes, dtypes, counts,
-ε and the norm (``"linf"``/``"l2"``, or AutoAttack's ``"Linf"``/``"L2"``)
+ε and the norm (``"linf"``/``"l2"``/``"l1"``, or AutoAttack's ``"Linf"``/``"L2"``/``"L1"``)
 always; the values of ``x`` (inside ``clip``) and ``y`` (in ``[0, C)``)
 where they are concrete. Inside your ``jax.jit`` they are tracers, so call
 :func:`check_data` once on the data before the loop. With a Flax model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -131,6 +132,104 @@ def _apgd_run(logits_fn: LogitsFn, loss_fn: LogitsLossFn, x: jax.Array, y: jax.A
   return _core.steps_until_done(num_steps, body, state, lambda s: s.best.adv, early_stop).best
 
 
+# ----------------------------------------------------------------------------- L1
+# L1-APGD (Croce & Hein 2021, "Mind the box"): sparse steps whose sparsity and size adapt
+# at fixed checkpoints, no momentum, and a radius that shrinks from 3ε to ε over the run.
+
+
+class _L1State(NamedTuple):
+  """Per-example L1-APGD state; images ``(B, *shape)``, the rest ``(B,)``."""
+
+  x: jax.Array
+  grad: jax.Array
+  step: jax.Array  # η, in L1 units
+  topk: jax.Array  # fraction of coordinates a step moves
+  sparsity: jax.Array  # ‖x_max − x0‖₀ at the last checkpoint
+  x_max: jax.Array
+  grad_max: jax.Array
+  loss_max: jax.Array
+  best: Best
+
+
+def _sparse_step(s: _L1State, x0: jax.Array, eps: jax.Array, clip: Clip) -> jax.Array:
+  r""":math:`P(x + \eta\, \mathrm{sign}(g \odot m) / \|m\|_0)`, ``m`` the top ``topk`` fraction of ``|g|``."""
+  flat = jnp.abs(s.grad.reshape(s.grad.shape[0], -1))
+  n = flat.shape[1]
+  rank = jnp.clip(jnp.floor((1.0 - s.topk) * n), 0, n - 1).astype(jnp.int32)
+  threshold = jnp.take_along_axis(jnp.sort(flat, axis=1), rank[:, None], axis=1)
+  direction = jnp.sign(s.grad) * (flat >= threshold).reshape(s.grad.shape)
+  direction = direction / _core.rows_like(_core.l1_norm(direction) + 1e-10, direction)
+  return _core.project(s.x + _core.rows_like(s.step, s.x) * direction, x0, eps, "l1", clip)
+
+
+def _l1_checkpoint(s: _L1State, x0: jax.Array, eps: jax.Array) -> _L1State:
+  """Sparsity and step adapt: where ``x_max``'s support shrank by 5 % reset η to ε and restart from ``x_max``,
+  else η /= 1.5 (within ``[ε/10, ε]``); the next steps move ``‖x_max − x0‖₀ / 1.5`` coordinates."""
+  sparsity = jnp.sum((s.x_max - x0).reshape(x0.shape[0], -1) != 0, axis=1).astype(x0.dtype)
+  shrank = sparsity / jnp.maximum(s.sparsity, 1.0) < 0.95
+  back = _core.rows_like(shrank, x0)
+  return s._replace(x=jnp.where(back, s.x_max, s.x), grad=jnp.where(back, s.grad_max, s.grad),
+                    step=jnp.clip(jnp.where(shrank, eps, s.step / 1.5), eps / 10, eps),
+                    topk=sparsity / sparsity.dtype.type(np.prod(x0.shape[1:])) / 1.5, sparsity=sparsity)
+
+
+def _l1_stage(logits_fn: LogitsFn, loss_fn: LogitsLossFn, x: jax.Array, y: jax.Array, x_start: jax.Array,
+              eps: jax.Array, num_steps: int, clip: Clip, early_stop: bool) -> _L1State:
+  """``num_steps`` L1-APGD steps in the ball of radius ε from ``x_start`` (one start gradient, one per step)."""
+  x_start = _core.project(x_start, x, eps, "l1", clip)
+  loss, logits, grad = _core.loss_and_grad(logits_fn, loss_fn, x_start, y)
+  sparsity = jnp.sum((x_start - x).reshape(x.shape[0], -1) != 0, axis=1).astype(x.dtype)
+  s = _L1State(x_start, grad, jnp.full(loss.shape, 1.0, x.dtype) * eps,
+               sparsity / sparsity.dtype.type(np.prod(x.shape[1:])) / 1.5, sparsity, x_start, grad, loss,
+               Best(x_start, loss, _core.misclassified(logits, y)))
+  period = max(int(0.04 * num_steps), 1)
+
+  def body(k: jax.Array, s: _L1State) -> _L1State:
+    x_new = _sparse_step(s, x, eps, clip)
+    loss, logits, grad = _core.loss_and_grad(logits_fn, loss_fn, x_new, y)
+    better = loss > s.loss_max
+    bx = _core.rows_like(better, x)
+    s = s._replace(x=x_new, grad=grad, x_max=jnp.where(bx, x_new, s.x_max),
+                   grad_max=jnp.where(bx, grad, s.grad_max), loss_max=jnp.maximum(loss, s.loss_max),
+                   best=_core.update_best(s.best, Best(x_new, loss, _core.misclassified(logits, y))))
+    return jax.lax.cond((k + 1) % period == 0, lambda s: _l1_checkpoint(s, x, eps), lambda s: s, s)
+
+  return _core.steps_until_done(num_steps, body, s, lambda s: s.best.adv, early_stop)
+
+
+def l1_schedule(num_steps: int) -> tuple[tuple[float, int], ...]:
+  """L1-APGD's radii (multiples of ε) and their steps: 3ε, 2ε, ε for ⌈0.3N⌉, ⌈0.3N⌉ and the rest.
+
+  >>> l1_schedule(100)
+  ((3.0, 30), (2.0, 30), (1.0, 40))
+  """
+  first = math.ceil(0.3 * num_steps)
+  return ((3.0, first), (2.0, first), (1.0, max(num_steps - 2 * first, 0)))
+
+
+def _apgd_l1_run(logits_fn: LogitsFn, loss_fn: LogitsLossFn, x: jax.Array, y: jax.Array,
+                 x_start: jax.Array, eps: jax.Array, num_steps: int, clip: Clip, early_stop: bool) -> Best:
+  """L1-APGD through :func:`l1_schedule`: each radius starts from the last one's highest-loss point;
+  only the last (ε) counts, so only it stops early. ``num_steps + 3`` gradient evaluations."""
+  s = None
+  for factor, steps in l1_schedule(num_steps):
+    last = factor == 1.0
+    s = _l1_stage(logits_fn, loss_fn, x, y, x_start if s is None else s.x_max, factor * eps, steps, clip,
+                  early_stop and last)
+  return s.best
+
+
+def _all_runs(logits_fn: LogitsFn, loss_fn: LogitsLossFn, key: jax.Array, x: jax.Array, x_runs: jax.Array,
+              y_runs: jax.Array, eps: jax.Array, num_steps: int, norm: Norm, rho: float, clip: Clip,
+              early_stop: bool, runs: int, random_start: bool) -> Best:
+  """The ``B·runs`` rows of APGD (L∞, L2) or L1-APGD, each from its start; L1 starts in the 3ε ball."""
+  if norm == "l1":
+    start = _core.starts(key, x, 3.0 * eps, norm, clip, runs, random_start)
+    return _apgd_l1_run(logits_fn, loss_fn, x_runs, y_runs, start, eps, num_steps, clip, early_stop)
+  start = _core.starts(key, x, eps, norm, clip, runs, random_start)
+  return _apgd_run(logits_fn, loss_fn, x_runs, y_runs, start, eps, num_steps, norm, rho, clip, early_stop)
+
+
 def apgd(
     logits_fn: LogitsFn,
     x: jax.Array,
@@ -163,6 +262,16 @@ def apgd(
   uses key ``fold_in(key, r)`` and the first restart that succeeds wins.
   The restarts run as one batch of ``restarts·B`` rows.
 
+  L1 (``norm="l1"``) is L1-APGD (Croce & Hein 2021): each step moves the
+  ``k`` coordinates of largest ``|∇f|`` by :math:`\eta/k` each, then projects
+  onto the L1 ball and the box exactly (:func:`~crp_jax.attacks._core.project_l1_box`);
+  no momentum; every ``⌈0.04 N⌉`` steps ``k`` follows the support of the
+  highest-loss point and η shrinks (or resets to ε and the run restarts
+  from that point where the support shrank). The radius runs 3ε, 2ε, ε
+  (:func:`l1_schedule`, AutoAttack's ``use_largereps``) from a Gaussian start
+  projected onto the 3ε ball; only points of the last, ε, count. ``N + 3``
+  gradient evaluations per run.
+
   Args:
     logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
     x: ``(B, *shape)`` inputs inside ``clip``.
@@ -170,8 +279,8 @@ def apgd(
     key: PRNG key of the random starts: one key (row ``b`` draws from
       ``fold_in(key, b)``) or ``(B,)`` keys, one per example (:func:`~crp_jax.attacks.example_keys`).
     eps: radius ε.
-    norm: ``"linf"`` or ``"l2"``.
-    num_steps: iterations N (static); N + 1 gradient evaluations.
+    norm: ``"linf"``, ``"l2"`` or ``"l1"``.
+    num_steps: iterations N (static); N + 1 gradient evaluations (L1: N + 3).
     loss: ``"ce"`` (APGD-CE), ``"dlr"`` (APGD-DLR, needs C ≥ 3) or ``"margin"``.
     restarts: number of runs (static).
     rho: ρ of condition 1.
@@ -201,9 +310,8 @@ def apgd(
   loss_fn = _core.get_loss(loss)
   eps = _core.as_scalar(eps, x)
   x_runs, y_runs = _core.repeat_runs(x, restarts), _core.repeat_runs(y, restarts)
-  start = _core.starts(key, x, eps, norm, clip, restarts, random_start)
-  best = _apgd_run(logits_fn, loss_fn, x_runs, y_runs, start, eps, num_steps, norm, rho, clip,
-                   early_stop)
+  best = _all_runs(logits_fn, loss_fn, key, x, x_runs, y_runs, eps, num_steps, norm, rho, clip, early_stop,
+                   restarts, random_start)
   return _core.merge_runs(best, restarts).x
 
 
@@ -255,7 +363,7 @@ def apgd_targeted(
     key: PRNG key of the random starts: one key (row ``b`` draws from
       ``fold_in(key, b)``) or ``(B,)`` keys, one per example (:func:`~crp_jax.attacks.example_keys`).
     eps: radius ε.
-    norm: ``"linf"`` or ``"l2"``.
+    norm: ``"linf"``, ``"l2"`` or ``"l1"``.
     num_steps: iterations per target (static).
     num_targets: number of target classes (static).
     restarts: runs per target (static).
@@ -293,7 +401,6 @@ def apgd_targeted(
   target = jnp.repeat(targets, restarts, axis=1).reshape(-1)
   loss_fn = functools.partial(_core.dlr_targeted_loss, target=target)
   x_runs, y_runs = _core.repeat_runs(x, runs), _core.repeat_runs(y, runs)
-  start = _core.starts(key, x, eps, norm, clip, runs, random_start)
-  best = _apgd_run(logits_fn, loss_fn, x_runs, y_runs, start, eps, num_steps, norm, rho, clip,
-                   early_stop)
+  best = _all_runs(logits_fn, loss_fn, key, x, x_runs, y_runs, eps, num_steps, norm, rho, clip, early_stop,
+                   runs, random_start)
   return _core.merge_runs(best, runs).x

@@ -89,7 +89,7 @@ def cost(spec: AttackSpec, num_classes: int) -> Cost:
 
   FGSM: 1 gradient. PGD: per run ``n`` gradients and a forward pass (the
   last iterate). APGD: per run ``n + 1`` gradients (the start, then each
-  step), times the targets for APGD-T, which first picks them with a
+  step; L1-APGD ``n + 3``, a start per radius), times the targets for APGD-T, which first picks them with a
   forward pass. FAB: per run and step one forward
   pass and the gradients of the boundary (``C`` for untargeted FAB, which
   picks the closest class, 1 per target), plus its final bisection. Square
@@ -101,10 +101,11 @@ def cost(spec: AttackSpec, num_classes: int) -> Cost:
     return Cost(0, 1)
   if spec.kind == "pgd":
     return Cost(runs, runs * n)
+  starts = 3 if spec.norm == "l1" else 1   # L1-APGD's three radii each start with a gradient
   if spec.kind == "apgd":
-    return Cost(0, runs * (n + 1))
+    return Cost(0, runs * (n + starts))
   if spec.kind == "apgd_t":   # a forward pass at x picks the targets (MALT: C backward passes too)
-    return Cost(1, runs * targets * (n + 1) + (num_classes if spec.targeting == "malt" else 0))
+    return Cost(1, runs * targets * (n + starts) + (num_classes if spec.targeting == "malt" else 0))
   if spec.kind == "fab":
     per_step = 1 if spec.num_targets else num_classes
     fab_runs = runs * (targets if spec.num_targets else 1)
@@ -367,7 +368,7 @@ def robustbench_entry(*, clean_accuracy: float, robust_accuracy: float, eps: flo
            "dataset": "", "venue": "", "architecture": "", "eps": f"{eps:g}",
            "clean_acc": f"{100 * clean_accuracy:.2f}", "reported": "",
            "autoattack_acc": f"{100 * robust_accuracy:.2f}", "footnote": None,
-           "norm": {"linf": "Linf", "l2": "L2"}[_checks.norm(norm)], "version": version, "attacks": list(attacks),
+           "norm": {"linf": "Linf", "l2": "L2", "l1": "L1"}[_checks.norm(norm)], "version": version, "attacks": list(attacks),
            "n_examples": int(n_examples), "checks_failed": list(checks_failed)}
   entry.update(info)
   return entry
@@ -413,7 +414,9 @@ def autoattack(
   every attack of the version:
 
   * ``standard``: APGD-CE (100 steps), APGD-T (9 targets × 100 steps),
-    FAB-T (9 targets × 100 steps), Square (5,000 queries);
+    FAB-T (9 targets × 100 steps), Square (5,000 queries); in L1, as
+    AutoAttack's L1 version, APGD-CE has 5 restarts and APGD-T 5 targets,
+    both L1-APGD (radius 3ε, 2ε, then ε);
   * ``plus``: APGD-CE and APGD-DLR (5 restarts each), FAB (5 restarts),
     Square, APGD-T, FAB-T;
   * ``rand``: APGD-CE and APGD-DLR, for a randomised model given as
@@ -422,7 +425,7 @@ def autoattack(
   * ``custom``: a list of those names (``apgd-ce`` is the one-run APGD-CE of
     ``standard``) or of :class:`AttackSpec` s, in the order given.
 
-  Square runs in the given norm (its L2 version with ``norm="l2"``). Only examples
+  Square runs in the given norm (its L2 or L1 version). Only examples
   classified correctly at ``x`` are attacked. Before the attacks the model
   is checked as AutoAttack does (:func:`model_checks`), and after them
   whether Square broke points the white-box attacks missed
@@ -435,7 +438,7 @@ def autoattack(
     key: PRNG key; example ``i`` of attack ``a`` draws from
       ``fold_in(spec.key(key), i)``, whatever ``batch_size``.
     eps: radius ε.
-    norm: ``"linf"`` or ``"l2"`` (AutoAttack's ``"Linf"``, ``"L2"`` too).
+    norm: ``"linf"``, ``"l2"`` or ``"l1"`` (AutoAttack's ``"Linf"``, ``"L2"``, ``"L1"`` too).
     version: ``"standard"``, ``"plus"`` or ``"rand"`` (ignored with ``custom``).
     custom: the attacks to run instead of a version.
     batch_size: examples per jitted call.

@@ -16,9 +16,9 @@ import optax
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 LogitsLossFn = Callable[[jax.Array, jax.Array], jax.Array]
-Norm = Literal["linf", "l2"]
+Norm = Literal["linf", "l2", "l1"]
 Clip = tuple[float, float] | None
-NORMS: tuple[str, ...] = ("linf", "l2")
+NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 _TINY = 1e-12
 
 
@@ -225,39 +225,123 @@ def clip_box(x: jax.Array, clip: Clip) -> jax.Array:
   return x if clip is None else jnp.clip(x, clip[0], clip[1])
 
 
+def scan_sum(v: jax.Array, axis: int = 1) -> jax.Array:
+  """Sum along ``axis`` (kept, size 1) as the last entry of a cumulative sum.
+
+  XLA's vectorised reductions add a row's entries in an order that can
+  depend on the number of rows (on CPU, ``jnp.sum`` of one row of a
+  ``(128, 72)`` array differs in the last bit from the same row alone); the
+  scan adds them in the same order whatever the batch, which keeps the L1
+  attacks' per-example results batch-invariant.
+  """
+  return jax.lax.slice_in_dim(jnp.cumsum(v, axis=axis), v.shape[axis] - 1, v.shape[axis], axis=axis)
+
+
+def l1_norm(v: jax.Array) -> jax.Array:
+  """``(B,)`` sum of absolute values of each example (:func:`scan_sum`: batch-invariant)."""
+  return scan_sum(jnp.abs(v.reshape(v.shape[0], -1)))[:, 0]
+
+
+def lp_norm(v: jax.Array, norm: Norm) -> jax.Array:
+  """``(B,)`` the L∞, L2 or L1 norm of each example of ``v`` ``(B, ...)``."""
+  if norm == "linf":
+    return jnp.max(jnp.abs(v.reshape(v.shape[0], -1)), axis=1)
+  return l2_norm(v) if norm == "l2" else l1_norm(v)
+
+
+def project_l1_box(delta: jax.Array, lower: jax.Array, upper: jax.Array, eps: jax.Array) -> jax.Array:
+  r"""Euclidean projection of ``δ`` onto :math:`\{d : \|d\|_1 \le \epsilon,\ lower \le d \le upper\}`.
+
+  Needs ``lower ≤ 0 ≤ upper`` (the box holds the centre). By the KKT
+  conditions the projection is a box-capped soft threshold,
+
+  .. math::
+    d_i = \mathrm{sign}(\delta_i) \min\big(\max(|\delta_i| - \lambda, 0),\ r_i\big),
+
+  with ``r_i`` the room towards ``δ_i``'s side and ``λ = 0`` if that is
+  already inside the ball, else the ``λ > 0`` where the L1 norm
+  :math:`g(\lambda) = \sum_i \mathrm{clip}(|\delta_i| - \lambda, 0, r_i)` equals ε.
+  ``g`` is piecewise linear, its slope falls by 1 at :math:`|\delta_i| - r_i`
+  and rises by 1 at :math:`|\delta_i|`; sorting those ``2D`` breakpoints and
+  summing ``g``'s decrease from the right gives ``λ`` exactly. A final
+  rescale keeps float rounding inside the ball.
+
+  Args:
+    delta: ``(B, *shape)`` the step to project.
+    lower, upper: ``(B, *shape)`` (or broadcastable) bounds of each coordinate.
+    eps: radius ε.
+
+  Returns:
+    ``(B, *shape)`` the projected step.
+  """
+  n = delta.shape[0]
+  u = delta.reshape(n, -1)
+  a = jnp.abs(u)
+  room = jnp.maximum(jnp.where(u > 0, jnp.broadcast_to(upper, delta.shape).reshape(n, -1),
+                               -jnp.broadcast_to(lower, delta.shape).reshape(n, -1)), 0.0)
+  room = jnp.minimum(room, a)  # past |δ_i| a coordinate's room changes nothing
+  points = jnp.concatenate([a - room, a], axis=1)
+  order = jnp.argsort(points, axis=1)
+  p = jnp.take_along_axis(points, order, axis=1)
+  kinks = jnp.take_along_axis(jnp.concatenate([-jnp.ones_like(a), jnp.ones_like(a)], axis=1), order, axis=1)
+  slope = jnp.cumsum(kinks, axis=1)  # g's slope right of each breakpoint
+  drop = jnp.concatenate([-slope[:, :-1] * (p[:, 1:] - p[:, :-1]), jnp.zeros((n, 1), u.dtype)], axis=1)
+  g = jnp.flip(jnp.cumsum(jnp.flip(drop, axis=1), axis=1), axis=1)  # g at each breakpoint
+  k = jnp.maximum(jnp.sum(g > eps, axis=1, keepdims=True) - 1, 0)
+  at = lambda v: jnp.take_along_axis(v, k, axis=1)
+  lam = at(p) + (at(g) - eps) / jnp.maximum(-at(slope), 1.0)
+  lam = jnp.where(scan_sum(room) > eps, jnp.maximum(lam, 0.0), 0.0)
+  d = jnp.sign(u) * jnp.clip(a - lam, 0.0, room)
+  d = d * jnp.minimum(1.0, eps / (scan_sum(jnp.abs(d)) + _TINY))
+  return d.reshape(delta.shape)
+
+
 def project(x_adv: jax.Array, x: jax.Array, eps: jax.Array, norm: Norm, clip: Clip) -> jax.Array:
   """Project onto ``{x' : ‖x' − x‖ ≤ ε} ∩ [lo, hi]^d``.
 
-  Projecting onto the ball and then clipping is exact: the ball is a product
-  (L∞) or is shrunk towards ``x`` coordinate-wise by clipping (L2), so
-  clipping never leaves the ball as long as ``x`` itself is inside ``clip``.
+  Projecting onto the ball and then clipping is exact for L∞ and L2: the
+  ball is a product (L∞) or is shrunk towards ``x`` coordinate-wise by
+  clipping (L2), so clipping never leaves the ball as long as ``x`` itself
+  is inside ``clip``. L1 is not: clipping after the L1 projection would
+  waste budget, so :func:`project_l1_box` projects onto the intersection.
   """
   delta = x_adv - x
   if norm == "linf":
     delta = jnp.clip(delta, -eps, eps)
-  else:
+  elif norm == "l2":
     scale = jnp.minimum(1.0, eps / (l2_norm(delta) + _TINY))
     delta = delta * rows_like(scale, x)
+  else:
+    lo, hi = (-jnp.inf, jnp.inf) if clip is None else clip
+    delta = project_l1_box(delta, lo - x, hi - x, eps)
   return clip_box(x + delta, clip)
 
 
 def ascent_direction(grad: jax.Array, norm: Norm) -> jax.Array:
-  """Steepest-ascent unit step: ``sign(g)`` (L∞) or ``g / ‖g‖₂`` (L2)."""
+  """Steepest-ascent unit step: ``sign(g)`` (L∞), ``g / ‖g‖₂`` (L2), or the sign of ``g``'s largest coordinate (L1)."""
   if norm == "linf":
     return jnp.sign(grad)
-  return grad / rows_like(l2_norm(grad) + _TINY, grad)
+  if norm == "l2":
+    return grad / rows_like(l2_norm(grad) + _TINY, grad)
+  flat = grad.reshape(grad.shape[0], -1)
+  top = jax.nn.one_hot(jnp.argmax(jnp.abs(flat), axis=1), flat.shape[1], dtype=grad.dtype)
+  return (top * jnp.sign(flat)).reshape(grad.shape)
 
 
 def random_start(key: jax.Array, x: jax.Array, eps: jax.Array, norm: Norm, clip: Clip) -> jax.Array:
-  """A point drawn uniformly from the ε ball around each example, then clipped.
+  """A random point of the ε ball around each example, then clipped.
 
   L∞: ``δ ~ U(−ε, ε)^d``. L2: direction ``u = g/‖g‖`` with ``g ~ N(0, I)``
-  and radius ``ε·U^{1/d}``, i.e. uniform in volume. Row ``b`` draws from its
-  own key (:func:`row_keys`), so its start does not depend on the other rows.
+  and radius ``ε·U^{1/d}``, i.e. uniform in volume. L1: ``x + g``,
+  ``g ~ N(0, I)``, projected onto the ball and the box (AutoAttack's L1
+  start; it lies on the sphere). Row ``b`` draws from its own key
+  (:func:`row_keys`), so its start does not depend on the other rows.
   """
   keys = row_keys(key, x.shape[0])
   if norm == "linf":
     delta = per_row(keys, lambda k: jax.random.uniform(k, x.shape[1:], x.dtype, -1.0, 1.0)) * eps
+  elif norm == "l1":
+    return project(x + per_row(keys, lambda k: jax.random.normal(k, x.shape[1:], x.dtype)), x, eps, norm, clip)
   else:
     def one(k):
       dir_key, radius_key = jax.random.split(k)
@@ -393,6 +477,11 @@ def starts(key: jax.Array, x: jax.Array, eps: jax.Array, norm: Norm, clip: Clip,
   if not random:
     return repeat_runs(x, num_runs)
   keys = row_keys(key, x.shape[0])
+  if norm == "l1":   # the same draws, projected once on the (B·R) rows: vmapped, its sums lose batch invariance
+    noise = jax.vmap(lambda r: per_row(fold_rows(keys, r), lambda k: jax.random.normal(k, x.shape[1:], x.dtype)),
+                     out_axes=1)(jnp.arange(num_runs)).reshape((-1,) + x.shape[1:])
+    x_runs = repeat_runs(x, num_runs)
+    return project(x_runs + noise, x_runs, eps, norm, clip)
   draw = lambda r: random_start(fold_rows(keys, r), x, eps, norm, clip)
   stacked = jax.vmap(draw, out_axes=1)(jnp.arange(num_runs))  # (B, R, *shape)
   return stacked.reshape((-1,) + x.shape[1:])

@@ -1,4 +1,4 @@
-"""FAB, the fast adaptive boundary attack (Croce & Hein 2020), L∞ and L2, targeted (FAB-T) and untargeted.
+"""FAB, the fast adaptive boundary attack (Croce & Hein 2020), L∞, L2 and L1, targeted (FAB-T) and untargeted.
 
 FAB is a minimum-norm attack: it looks for the adversarial point closest to
 ``x``, and an ε-bounded evaluation counts an example as broken when the
@@ -26,11 +26,7 @@ _FLOOR = 1e-8  # smallest step length in the bias α, as in the reference
 _DUAL_TINY = 1e-12
 
 
-def _norm_rows(v: jax.Array, norm: Norm) -> jax.Array:
-  """``(N,)`` L∞ or L2 norm of each row of ``v`` ``(N, ...)``."""
-  if norm == "linf":
-    return jnp.max(jnp.abs(v.reshape(v.shape[0], -1)), axis=1)
-  return _core.l2_norm(v)
+_norm_rows = _core.lp_norm
 
 
 def project_to_hyperplane(t: jax.Array, w: jax.Array, r: jax.Array, norm: Norm,
@@ -51,13 +47,15 @@ def project_to_hyperplane(t: jax.Array, w: jax.Array, r: jax.Array, norm: Norm,
   ``g`` is piecewise linear with breakpoints :math:`u_i / c_i`, so sorting
   them and a cumulative sum give ``λ`` exactly. If the box cannot reach the
   hyperplane (``g(∞) < |r|``), every coordinate moves by its full room: the
-  box point closest to it along ``w``.
+  box point closest to it along ``w``. L1 (:func:`_l1_step`) is greedy
+  instead: the coordinates of largest ``|w_i|`` move by their full room
+  first.
 
   Args:
     t: ``(N, D)`` points inside the box.
     w: ``(N, D)`` hyperplane normals.
     r: ``(N,)`` required progress ``w·d``.
-    norm: ``"linf"`` or ``"l2"``.
+    norm: ``"linf"``, ``"l2"`` or ``"l1"``.
     lo, hi: the box.
 
   Returns:
@@ -67,6 +65,8 @@ def project_to_hyperplane(t: jax.Array, w: jax.Array, r: jax.Array, norm: Norm,
   direction = s * jnp.sign(w)
   room = jnp.maximum(jnp.where(direction > 0, hi - t, t - lo), 0.0)
   a = jnp.abs(w)
+  if norm == "l1":
+    return direction * _l1_step(a, room, jnp.abs(r)[:, None])
   c = jnp.ones_like(a) if norm == "linf" else a
   # Coordinates with c = 0 never move and add no progress: a breakpoint at 0 is harmless.
   breaks = jnp.where(c > 0, room / jnp.where(c > 0, c, 1.0), 0.0)
@@ -87,8 +87,26 @@ def project_to_hyperplane(t: jax.Array, w: jax.Array, r: jax.Array, norm: Norm,
   return direction * jnp.minimum(lam * c, room)
 
 
+def _l1_step(a: jax.Array, room: jax.Array, target: jax.Array) -> jax.Array:
+  r"""``(N, D)`` how far each coordinate moves for the least L1 step with progress :math:`\sum_i a_i m_i = ` ``target``.
+
+  Progress per unit of L1 norm is ``a_i``, so the coordinates move fully
+  (by ``room``) in decreasing order of ``a`` and the last one partly; those
+  with ``a_i = 0`` never move.
+  """
+  order = jnp.argsort(-a, axis=1)
+  take = lambda v: jnp.take_along_axis(v, order, axis=1)
+  a_s, room_s = take(a), take(room)
+  gain = a_s * room_s
+  need = target - (jnp.cumsum(gain, axis=1) - gain)  # progress still missing before each coordinate
+  move = jnp.where((need > 0) & (a_s > 0), jnp.minimum(room_s, need / jnp.maximum(a_s, _DUAL_TINY)), 0.0)
+  return jnp.take_along_axis(move, jnp.argsort(order, axis=1), axis=1)
+
+
 def _dual_norm(g: jax.Array, norm: Norm) -> jax.Array:
-  """``(..., D) -> (...)``: L1 for L∞, L2 for L2 (the distance to a hyperplane divides by it)."""
+  """``(..., D) -> (...)``: L1 for L∞, L2 for L2, L∞ for L1 (the distance to a hyperplane divides by it)."""
+  if norm == "l1":
+    return jnp.max(jnp.abs(g), axis=-1)
   return jnp.sum(jnp.abs(g), axis=-1) if norm == "linf" else jnp.sqrt(jnp.sum(g * g, axis=-1))
 
 
@@ -253,7 +271,7 @@ def fab_with_info(
     clip: tuple[float, float] = (0.0, 1.0),
     early_stop: bool = True,
 ) -> FabResult:
-  r"""FAB (Croce & Hein 2020): the smallest L∞ or L2 perturbation found that misclassifies each example.
+  r"""FAB (Croce & Hein 2020): the smallest L∞, L2 or L1 perturbation found that misclassifies each example.
 
   Targeted (FAB-T, ``num_targets > 0``): run ``t`` aims at the boundary with
   the ``t``-th most likely other class at ``x`` (AutoAttack's choice);
@@ -289,7 +307,7 @@ def fab_with_info(
       the returned point is the first within ε, not the smallest); without
       it, every run takes all ``num_steps`` and only ``restarts=1`` is allowed
       (the restarts' radius is ε/2).
-    norm: ``"linf"`` or ``"l2"``.
+    norm: ``"linf"``, ``"l2"`` or ``"l1"``.
     num_steps: steps per run (static).
     num_targets: FAB-T's target classes (capped at C − 1), 0 for untargeted FAB.
     restarts: runs per target (static).

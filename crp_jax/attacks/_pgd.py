@@ -66,7 +66,7 @@ def projected_ascent(logits_fn: LogitsFn, loss_fn: Callable[[jax.Array, Any], ja
     x^{(k+1)} = \Pi_{B_\epsilon(x) \cap [lo, hi]^d}\big(x^{(k)} + \alpha\, d(\nabla_{x^{(k)}}
     \textstyle\sum_b \ell(f(x^{(k)})_b, t_b))\big),
 
-  with ``d`` the sign (L∞) or the normalised gradient (L2). The loop is a
+  with ``d`` the sign (L∞), the normalised gradient (L2) or the top coordinate (L1). The loop is a
   ``lax.fori_loop`` (compiled once, whatever ``num_steps``) with no best
   point and no early stop: it is PGD with ``last_iterate=True`` for any
   loss, which is what adversarial training needs (TRADES maximises a KL
@@ -187,7 +187,8 @@ def pgd(
       (BIM, "PGD without the random starts").
     loss: ``"ce"`` (cross-entropy), ``"margin"`` (``max_{j≠y} z_j − z_y``),
       ``"dlr"``, or ``"prob_ce"`` (only to reproduce a saturated Keras loss).
-    norm: ``"linf"`` or ``"l2"``.
+    norm: ``"linf"``, ``"l2"`` or ``"l1"`` (L1 steps move the coordinate of largest
+      ``|∇|``; :func:`~crp_jax.attacks.apgd`'s L1-APGD is the strong L1 attack).
     clip: pixel range ``(lo, hi)``, or ``None``.
     early_stop: stop once every row is misclassified. The result is the
       same (a row keeps its first misclassified point); ``False`` runs all

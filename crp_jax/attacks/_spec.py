@@ -40,7 +40,7 @@ class AttackSpec:
     last_iterate: PGD returns each run's last iterate (the paper's Eq. 4),
       else its first misclassified or highest-loss iterate.
     num_targets: APGD-T's and FAB-T's target classes (0: untargeted FAB).
-    norm: ``linf`` or ``l2``.
+    norm: ``linf``, ``l2`` or ``l1``.
     name: unique key of the spec's results in ``results.json``.
     label: the row name in reports, e.g.
       ``PGD-20 (η=0.01, random start, last iterate)``.
@@ -137,7 +137,7 @@ def run_attack(spec: AttackSpec, logits_fn: LogitsFn, x: jax.Array, y: jax.Array
 
 def strong_attacks(*, eps: float, apgd_steps: int = 100, num_targets: int = 9,
                    square_queries: int = 5000, norm: str = "linf") -> tuple[AttackSpec, ...]:
-  """The strong protocol's attacks, AutoAttack-style: APGD-CE, APGD-T (DLR), Square (L∞ or L2).
+  """The strong protocol's attacks, AutoAttack-style: APGD-CE, APGD-T (DLR), Square (L∞, L2 or L1).
 
   Attack ``a`` of the table has ``key_path == (a,)``.
   """
@@ -154,6 +154,9 @@ def strong_attacks(*, eps: float, apgd_steps: int = 100, num_targets: int = 9,
   return tuple(dataclasses.replace(s, key_path=(a,)) for a, s in enumerate(table))
 
 
+#: APGD-T's targets in AutoAttack's L1 ``standard`` version (at most).
+L1_TARGETS = 5
+
 #: AutoAttack's versions (Croce & Hein 2020), as :func:`autoattack_attacks` builds them.
 VERSIONS: tuple[str, ...] = ("standard", "plus", "rand")
 
@@ -164,7 +167,9 @@ def autoattack_attacks(version: str = "standard", *, eps: float, norm: str = "li
   """AutoAttack's attacks in its order: ``standard``, ``plus`` or ``rand``.
 
   ``standard``: APGD-CE, APGD-T (``num_targets``), FAB-T (``num_targets``),
-  Square (``square_queries``), one run each. ``plus``: APGD-CE and APGD-DLR
+  Square (``square_queries``), one run each; in L1, AutoAttack's L1 settings:
+  APGD-CE with ``restarts`` runs and APGD-T with at most 5 targets, both
+  L1-APGD (:func:`~crp_jax.attacks.apgd`), and L1 Square. ``plus``: APGD-CE and APGD-DLR
   with ``restarts`` runs, untargeted FAB with ``restarts`` runs, Square, then
   APGD-T and FAB-T. ``rand``: APGD-CE and APGD-DLR, one run each (for a
   randomised model, with EOT: :func:`~crp_jax.attacks.eot`). Square runs in the version's norm (L∞ or L2), as
@@ -179,6 +184,11 @@ def autoattack_attacks(version: str = "standard", *, eps: float, norm: str = "li
                                             square_queries=square_queries, norm=norm)
   fab_t = AttackSpec("fab", eps=eps, steps=fab_steps, num_targets=num_targets, norm=norm, name="fab-t",
                      label=f"FAB-T ({fab_steps} steps, {num_targets} targets)", key_path=(3,))
+  if version == "standard" and norm == "l1":   # AutoAttack's L1 settings, both APGDs L1-APGD
+    return (dataclasses.replace(apgd_ce, restarts=restarts, label=f"L1-APGD-CE ({apgd_steps} steps, {restarts} restarts)"),
+            dataclasses.replace(apgd_t, num_targets=min(num_targets, L1_TARGETS),
+                                label=f"L1-APGD-T ({apgd_steps} steps, {min(num_targets, L1_TARGETS)} targets)"),
+            fab_t, *square)
   if version == "standard":
     return (apgd_ce, apgd_t, fab_t, *square)
   if version == "rand":   # for a randomised model seen through attacks.eot: the two untargeted APGDs

@@ -1,4 +1,4 @@
-"""Square Attack, L∞ and L2 (Andriushchenko et al. 2020): score-based random search."""
+"""Square Attack, L∞, L2 and L1 (Andriushchenko et al. 2020; L1: Croce & Hein 2021): score-based random search."""
 
 from __future__ import annotations
 
@@ -106,21 +106,25 @@ def _pattern(top: jax.Array, left: jax.Array, x: jax.Array, side: jax.Array, fli
   return pattern / _core.rows_like(_core.l2_norm(pattern) + 1e-12, pattern)
 
 
-def _channel_norms(v: jax.Array) -> jax.Array:
-  """``(B, 1, 1, c)`` the L2 norm of each example's each channel."""
+def _channel_norms(v: jax.Array, norm: str = "l2") -> jax.Array:
+  """``(B, 1, 1, c)`` the L2 (or L1) norm of each example's each channel."""
+  if norm == "l1":
+    flat = jnp.abs(v).reshape(v.shape[0], -1, v.shape[3])
+    return _core.scan_sum(flat)[:, :, None, :]
   return jnp.sqrt(jnp.sum(jnp.square(v), axis=(1, 2), keepdims=True))
 
 
-def _candidate_l2(keys: jax.Array, x: jax.Array, x_best: jax.Array, eps: jax.Array, side: jax.Array,
-                  clip: Clip) -> jax.Array:
-  r"""``x_best`` with its perturbation moved between two random windows, its L2 norm kept at most ε.
+def _candidate_lp(keys: jax.Array, x: jax.Array, x_best: jax.Array, eps: jax.Array, side: jax.Array,
+                  clip: Clip, norm: str) -> jax.Array:
+  r"""``x_best`` with its perturbation moved between two random windows, its L2 (or L1) norm kept at most ε.
 
   With ``δ = x_best − x`` and windows ``W₁, W₂``, per channel: the mass
-  :math:`
-u^2 = \|\delta_{W_1 \cup W_2}\|^2` plus an even share of the
-  unused budget :math:`(\epsilon^2 - \|\delta\|^2)/c` goes into ``W₁`` along
-  a random-signed pattern (:func:`_pattern`) plus ``W₁``'s old direction,
-  and ``W₂`` is emptied (Andriushchenko et al. 2020, the L2 update).
+  :math:`\nu = \|\delta_{W_1 \cup W_2}\|` plus an even share of the unused
+  budget goes into ``W₁`` along a random-signed pattern (:func:`_pattern`)
+  plus ``W₁``'s old direction, and ``W₂`` is emptied (Andriushchenko et al.
+  2020, the L2 update). L2 adds in squares, :math:`\sqrt{\nu^2 + (\epsilon^2 - \|\delta\|^2)/c}`;
+  L1 adds the norms, :math:`\nu + (\epsilon - \|\delta\|_1)/c`, and the result is
+  projected onto the L1 ball and the box (the L1 Square of Croce & Hein 2021).
   """
   top1, left1 = _corners(_core.fold_rows(keys, 0), x, side)
   top2, left2 = _corners(_core.fold_rows(keys, 1), x, side)
@@ -128,11 +132,15 @@ u^2 = \|\delta_{W_1 \cup W_2}\|^2` plus an even share of the
   sign = _core.per_row(_core.fold_rows(keys, 3), lambda k: jax.random.rademacher(k, (1, 1) + x.shape[3:], x.dtype))
   w1, w2 = _mask(top1, left1, x, side), _mask(top2, left2, x, side)
   delta = x_best - x
-  nu = _channel_norms(jnp.where(w1 | w2, delta, 0.0))
-  spare = jnp.maximum(eps ** 2 - _core.l2_norm(delta) ** 2, 0.0)
+  nu = _channel_norms(jnp.where(w1 | w2, delta, 0.0), norm)
   old = jnp.where(w1, delta, 0.0)
-  direction = _pattern(top1, left1, x, side, flip) * sign + old / (_channel_norms(old) + 1e-10)
-  direction = direction / (_channel_norms(direction) + 1e-12)
+  direction = _pattern(top1, left1, x, side, flip) * sign + old / (_channel_norms(old, norm) + 1e-10)
+  direction = direction / (_channel_norms(direction, norm) + 1e-12)
+  if norm == "l1":
+    spare = jnp.maximum(eps - _core.l1_norm(delta), 0.0)
+    scale = nu + _core.rows_like(spare, x) / x.shape[3]
+    return _core.project(x + jnp.where(w1, direction * scale, jnp.where(w2, 0.0, delta)), x, eps, "l1", clip)
+  spare = jnp.maximum(eps ** 2 - _core.l2_norm(delta) ** 2, 0.0)
   scale = jnp.sqrt(jnp.maximum(nu ** 2 + _core.rows_like(spare, x) / x.shape[3], 0.0))
   new = jnp.where(w1, direction * scale, jnp.where(w2, 0.0, delta))
   return _into_ball(x, new, eps, clip)
@@ -144,9 +152,10 @@ def _into_ball(x: jax.Array, delta: jax.Array, eps: jax.Array, clip: Clip) -> ja
   return _core.clip_box(x + delta * _core.rows_like(shrink, x), clip)
 
 
-def _init_l2(logits_fn: LogitsFn, keys: jax.Array, x: jax.Array, y: jax.Array, eps: jax.Array,
-             clip: Clip) -> "_State":
-  """Query the clean input, then a grid of random-signed patterns in blocks of ``h // 5``, scaled to norm ε."""
+def _init_lp(logits_fn: LogitsFn, keys: jax.Array, x: jax.Array, y: jax.Array, eps: jax.Array,
+             clip: Clip, norm: str) -> "_State":
+  """Query the clean input, then a grid of random-signed patterns in blocks of ``h // 5``: scaled to L2 norm ε,
+  or (L1) projected onto the L1 ball and the box."""
   logits = logits_fn(x)
   clean = _State(x, _core.margin_loss(logits, y), _core.misclassified(logits, y),
                  jnp.ones(x.shape[:1], jnp.int32))
@@ -159,9 +168,11 @@ def _init_l2(logits_fn: LogitsFn, keys: jax.Array, x: jax.Array, y: jax.Array, e
     sign = _core.per_row(_core.fold_rows(keys, b),
                          lambda k: jax.random.rademacher(k, (1, 1) + x.shape[3:], x.dtype))
     delta = delta + _pattern(origin + top, origin + left, x, jnp.int32(block), no_flip) * sign
-  delta = delta * _core.rows_like(eps / (_core.l2_norm(delta) + 1e-12), x)
-  return _query(logits_fn, clean._replace(loss_best=jnp.full_like(clean.loss_best, -jnp.inf)),
-                _into_ball(x, delta, eps, clip), y)
+  if norm == "l1":
+    start = _core.project(x + delta, x, eps, "l1", clip)
+  else:
+    start = _into_ball(x, delta * _core.rows_like(eps / (_core.l2_norm(delta) + 1e-12), x), eps, clip)
+  return _query(logits_fn, clean._replace(loss_best=jnp.full_like(clean.loss_best, -jnp.inf)), start, y)
 
 
 def _query(logits_fn: LogitsFn, s: _State, x_new: jax.Array, y: jax.Array) -> _State:
@@ -204,7 +215,7 @@ def square_with_info(
     clip: Clip = (0.0, 1.0),
     early_stop: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
-  r"""Square Attack (L∞ or L2) and the number of model queries spent on each example.
+  r"""Square Attack (L∞, L2 or L1) and the number of model queries spent on each example.
 
   Gradient-free random search on the margin loss
   :math:`\max_{j \ne y} z_j - z_y`. From vertical stripes
@@ -219,8 +230,13 @@ def square_with_info(
   L2 (``norm="l2"``): the start is a grid of random-signed pseudo-Gaussian
   patterns scaled to norm ε, and each iteration moves the perturbation's mass
   from one random window into another along a new pattern
-  (:func:`_candidate_l2`), windows at least 3 × 3; every point stays in the
-  L2 ball and the box.
+  (:func:`_candidate_lp`), windows at least 3 × 3; every point stays in the
+  L2 ball and the box. L1 (``norm="l1"``, Croce & Hein 2021): the same
+  moves with L1 masses, each candidate projected onto the L1 ball and the
+  box (:func:`~crp_jax.attacks._core.project_l1_box`); the start is the
+  grid of patterns projected there. For ``c > 1`` channels the reference
+  scales the new window by ``c`` times the mass and projects back; this
+  code shares the mass across channels as its L2 update does.
 
   Args:
     logits_fn: ``(B, h, w, c) -> (B, C)`` logits, per-example independent.
@@ -231,7 +247,7 @@ def square_with_info(
     eps: radius ε.
     num_queries: query budget per example, ≥ 2 (static).
     p_init: initial fraction of pixels changed per iteration.
-    norm: ``"linf"`` or ``"l2"``.
+    norm: ``"linf"``, ``"l2"`` or ``"l1"``.
     clip: pixel range ``(lo, hi)``, or ``None``.
     early_stop: stop the search once every example is fooled (the result
       is the same); ``False`` runs every iteration, for timing.
@@ -243,6 +259,8 @@ def square_with_info(
   References:
     Andriushchenko, Croce, Flammarion, Hein, *Square Attack: a
     query-efficient black-box adversarial attack via random search*, ECCV 2020.
+    Croce, Hein, *Mind the box: l1-APGD for sparse adversarial attacks on
+    image classifiers*, ICML 2021 (the L1 version).
   """
   norm = _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps, norm_name=norm)
   if x.ndim != 4:
@@ -250,12 +268,16 @@ def square_with_info(
   _checks.count(num_queries, "num_queries", 2)   # the clean input and the stripes
   eps = _core.as_scalar(eps, x)
   sides = square_sizes(num_queries, p_init, x.shape[1], x.shape[2])
-  if norm == "l2":   # two windows of at least 3 × 3 (the reference's floor), inside the image
+  if norm != "linf":   # two windows of at least 3 × 3 (the reference's floor), inside the image
     sides = np.clip(sides, min(3, *x.shape[1:3]), min(x.shape[1:3])).astype(np.int32)
   sides = jnp.asarray(sides)
   keys = _core.row_keys(key, x.shape[0])
   init_keys, search_keys = _core.fold_rows(keys, 0), _core.fold_rows(keys, 1)
-  init, candidate = (_init, _candidate) if norm == "linf" else (_init_l2, _candidate_l2)
+  if norm == "linf":
+    init, candidate = _init, _candidate
+  else:
+    init = lambda *args: _init_lp(*args, norm)
+    candidate = lambda *args: _candidate_lp(*args, norm)
 
   def body(i, s: _State) -> _State:
     x_new = candidate(_core.fold_rows(search_keys, i), x, s.x_best, eps, sides[i], clip)
@@ -280,7 +302,7 @@ def square(
     clip: Clip = (0.0, 1.0),
     early_stop: bool = True,
 ) -> jax.Array:
-  """Square Attack (L∞ or L2); :func:`square_with_info` without the query counts.
+  """Square Attack (L∞, L2 or L1); :func:`square_with_info` without the query counts.
 
   Examples:
     >>> import jax, jax.numpy as jnp

@@ -46,7 +46,7 @@ def strong_eval(
   shardable). The attacks are the table of
   :func:`~crp_jax.attacks.strong_attacks`, the one the CLI's evaluation and
   the parity tool run too; attack ``a`` uses key ``fold_in(key, a)``. Square
-  runs in the given norm (its L2 version with ``norm="l2"``) and needs NHWC inputs.
+  runs in the given norm (its L2 or L1 version) and needs NHWC inputs.
 
   Args:
     logits_fn: ``(B, *shape) -> (B, C)`` logits, per-example independent.
@@ -55,7 +55,7 @@ def strong_eval(
     key: PRNG key of all attacks (one key; row ``b`` of attack ``a`` draws
       from ``fold_in(fold_in(key, a), b)``).
     eps: radius ε.
-    norm: ``"linf"`` or ``"l2"``.
+    norm: ``"linf"``, ``"l2"`` or ``"l1"``.
     apgd_steps: iterations of APGD-CE and of APGD-T per target (static).
     num_targets: target classes of APGD-T (static, capped at C − 1).
     square_queries: query budget of Square (static).
