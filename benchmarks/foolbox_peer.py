@@ -15,8 +15,8 @@ the batch, the same number of steps, the same absolute step size, no random
 start, the last iterate returned, no early stop, no success check:
 
 * crp_jax: a user's ``jax.jit`` around :func:`crp_jax.attacks.fgsm` (FGSM
-  L∞) or :func:`crp_jax.attacks.pgd` (``random_start=False``,
-  ``last_iterate=True``; FGSM L2 is its one step of size ε, the L2 FGM),
+  L∞, and with ``norm="l2"`` the L2 FGM) or :func:`crp_jax.attacks.pgd`
+  (``random_start=False``, ``last_iterate=True``),
   the variables passed as an argument, no compiler options, JAX's default
   single CPU device.
 * foolbox: the attack's ``run(fmodel, x, y, epsilon=ε)`` (what
@@ -123,8 +123,8 @@ def ours(model, spec: Spec) -> Callable[[Any, jax.Array, jax.Array, jax.Array], 
   """A user's ``jax.jit`` of crp_jax's attack, ``(variables, x, y, key) -> x_adv``."""
   def attack(variables, x, y, key):
     logits_fn = lambda z: model.apply(variables, z, train=False)
-    if spec.name == "fgsm_linf":
-      return attacks.fgsm(logits_fn, x, y, eps=spec.eps)
+    if spec.steps == 1:
+      return attacks.fgsm(logits_fn, x, y, eps=spec.eps, norm=spec.norm)
     return attacks.pgd(logits_fn, x, y, key=key, eps=spec.eps, step_size=spec.step_size, num_steps=spec.steps,
                        norm=spec.norm, random_start=False, early_stop=False, last_iterate=True)
   return jax.jit(attack)
@@ -237,9 +237,9 @@ def report(results: list[Result], argv: Sequence[str], started: str, seconds: fl
       f"XLA_FLAGS `{os.environ.get('XLA_FLAGS', '')}`, allocator: {_env.loaded_allocator()}",
       f"- model: LeNet trained here, {train_steps} Adam steps of 128 on `mnist5k`; the first test images "
       "with their true labels",
-      "- crp_jax: `jax.jit` of `crp_jax.attacks.fgsm` (FGSM L∞) or `crp_jax.attacks.pgd(..., random_start=False, "
-      "early_stop=False, last_iterate=True)` (FGSM L2: one step of size ε), the variables an argument, no "
-      "compiler options",
+      "- crp_jax: `jax.jit` of `crp_jax.attacks.fgsm` (FGSM L∞, and `norm=\"l2\"` for FGSM L2) or "
+      "`crp_jax.attacks.pgd(..., random_start=False, early_stop=False, last_iterate=True)`, the variables an "
+      "argument, no compiler options",
       "- foolbox: `attack.run(fmodel, x, y, epsilon=ε)` on `foolbox.JAXModel(jax.jit(logits_fn), bounds=(0, 1))`, "
       "PGD with `abs_stepsize=α` and `random_start=False` (its defaults are a step relative to ε and a "
       "random start): the same steps, step sizes and start as crp_jax's",

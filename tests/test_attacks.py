@@ -63,6 +63,20 @@ def test_fgsm_stays_in_ball_and_box(tiny):
   np.testing.assert_allclose(x_adv, attacks.fgsm(logits_fn, x, y, eps=0.2), atol=1e-6)
 
 
+@pytest.mark.parametrize("norm,eps", [("l2", 0.5), ("l1", 0.15)])
+def test_fgsm_in_l2_and_l1_is_one_pgd_step_of_length_eps(tiny, norm, eps):
+  logits_fn, x, _ = tiny
+  x = 0.2 + 0.6 * x   # off the box's faces, which would stop a one-coordinate L1 step
+  y = jnp.argmax(logits_fn(x), axis=1)
+  x_adv = attacks.fgsm(logits_fn, x, y, eps=eps, norm=norm)
+  one_step = attacks.pgd(logits_fn, x, y, key=jax.random.key(0), eps=eps, step_size=eps, num_steps=1,
+                         norm=norm, random_start=False, last_iterate=True)
+  np.testing.assert_allclose(x_adv, one_step, atol=1e-6)
+  flat = np.asarray(x_adv - x).reshape(len(x), -1)
+  size = np.linalg.norm(flat, axis=1) if norm == "l2" else np.abs(flat).sum(1)
+  assert np.all(size <= eps + 1e-5) and np.any(size > 0.5 * eps)
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_eps_zero_changes_nothing(tiny, norm):
   logits_fn, x, y = tiny

@@ -19,6 +19,7 @@ def fgsm(
     *,
     eps: float | jax.Array,
     loss: str = "ce",
+    norm: Norm = "linf",
     clip: Clip = (0.0, 1.0),
 ) -> jax.Array:
   r"""Fast gradient sign method (Goodfellow et al. 2014; Eq. 3 of the paper).
@@ -26,18 +27,24 @@ def fgsm(
   .. math::
     x_{adv} = \mathrm{clip}\big(x + \epsilon\,\mathrm{sign}(\nabla_x \ell(f(x), y))\big).
 
+  With ``norm="l2"`` it is the fast gradient method (FGM), one step of
+  length ε along :math:`\nabla/\|\nabla\|_2`; with ``"l1"`` the step moves
+  the coordinate of largest :math:`|\nabla|` by ε. Either is then clipped
+  to the box.
+
   Args:
     logits_fn: ``(B, *shape) -> (B, C)`` logits.
     x: ``(B, *shape)`` inputs inside ``clip``.
     y: ``(B,)`` integer labels.
-    eps: L∞ radius ε.
+    eps: radius ε.
     loss: ``ℓ``, a name of ``LOSSES``: ``"ce"`` (cross-entropy of the
       logits), ``"margin"``, ``"dlr"`` or ``"prob_ce"`` (only to reproduce
       a saturated Keras loss, see :func:`~crp_jax.attacks._core.prob_ce_loss`).
+    norm: ``"linf"`` (FGSM), ``"l2"`` (FGM) or ``"l1"``.
     clip: pixel range ``(lo, hi)``, or ``None``.
 
   Returns:
-    ``(B, *shape)`` adversarial inputs, ``‖x_adv − x‖∞ ≤ ε``.
+    ``(B, *shape)`` adversarial inputs, ``‖x_adv − x‖ ≤ ε`` in ``norm``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -50,11 +57,11 @@ def fgsm(
     Goodfellow, Shlens, Szegedy, *Explaining and Harnessing Adversarial
     Examples*, ICLR 2015.
   """
-  _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps)
+  norm = _checks.attack_inputs(logits_fn, x, y, clip=clip, eps=eps, norm_name=norm)
   loss_fn = _core.get_loss(loss)
   eps = _core.as_scalar(eps, x)
   _, _, grad = _core.loss_and_grad(logits_fn, loss_fn, x, y)
-  return _core.project(x + eps * jnp.sign(grad), x, eps, "linf", clip)
+  return _core.project(x + eps * _core.ascent_direction(grad, norm), x, eps, norm, clip)
 
 
 def projected_ascent(logits_fn: LogitsFn, loss_fn: Callable[[jax.Array, Any], jax.Array], x: jax.Array,

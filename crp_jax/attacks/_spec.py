@@ -111,7 +111,8 @@ def _fab_spec(s: AttackSpec, f: LogitsFn, x: jax.Array, y: jax.Array, k: jax.Arr
 
 _RUNNERS: dict[str, Runner] = {
     "clean": lambda s, f, x, y, k, **opts: x,
-    "fgsm": lambda s, f, x, y, k, clip, early_stop: _pgd.fgsm(f, x, y, eps=s.eps, loss=s.loss, clip=clip),
+    "fgsm": lambda s, f, x, y, k, clip, early_stop: _pgd.fgsm(f, x, y, eps=s.eps, loss=s.loss, norm=s.norm,
+                                                                           clip=clip),
     "pgd": _pgd_spec,
     "apgd": _apgd_spec,
     "apgd_t": _apgd_t_spec,
