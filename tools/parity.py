@@ -412,6 +412,8 @@ def their_pyautoattack(net: Any, eps: float, norm: str, budget: Budget, seed: in
   aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = budget.num_targets
   if norm == "l1":   # its L1 version: APGD-T has at most 5 targets (and APGD-CE 5 restarts, set by the version)
     aa.apgd_targeted.n_target_classes = min(budget.num_targets, _spec.L1_TARGETS)
+    # Its L1 radius schedule splits n_iter_orig, fixed when the attack was built, not n_iter.
+    aa.apgd.n_iter_orig = aa.apgd_targeted.n_iter_orig = budget.apgd_steps
   aa.square.n_queries = budget.square_queries
 
   def apgd_ce(x, y):
