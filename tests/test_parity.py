@@ -67,12 +67,14 @@ def test_train_config_lasts_the_steps_on_the_library_trainer():
 @pytest.mark.parametrize("flag,message", [
     ("--examples=2000", "error: --examples must be in [1, 1000], got 2000"),
     ("--apgd_steps=0", "error: --apgd_steps must be >= 1, got 0"),
-    ("--eps=0", "error: need 0 < --eps <= 1 and --tolerance >= 0, got 0.0 and 1.0"),
+    ("--eps=0", "error: need 0 < --eps <= 1 (--norm=linf) and --tolerance >= 0, got 0.0 and 1.0"),
+    ("--protocol=autoattack --reference=pyautoattack --norm=l2 --eps=30",
+     "error: need 0 < --eps <= 28 (--norm=l2) and --tolerance >= 0, got 30.0 and 1.0"),
     ("--examples=many", "error: flag --examples=many: invalid literal for int() with base 10: 'many'"),
     ("--norm=l2", "error: --reference and --norm apply to --protocol=autoattack only"),
 ])
 def test_a_bad_flag_is_one_line_and_exit_2(flag, message):
-  proc = subprocess.run([sys.executable, "-m", "tools.parity", flag], cwd=ROOT, capture_output=True, text=True,
+  proc = subprocess.run([sys.executable, "-m", "tools.parity", *flag.split()], cwd=ROOT, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 2 and proc.stderr.strip() == message, proc.stderr
 

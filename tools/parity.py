@@ -572,7 +572,7 @@ def define_flags() -> None:
   ``--examples`` and the budgets set the run time (AutoAttack is cheap when examples fall).
   """
   flags.DEFINE_integer("examples", 1000, "Test digits attacked (<= 1000).")
-  flags.DEFINE_float("eps", 0.3, "L-inf radius.")
+  flags.DEFINE_float("eps", 0.3, "Radius in --norm.")
   flags.DEFINE_integer("train_steps", 300, "Adam steps of batch 128.")
   flags.DEFINE_string("workdir", "", "A LeNet model folder of a mnist5k run to attack instead of training "
                       "one (the robust control: runs/<run>/pgd_at of --preset=control).")
@@ -607,8 +607,11 @@ def flag_problem(f: flags.FlagValues) -> str | None:
     return "--reference and --norm apply to --protocol=autoattack only"
   if f.reference == "torchattacks" and f.norm != "linf":
     return f"--norm={f.norm} needs --reference=pyautoattack (the torchattacks reference here is L-inf only)"
-  if not 0 < f.eps <= 1 or f.tolerance < 0:
-    return f"need 0 < --eps <= 1 and --tolerance >= 0, got {f.eps} and {f.tolerance}"
+  # The largest radius that still leaves the 28x28 box uncovered: 1 (L-inf), 28 (L2), 784 (L1).
+  largest = {"linf": 1.0, "l2": 28.0, "l1": 784.0}[f.norm]
+  if not 0 < f.eps <= largest or f.tolerance < 0:
+    return (f"need 0 < --eps <= {largest:g} (--norm={f.norm}) and --tolerance >= 0, "
+            f"got {f.eps} and {f.tolerance}")
   if f.workdir and not os.path.isfile(os.path.join(f.workdir, "config.json")):
     return f"--workdir={f.workdir}: no config.json there (give a model folder, e.g. runs/<run>/pgd_at)"
   return None
