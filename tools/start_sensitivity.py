@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
   unknown = sorted(set(FLAGS.attacks) - set(specs))
   if unknown:
     sys.exit(f"error: --attacks: unknown {unknown}; choose from {sorted(specs)}")
-  print(f"{FLAGS.workdir}: {FLAGS.norm} eps {eps:g}, examples {list(ids)}, {FLAGS.keys} keys", flush=True)
+  print(f"{FLAGS.workdir}: {FLAGS.norm} eps {eps:g}, examples {ids.tolist()}, {FLAGS.keys} keys", flush=True)
   for name in FLAGS.attacks:
     spec = specs[name]
     run = jax.jit(lambda k, spec=spec: attacks.run_attack(spec, logits_fn, x, y, key=k))
