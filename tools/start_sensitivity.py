@@ -15,6 +15,7 @@ code version.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -39,6 +40,8 @@ def main(argv: list[str]) -> None:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from crp_jax import attacks, data  # pylint: disable=g-import-not-at-top
   from crp_jax.runner import pipeline, provenance  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(os.path.join(FLAGS.workdir, "config.json")):
+    sys.exit(f"error: --workdir={FLAGS.workdir}: no config.json there (give a model folder, e.g. runs/<run>/pgd_at)")
   trained = pipeline.load_trained(FLAGS.workdir)
   test = data.load_split(trained.config.dataset, "test")
   ids = np.asarray([int(i) for i in FLAGS.ids])
