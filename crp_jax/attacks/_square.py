@@ -143,13 +143,14 @@ def _candidate_lp(keys: jax.Array, x: jax.Array, x_best: jax.Array, eps: jax.Arr
   spare = jnp.maximum(eps ** 2 - _core.l2_norm(delta) ** 2, 0.0)
   scale = jnp.sqrt(jnp.maximum(nu ** 2 + _core.rows_like(spare, x) / x.shape[3], 0.0))
   new = jnp.where(w1, direction * scale, jnp.where(w2, 0.0, delta))
-  return _into_ball(x, new, eps, clip)
+  return _onto_sphere(x, new, eps, clip)
 
 
-def _into_ball(x: jax.Array, delta: jax.Array, eps: jax.Array, clip: Clip) -> jax.Array:
-  """``clip(x + δ)`` with ``δ`` first scaled into the L2 ball of radius ε (rounding can leave it just outside)."""
-  shrink = jnp.minimum(1.0, eps / (_core.l2_norm(delta) + 1e-12))
-  return _core.clip_box(x + delta * _core.rows_like(shrink, x), clip)
+def _onto_sphere(x: jax.Array, delta: jax.Array, eps: jax.Array, clip: Clip) -> jax.Array:
+  """``clip(x + ε δ/‖δ‖₂)``: the reference rescales every candidate to norm ε before the box clips it,
+  so mass the box cut from the last point is spread over the rest of the perturbation."""
+  scale = jnp.where(_core.l2_norm(delta) > 0, eps / (_core.l2_norm(delta) + 1e-12), 0.0)
+  return _core.clip_box(x + delta * _core.rows_like(scale, x), clip)
 
 
 def _init_lp(logits_fn: LogitsFn, keys: jax.Array, x: jax.Array, y: jax.Array, eps: jax.Array,
@@ -171,7 +172,7 @@ def _init_lp(logits_fn: LogitsFn, keys: jax.Array, x: jax.Array, y: jax.Array, e
   if norm == "l1":
     start = _core.project(x + delta, x, eps, "l1", clip)
   else:
-    start = _into_ball(x, delta * _core.rows_like(eps / (_core.l2_norm(delta) + 1e-12), x), eps, clip)
+    start = _onto_sphere(x, delta, eps, clip)
   return _query(logits_fn, clean._replace(loss_best=jnp.full_like(clean.loss_best, -jnp.inf)), start, y)
 
 
@@ -230,8 +231,9 @@ def square_with_info(
   L2 (``norm="l2"``): the start is a grid of random-signed pseudo-Gaussian
   patterns scaled to norm ε, and each iteration moves the perturbation's mass
   from one random window into another along a new pattern
-  (:func:`_candidate_lp`), windows at least 3 × 3; every point stays in the
-  L2 ball and the box. L1 (``norm="l1"``, Croce & Hein 2021): the same
+  (:func:`_candidate_lp`), in odd windows of at least 3 × 3, and is rescaled
+  to norm ε before the box clips it, as in the reference; every point stays
+  in the L2 ball and the box. L1 (``norm="l1"``, Croce & Hein 2021): the same
   moves with L1 masses, each candidate projected onto the L1 ball and the
   box (:func:`~crp_jax.attacks._core.project_l1_box`); the start is the
   grid of patterns projected there. For ``c > 1`` channels the reference
@@ -268,8 +270,8 @@ def square_with_info(
   _checks.count(num_queries, "num_queries", 2)   # the clean input and the stripes
   eps = _core.as_scalar(eps, x)
   sides = square_sizes(num_queries, p_init, x.shape[1], x.shape[2])
-  if norm != "linf":   # two windows of at least 3 × 3 (the reference's floor), inside the image
-    sides = np.clip(sides, min(3, *x.shape[1:3]), min(x.shape[1:3])).astype(np.int32)
+  if norm != "linf":   # two odd windows of at least 3 × 3 (the reference's), inside the image
+    sides = np.clip(sides + (sides % 2 == 0), min(3, *x.shape[1:3]), min(x.shape[1:3])).astype(np.int32)
   sides = jnp.asarray(sides)
   keys = _core.row_keys(key, x.shape[0])
   init_keys, search_keys = _core.fold_rows(keys, 0), _core.fold_rows(keys, 1)
