@@ -12,22 +12,30 @@ from crp_jax import _checks
 from crp_jax.attacks import _core
 from crp_jax.attacks._core import Clip, LogitsFn
 
-# Iterations (on a 10 000-query scale) after which p halves, from the paper.
+# Iterations after which p halves, from the paper (on its 10 000-query scale).
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def square_sizes(num_queries: int, p_init: float, height: int, width: int) -> np.ndarray:
+def square_sizes(num_queries: int, p_init: float, height: int, width: int,
+                 rescale_schedule: bool = False) -> np.ndarray:
   r"""Side of the square window at each of the ``num_queries − 2`` search iterations.
 
-  ``p`` (the fraction of pixels changed) starts at ``p_init`` and halves at
-  iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000, rescaled
-  from 10 000 queries to ``num_queries`` as in the reference code; the side
-  is :math:`\mathrm{round}(\sqrt{p\,h\,w})` clipped to ``[1, min(h, w)]``.
+  ``p`` (the fraction of pixels changed) starts at ``p_init`` and halves
+  after iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000: at
+  those iterations whatever the budget, as AutoAttack runs Square
+  (``resc_schedule=False``), or with ``rescale_schedule`` at those points
+  rescaled from 10 000 queries to ``num_queries``, as the Square Attack
+  paper's code does. The side is :math:`\mathrm{round}(\sqrt{p\,h\,w})`
+  clipped to ``[1, min(h, w)]``.
 
-  >>> square_sizes(5000, 0.8, 28, 28)[[0, 6, 26, 101, 4997]]
+  >>> square_sizes(5000, 0.8, 28, 28)[[0, 11, 51, 201, 4997]]
+  array([25, 18, 13,  9,  2], dtype=int32)
+  >>> square_sizes(5000, 0.8, 28, 28, rescale_schedule=True)[[0, 6, 26, 101, 4997]]
   array([25, 18, 13,  9,  1], dtype=int32)
   """
-  its = (np.arange(max(num_queries - 2, 0)) / num_queries * 10_000).astype(np.int64)
+  its = np.arange(max(num_queries - 2, 0))
+  if rescale_schedule:
+    its = (its / num_queries * 10_000).astype(np.int64)
   p = p_init / 2.0 ** np.searchsorted(_P_HALVINGS, its, side="left")
   side = np.round(np.sqrt(p * height * width))
   return np.clip(side, 1, min(height, width)).astype(np.int32)
@@ -215,6 +223,7 @@ def square_with_info(
     norm: str = "linf",
     clip: Clip = (0.0, 1.0),
     early_stop: bool = True,
+    rescale_schedule: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
   r"""Square Attack (L∞, L2 or L1) and the number of model queries spent on each example.
 
@@ -253,6 +262,9 @@ def square_with_info(
     clip: pixel range ``(lo, hi)``, or ``None``.
     early_stop: stop the search once every example is fooled (the result
       is the same); ``False`` runs every iteration, for timing.
+    rescale_schedule: shrink the windows on a schedule rescaled to
+      ``num_queries`` (the Square Attack paper's code) instead of at fixed
+      iterations (AutoAttack's); see :func:`square_sizes`.
 
   Returns:
     ``x_adv`` ``(B, h, w, c)`` inside the ball and ``clip``, and ``queries``
@@ -269,7 +281,7 @@ def square_with_info(
     raise ValueError(f"x: shape {x.shape}; square needs NHWC inputs (B, h, w, c)")
   _checks.count(num_queries, "num_queries", 2)   # the clean input and the stripes
   eps = _core.as_scalar(eps, x)
-  sides = square_sizes(num_queries, p_init, x.shape[1], x.shape[2])
+  sides = square_sizes(num_queries, p_init, x.shape[1], x.shape[2], rescale_schedule)
   if norm != "linf":   # two odd windows of at least 3 × 3 (the reference's), inside the image
     sides = np.clip(sides + (sides % 2 == 0), min(3, *x.shape[1:3]), min(x.shape[1:3])).astype(np.int32)
   sides = jnp.asarray(sides)
@@ -303,6 +315,7 @@ def square(
     norm: str = "linf",
     clip: Clip = (0.0, 1.0),
     early_stop: bool = True,
+    rescale_schedule: bool = False,
 ) -> jax.Array:
   """Square Attack (L∞, L2 or L1); :func:`square_with_info` without the query counts.
 
@@ -316,4 +329,5 @@ def square(
     True
   """
   return square_with_info(logits_fn, x, y, key=key, eps=eps, num_queries=num_queries,
-                          p_init=p_init, norm=norm, clip=clip, early_stop=early_stop)[0]
+                          p_init=p_init, norm=norm, clip=clip, early_stop=early_stop,
+                          rescale_schedule=rescale_schedule)[0]
