@@ -62,18 +62,18 @@ def _bisection_projection(d, lower, upper, eps):
 
 def test_l1_projection_is_the_euclidean_projection_onto_ball_and_box():
   rng = np.random.default_rng(1)
-  for trial in range(100):
-    dim = int(rng.integers(1, 60))
-    x = rng.uniform(0, 1, dim)
-    d = rng.normal(size=dim) * rng.choice([0.01, 0.3, 2.0])
-    if trial % 3 == 0:
-      d[: dim // 2] = 0.0
-    eps = float(rng.choice([0.05, 0.5, 3.0, 30.0]))
-    got = np.asarray(_core.project_l1_box(jnp.asarray(d[None], jnp.float32), jnp.asarray(-x[None], jnp.float32),
-                                          jnp.asarray(1 - x[None], jnp.float32), eps))[0]
-    np.testing.assert_allclose(got, _bisection_projection(d, -x, 1 - x, eps), atol=2e-6, err_msg=f"trial {trial}")
-    assert np.abs(got).sum() <= eps * (1 + 1e-6)
-    assert np.all(x + got >= -1e-6) and np.all(x + got <= 1 + 1e-6)
+  for dim in (7, 60):   # a batch per shape and radius: few compiles
+    for eps in (0.05, 0.5, 3.0, 30.0):
+      x = rng.uniform(0, 1, (12, dim))
+      d = rng.normal(size=(12, dim)) * rng.choice([0.01, 0.3, 2.0], size=(12, 1))
+      d[::3, : dim // 2] = 0.0
+      got = np.asarray(_core.project_l1_box(jnp.asarray(d, jnp.float32), jnp.asarray(-x, jnp.float32),
+                                            jnp.asarray(1 - x, jnp.float32), eps))
+      for row in range(12):
+        want = _bisection_projection(d[row], -x[row], 1 - x[row], eps)
+        np.testing.assert_allclose(got[row], want, atol=2e-6, err_msg=f"dim {dim}, eps {eps}, row {row}")
+      assert np.all(np.abs(got).sum(1) <= eps * (1 + 1e-6))
+      assert np.all(x + got >= -1e-6) and np.all(x + got <= 1 + 1e-6)
 
 
 def _check_points(logits_fn, x, y, x_adv, dist, eps):
