@@ -162,10 +162,15 @@ def _sparse_step(s: _L1State, x0: jax.Array, eps: jax.Array, clip: Clip) -> jax.
   return _core.project(s.x + _core.rows_like(s.step, s.x) * direction, x0, eps, "l1", clip)
 
 
+def _support(v: jax.Array, x0: jax.Array) -> jax.Array:
+  """``(B,)`` ‖v − x0‖₀, the number of coordinates moved, as floats."""
+  return jnp.sum((v - x0).reshape(x0.shape[0], -1) != 0, axis=1).astype(x0.dtype)
+
+
 def _l1_checkpoint(s: _L1State, x0: jax.Array, eps: jax.Array) -> _L1State:
   """Sparsity and step adapt: where ``x_max``'s support shrank by 5 % reset η to ε and restart from ``x_max``,
   else η /= 1.5 (within ``[ε/10, ε]``); the next steps move ``‖x_max − x0‖₀ / 1.5`` coordinates."""
-  sparsity = jnp.sum((s.x_max - x0).reshape(x0.shape[0], -1) != 0, axis=1).astype(x0.dtype)
+  sparsity = _support(s.x_max, x0)
   shrank = sparsity / jnp.maximum(s.sparsity, 1.0) < 0.95
   back = _core.rows_like(shrank, x0)
   return s._replace(x=jnp.where(back, s.x_max, s.x), grad=jnp.where(back, s.grad_max, s.grad),
@@ -178,7 +183,7 @@ def _l1_stage(logits_fn: LogitsFn, loss_fn: LogitsLossFn, x: jax.Array, y: jax.A
   """``num_steps`` L1-APGD steps in the ball of radius ε from ``x_start`` (one start gradient, one per step)."""
   x_start = _core.project(x_start, x, eps, "l1", clip)
   loss, logits, grad = _core.loss_and_grad(logits_fn, loss_fn, x_start, y)
-  sparsity = jnp.sum((x_start - x).reshape(x.shape[0], -1) != 0, axis=1).astype(x.dtype)
+  sparsity = _support(x_start, x)
   s = _L1State(x_start, grad, jnp.full(loss.shape, 1.0, x.dtype) * eps,
                sparsity / sparsity.dtype.type(np.prod(x.shape[1:])) / 1.5, sparsity, x_start, grad, loss,
                Best(x_start, loss, _core.misclassified(logits, y)))
